@@ -1,0 +1,83 @@
+"""The project's exception tree. Library errors are translated into it at one
+boundary per service (``llm.py``, ``huixiangdou.py``), with ``raise ... from``.
+
+    PipelineError
+    ├── SettingsError         bad settings file or value (exit 2)
+    ├── InputError            bad corpus path, unreadable input (exit 2)
+    ├── LockedError           another run holds the output folder
+    └── ServiceError          a call to the LLM API or a RAG server failed
+        ├── RetryableError    try again, after ``retry_after`` seconds when given
+        ├── QuotaExhausted    balance or daily quota gone: never retried in a loop
+        ├── FatalServiceError bad key, unknown model, bad request: a person must fix it
+        └── ServersDown       every RAG server is down or resting
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FatalServiceError",
+    "InputError",
+    "LockedError",
+    "PipelineError",
+    "QuotaExhausted",
+    "RetryableError",
+    "ServersDown",
+    "ServiceError",
+    "SettingsError",
+]
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class SettingsError(PipelineError):
+    """A settings file or value is wrong; the message names file and key."""
+
+
+class InputError(PipelineError):
+    """An input path is missing or unusable; the message names it."""
+
+
+class LockedError(PipelineError):
+    """Another run holds the output folder's lock."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ServiceError(PipelineError):
+    """A call to an external service failed."""
+
+    def __init__(self, message: str, *, service: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.status = status
+
+
+class RetryableError(ServiceError):
+    """Worth trying again: rate limit, overload, 5xx, dropped connection, timeout."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, service=service, status=status)
+        self.retry_after = retry_after
+
+
+class QuotaExhausted(ServiceError):
+    """Out of money or daily quota: retrying burns the night, so stop cleanly."""
+
+
+class FatalServiceError(ServiceError):
+    """A person must change something (key, model name, parameters) first."""
+
+
+class ServersDown(ServiceError):
+    """No RAG server can take a request; the message names the URLs."""

@@ -1,0 +1,58 @@
+"""Prompt presets per language. A prompt left empty in settings takes its
+language's preset. Placeholders: ``{topic}``, ``{aspect}``, ``{n}``,
+``{question}``, ``{answer}``, ``{examples}``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PRESETS", "Preset"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    question_system: str
+    question_user: str
+    followup: str
+    system_prompt: str
+    avoid: str  # appended to the user prompt when earlier questions exist
+
+
+PRESETS: dict[str, Preset] = {
+    "zh": Preset(
+        question_system=(
+            "你是一个提问助手，专注于《{topic}》的{aspect}方面。"
+            "请提出简短、具体、互不相同的问题，每个问题不超过20个字，"
+            "只返回一个列表，格式为 ['问题', '问题', ...]，不要其他内容。"
+        ),
+        question_user="请针对《{topic}》的「{aspect}」提出{n}个不同的问题。",
+        followup=(
+            "你是一个提问助手，专注于《{topic}》。下面是上一轮的问题和回答。"
+            "请根据它提出一个更深入、更具体的追问，不超过30个字，只返回这个问题。\n"
+            "问题：{question}\n回答：{answer}"
+        ),
+        system_prompt=(
+            "你是一个AI助手，专注于回答和《{topic}》相关的问题，"
+            "你想帮助用户了解更多背后的故事和文化知识。"
+        ),
+        avoid="以下问题已经问过，请提出与它们不同的问题：\n{examples}",
+    ),
+    "en": Preset(
+        question_system=(
+            "You write questions about {topic}, focusing on its {aspect}. "
+            "Write short, specific, distinct questions of at most 15 words each. "
+            "Return only a JSON list of strings, like [\"question\", \"question\"], nothing else."
+        ),
+        question_user="Write {n} different questions about the {aspect} of {topic}.",
+        followup=(
+            "You write questions about {topic}. Below are the last question and its answer. "
+            "Write one deeper, more specific follow-up question of at most 20 words, "
+            "and return only that question.\nQuestion: {question}\nAnswer: {answer}"
+        ),
+        system_prompt=(
+            "You are an AI assistant that answers questions about {topic}, "
+            "helping users learn the stories and culture behind it."
+        ),
+        avoid="These questions were asked already; write different ones:\n{examples}",
+    ),
+}

@@ -1,0 +1,432 @@
+"""Settings: ``settings.toml`` -> frozen dataclasses, loaded once.
+
+Every setting has a default here, so a user's file holds only what it changes.
+An unknown section or key, a wrong type or an out-of-range value raises
+:class:`SettingsError` naming the file, the key and what was expected.
+Secrets never live in the file: the LLM key is read from the environment
+variable that ``[llm] api_key_env`` names, and is masked in every repr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.errors import SettingsError
+from pipeline.presets import PRESETS
+
+__all__ = [
+    "CHINESE_SEPARATORS",
+    "SEED_SEPARATORS",
+    "ConversationSettings",
+    "HuixiangdouSettings",
+    "LLMSettings",
+    "PathSettings",
+    "PretrainSettings",
+    "QuestionSettings",
+    "RagSettings",
+    "RunSettings",
+    "Secret",
+    "Settings",
+    "load_settings",
+]
+
+# The reference script's separators, typo (" ，") and repeated "。" included:
+# `--seed-compatible` must reproduce its chunks exactly.
+SEED_SEPARATORS: tuple[str, ...] = (
+    "\n\n", "\n", " ", "。", " ，", ".", ",", "\u200b", "，", "、", "．", "。", "",
+)
+
+# Chinese-aware order: paragraphs, lines, sentence ends, clause marks, spaces,
+# then characters. Sentence marks rank above the space so a stray space does
+# not cut a Chinese paragraph mid-sentence.
+CHINESE_SEPARATORS: tuple[str, ...] = (
+    "\n\n", "\n",
+    "。", "！", "？", "；", "…",
+    "! ", "? ", "; ", ". ",
+    "，", "、", "：", ", ", ": ",
+    " ", "\u200b", "",
+)
+
+
+def _meta(
+    doc: str,
+    *,
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+) -> dict[str, Any]:
+    return {"doc": doc, "ge": ge, "le": le, "gt": gt}
+
+
+class Secret:
+    """A string that never shows itself in a repr, str or f-string."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    data_dir: str = field(default="data", metadata=_meta("folder of domain text"))
+    out_dir: str = field(default="out", metadata=_meta("where outputs and state go"))
+
+
+@dataclass(frozen=True, slots=True)
+class PretrainSettings:
+    chunk_size: int = field(default=1024, metadata=_meta("characters per chunk", ge=1))
+    chunk_overlap: int = field(default=50, metadata=_meta("characters shared by neighbours", ge=0))
+    separators: tuple[str, ...] = field(
+        default=CHINESE_SEPARATORS, metadata=_meta("splitter separators, tried in order")
+    )
+    patterns: tuple[str, ...] = field(
+        default=("*.txt", "*.md"), metadata=_meta("file name patterns to read")
+    )
+    seed_compatible: bool = field(
+        default=False, metadata=_meta("reproduce the reference script's chunks exactly")
+    )
+    output_name: str = field(
+        default="incremental_pretraining.jsonl", metadata=_meta("file name under out_dir")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSettings:
+    base_url: str = field(
+        default="https://api.siliconflow.cn/v1", metadata=_meta("OpenAI-compatible API root")
+    )
+    model: str = field(default="deepseek-ai/DeepSeek-V2.5", metadata=_meta("model name"))
+    api_key_env: str = field(
+        default="SILICONFLOW_API_KEY", metadata=_meta("environment variable holding the key")
+    )
+    rpm: int = field(default=60, metadata=_meta("requests per minute", ge=1))
+    tpm: int = field(default=100_000, metadata=_meta("tokens per minute", ge=1))
+    concurrency: int = field(default=8, metadata=_meta("calls in flight at most", ge=1))
+    timeout_s: float = field(default=120.0, metadata=_meta("seconds per call", gt=0))
+    max_retries: int = field(default=6, metadata=_meta("retries of a retryable error", ge=0))
+    backoff_base_s: float = field(default=1.0, metadata=_meta("first backoff delay", gt=0))
+    backoff_max_s: float = field(default=60.0, metadata=_meta("longest backoff delay", gt=0))
+    temperature: float = field(default=0.7, metadata=_meta("sampling temperature", ge=0, le=2))
+    max_tokens: int = field(default=1024, metadata=_meta("completion tokens at most", ge=1))
+    price_input_per_m: float = field(
+        default=1.33, metadata=_meta("price per million input tokens", ge=0)
+    )
+    price_output_per_m: float = field(
+        default=1.33, metadata=_meta("price per million output tokens", ge=0)
+    )
+    api_key: Secret = field(default=Secret(""), metadata=_meta("read from api_key_env; never set"))
+
+
+@dataclass(frozen=True, slots=True)
+class HuixiangdouSettings:
+    urls: tuple[str, ...] = field(
+        default=("http://127.0.0.1:23333",), metadata=_meta("HuixiangDou servers")
+    )
+    endpoint: Literal["inference", "stream"] = field(
+        default="inference", metadata=_meta("'inference' or 'stream'")
+    )
+    concurrency_per_server: int = field(
+        default=1, metadata=_meta("requests in flight per server", ge=1)
+    )
+    timeout_s: float = field(default=600.0, metadata=_meta("seconds per request", gt=0))
+    rpm: int = field(default=0, metadata=_meta("requests per minute over all servers; 0 = no limit", ge=0))
+    max_retries: int = field(default=3, metadata=_meta("retries of a 500 or dropped connection", ge=0))
+    backoff_base_s: float = field(default=1.0, metadata=_meta("first backoff delay", gt=0))
+    failures_before_rest: int = field(
+        default=3, metadata=_meta("consecutive failures before a server is rested", ge=1)
+    )
+    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested", ge=0))
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionSettings:
+    topic: str = field(default="黑神话：悟空", metadata=_meta("what the questions are about"))
+    language: Literal["zh", "en"] = field(default="zh", metadata=_meta("prompt preset: 'zh' or 'en'"))
+    aspects: tuple[str, ...] = field(
+        default=(
+            "游戏概述", "章节与故事情节", "主要角色", "人物剧情梳理", "游戏世界观", "建筑与环境",
+            "战斗系统", "游戏玩法", "艺术与音乐", "文化内涵", "市场影响", "彩蛋、网络梗",
+        ),
+        metadata=_meta("aspects to ask about"),
+    )
+    per_aspect: int = field(default=10, metadata=_meta("questions wanted per aspect", ge=1))
+    batch_size: int = field(default=10, metadata=_meta("questions asked for per LLM call", ge=1))
+    max_stale_rounds: int = field(
+        default=3, metadata=_meta("rounds without a new question before giving up", ge=1)
+    )
+    system_prompt: str = field(default="", metadata=_meta("question-writer system prompt; '' = preset"))
+    user_prompt: str = field(default="", metadata=_meta("question-writer user prompt; '' = preset"))
+    min_chars: int = field(default=4, metadata=_meta("shortest accepted question", ge=1))
+    max_chars: int = field(default=60, metadata=_meta("longest accepted question", ge=1))
+    near_duplicate_threshold: float = field(
+        default=0.7, metadata=_meta("character n-gram Jaccard above which questions are duplicates", gt=0, le=1)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    system_prompt: str = field(default="", metadata=_meta("system prompt of the first turn; '' = preset"))
+    min_turns: int = field(default=1, metadata=_meta("turns per conversation at least", ge=1))
+    max_turns: int = field(default=1, metadata=_meta("turns per conversation at most", ge=1))
+    followup_prompt: str = field(default="", metadata=_meta("follow-up writer prompt; '' = preset"))
+    min_answer_chars: int = field(default=10, metadata=_meta("shortest accepted answer", ge=0))
+    strip_prefixes: tuple[str, ...] = field(
+        default=(
+            r"^根据(提供的|所提供的|已知|现有|给定的)?(材料|资料|信息|内容|文档)[，,：:]?\s*",
+            r"^(Based on|According to) the (provided |given )?(material|materials|information|documents?|context)[,:]?\s*",
+        ),
+        metadata=_meta("regular expressions of boilerplate lead-ins removed from answers"),
+    )
+    refusal_patterns: tuple[str, ...] = field(
+        default=(
+            r"无法回答", r"不知道", r"没有(提供|提到|相关)", r"未(提及|提到)",
+            r"(?i)I don'?t know", r"(?i)cannot answer", r"(?i)not (mentioned|provided) in",
+        ),
+        metadata=_meta("regular expressions that mark an answer as a refusal"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RagSettings:
+    backend: Literal["huixiangdou", "local", "auto"] = field(
+        default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    on_quota: Literal["stop", "wait"] = field(
+        default="stop", metadata=_meta("on exhausted quota: 'stop' (exit 75) or 'wait'")
+    )
+    quota_wait_s: float = field(default=3600.0, metadata=_meta("seconds to wait before probing", gt=0))
+    grace_s: float = field(default=30.0, metadata=_meta("seconds in-flight calls may finish in on stop", ge=0))
+    fsync: Literal["line", "batch", "never"] = field(
+        default="batch", metadata=_meta("'line', 'batch' or 'never'")
+    )
+    max_answer_attempts: int = field(
+        default=3, metadata=_meta("runs that may retry a failed question", ge=1)
+    )
+    queue_size: int = field(default=256, metadata=_meta("questions buffered between stages", ge=1))
+    progress_interval_s: float = field(
+        default=30.0, metadata=_meta("seconds between plain progress lines", gt=0)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    paths: PathSettings = PathSettings()
+    pretrain: PretrainSettings = PretrainSettings()
+    llm: LLMSettings = LLMSettings()
+    huixiangdou: HuixiangdouSettings = HuixiangdouSettings()
+    questions: QuestionSettings = QuestionSettings()
+    conversations: ConversationSettings = ConversationSettings()
+    rag: RagSettings = RagSettings()
+    run: RunSettings = RunSettings()
+    source: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data_dir)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.paths.out_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out_dir / "state"
+
+
+_SECTIONS: dict[str, type] = {
+    "paths": PathSettings,
+    "pretrain": PretrainSettings,
+    "llm": LLMSettings,
+    "huixiangdou": HuixiangdouSettings,
+    "questions": QuestionSettings,
+    "conversations": ConversationSettings,
+    "rag": RagSettings,
+    "run": RunSettings,
+}
+# Keys the loader fills itself; a file may not set them.
+_INTERNAL = {("llm", "api_key")}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is tuple:
+        if isinstance(value, list):
+            inner = typing.get_args(tp)[0]
+            return tuple(_coerce(v, inner, where) for v in value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise SettingsError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if meta.get("ge") is not None and value < meta["ge"]:
+        raise SettingsError(f"{where}: expected a value >= {meta['ge']}, got {value!r}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise SettingsError(f"{where}: expected a value > {meta['gt']}, got {value!r}")
+    if meta.get("le") is not None and value > meta["le"]:
+        raise SettingsError(f"{where}: expected a value <= {meta['le']}, got {value!r}")
+
+
+def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise SettingsError(f"{source}: [{name}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        where = f"{source}: [{name}] {key}"
+        if key not in fields or (name, key) in _INTERNAL:
+            known = ", ".join(k for k in fields if (name, k) not in _INTERNAL)
+            raise SettingsError(f"{source}: unknown key [{name}] {key}; known keys: {known}")
+        value = _coerce(raw, hints[key], where)
+        _check_range(value, fields[key].metadata, where)
+        values[key] = value
+    return cls(**values)
+
+
+def _cross_check(s: Settings) -> None:
+    src = s.source
+    if s.pretrain.chunk_overlap >= s.pretrain.chunk_size:
+        raise SettingsError(
+            f"{src}: [pretrain] chunk_overlap: expected less than chunk_size "
+            f"({s.pretrain.chunk_size}), got {s.pretrain.chunk_overlap}"
+        )
+    if s.conversations.min_turns > s.conversations.max_turns:
+        raise SettingsError(
+            f"{src}: [conversations] min_turns: expected at most max_turns "
+            f"({s.conversations.max_turns}), got {s.conversations.min_turns}"
+        )
+    if s.questions.min_chars > s.questions.max_chars:
+        raise SettingsError(
+            f"{src}: [questions] min_chars: expected at most max_chars "
+            f"({s.questions.max_chars}), got {s.questions.min_chars}"
+        )
+    if not s.huixiangdou.urls:
+        raise SettingsError(f"{src}: [huixiangdou] urls: expected at least one URL")
+    if not s.questions.aspects:
+        raise SettingsError(f"{src}: [questions] aspects: expected at least one aspect")
+
+
+def parse_settings(
+    data: dict[str, Any], source: str = "<defaults>", environ: typing.Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from a parsed TOML document."""
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            raise SettingsError(
+                f"{source}: unknown section [{name}]; known sections: {', '.join(_SECTIONS)}"
+            )
+        sections[name] = _build_section(name, cls, table, source)
+    settings = Settings(**sections, source=source)
+    env = os.environ if environ is None else environ
+    key = env.get(settings.llm.api_key_env, "").strip()
+    settings = dataclasses.replace(
+        settings, llm=dataclasses.replace(settings.llm, api_key=Secret(key))
+    )
+    settings = _apply_presets(settings)
+    _cross_check(settings)
+    return settings
+
+
+def _apply_presets(s: Settings) -> Settings:
+    """Fill prompts left empty with the language preset."""
+    preset = PRESETS[s.questions.language]
+    q = dataclasses.replace(
+        s.questions,
+        system_prompt=s.questions.system_prompt or preset.question_system,
+        user_prompt=s.questions.user_prompt or preset.question_user,
+    )
+    c = dataclasses.replace(
+        s.conversations,
+        system_prompt=s.conversations.system_prompt
+        or preset.system_prompt.format(topic=s.questions.topic),
+        followup_prompt=s.conversations.followup_prompt or preset.followup,
+    )
+    return dataclasses.replace(s, questions=q, conversations=c)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from ``path``; with no path, ``settings.toml`` in the
+    working directory when it exists, else the built-in defaults."""
+    if path is None:
+        default = Path("settings.toml")
+        if not default.exists():
+            return parse_settings({}, environ=environ)
+        path = default
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read settings file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: settings file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, source=str(path), environ=environ)
+
