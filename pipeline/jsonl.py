@@ -1,0 +1,61 @@
+"""JSONL primitives shared by every stage: one compact UTF-8 object per line,
+and whole-file writes that land atomically (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+__all__ = ["atomic_writer", "dumps_line", "write_jsonl_atomic"]
+
+
+def dumps_line(obj: Any) -> bytes:
+    """One JSONL line: compact, UTF-8 (not ASCII-escaped), newline-terminated."""
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path``; on clean exit fsync it and rename
+    it over ``path``. On error the temporary file is removed and ``path`` keeps
+    its previous content, so a crash never leaves a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not every platform can open a folder.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Any]) -> int:
+    """Write ``records`` as JSONL to ``path`` atomically; return how many."""
+    count = 0
+    with atomic_writer(path) as fh:
+        for rec in records:
+            fh.write(dumps_line(rec))
+            count += 1
+    return count
