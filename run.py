@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -50,11 +51,46 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.qa import run_qa
+
+    if not settings.llm.api_key:
+        print(
+            f"error: the QA stage needs an LLM API key: set the environment variable "
+            f"{settings.llm.api_key_env} (its name is [llm] api_key_env in {settings.source})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    result = _run_async(run_qa(settings))
+    print(result.line())
+    return result.exit_code
+
+
 def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("root_path", "save_path", "chunk_size", "chunk_overlap"):
         setattr(args, name, None)
     args.seed_compatible = False
-    return cmd_pretrain(args, settings)
+    code = cmd_pretrain(args, settings)
+    if code != EXIT_OK:
+        return code
+    if not settings.llm.api_key:
+        print(
+            f"QA stage skipped: no LLM key. Set the environment variable "
+            f"{settings.llm.api_key_env} (named by [llm] api_key_env in {settings.source}) "
+            f"and start HuixiangDou ({', '.join(settings.huixiangdou.urls)}) to make "
+            f"conversations.jsonl; then run `python run.py qa`."
+        )
+        return EXIT_OK
+    return cmd_qa(args, settings)
+
+
+def _run_async(coro):  # type: ignore[no-untyped-def]
+    """Run a coroutine on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="reproduce the reference script's separators and chunks exactly",
     )
     pre.set_defaults(func=cmd_pretrain)
+
+    qa = sub.add_parser(
+        "qa",
+        help="write questions with the LLM, answer them with HuixiangDou: conversations.jsonl",
+        description=(
+            "Write questions about every aspect with the LLM, ask each one of the HuixiangDou "
+            "servers, and build XTuner conversation records from the grounded answers. "
+            "Every answer is checkpointed: run it again to resume where it stopped."
+        ),
+    )
+    qa.set_defaults(func=cmd_qa)
     return parser
 
 

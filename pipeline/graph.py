@@ -1,0 +1,405 @@
+"""The QA graph: aspects -> questions -> answers -> ledgers, in one TaskGroup.
+
+    question producers (one per aspect, sharing the LLM client's limits)
+          | record question row, then put on a bounded queue
+          v
+    answer workers (a fixed pool, one per answer slot of the backend)
+          | ask the backend; gate; write the follow-up turns of multi-turn conversations
+          v
+    ledger writer (one task; rows are recorded shielded from cancellation)
+
+End of input is a sentinel per worker, put once every producer has finished.
+A stop (quota, signal, fatal error) is two-phase: producers stop asking, workers
+finish what is in flight and drop what is queued (it is in the ledger and is
+picked up by the next run); whatever is still busy after ``grace_s`` is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.dataset import compile_gate
+from pipeline.errors import (
+    FatalServiceError,
+    QuotaExhausted,
+    RetryableError,
+    ServersDown,
+    ServiceError,
+)
+from pipeline.ledger import LedgerWriter
+from pipeline.llm import LLMClient
+from pipeline.outcome import Answerer, Outcome
+from pipeline.questions import (
+    Deduper,
+    ensure_topic,
+    followup_messages,
+    parse_followup,
+    parse_question_list,
+    question_id,
+    question_messages,
+    screen_question,
+)
+from pipeline.settings import Settings
+from pipeline.state import ConvPlan, RunState, target_turns
+
+__all__ = ["Graph", "RunStats", "StopReason"]
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"]
+
+# How many accepted questions of an aspect a later batch is shown, so the model
+# writes different ones without the prompt growing with the run.
+_SAMPLE = 20
+_DONE = None  # queue sentinel
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Live counters for progress lines, the report and the run_end event."""
+
+    started: float = field(default_factory=time.monotonic)
+    target: dict[str, int] = field(default_factory=dict)
+    accepted: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)  # parser, screen and dedup reasons
+    outcomes: Counter[str] = field(default_factory=Counter)
+    states: Counter[str] = field(default_factory=Counter)  # last state of unanswered turns
+    rejected: Counter[str] = field(default_factory=Counter)  # answer-gate reasons
+    in_flight: int = 0
+    question_calls: int = 0
+    followup_calls: int = 0
+    rag_seconds: list[float] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "accepted": sum(self.accepted.values()),
+            "target": sum(self.target.values()),
+            "outcomes": dict(self.outcomes),
+            "dropped": dict(self.dropped),
+            "rejected": dict(self.rejected),
+            "in_flight": self.in_flight,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+
+
+@dataclass(slots=True)
+class _Job:
+    plan: ConvPlan
+
+
+class Graph:
+    """One QA run. Build it, then ``await run()``; it returns why it stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: RunState,
+        llm: LLMClient,
+        answerer: Answerer,
+        writer: LedgerWriter,
+        *,
+        workers: int,
+        on_progress: Callable[[RunStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.llm = llm
+        self.answerer = answerer
+        self.writer = writer
+        self.n_workers = workers
+        self.on_progress = on_progress
+        self.stats = RunStats()
+        self.stop_reason: StopReason = "complete"
+        self.stop_detail = ""
+        self._stopping = asyncio.Event()
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
+        self._dedup = Deduper(settings.questions.near_duplicate_threshold)
+        self._gate = compile_gate(settings.conversations)
+        self._seq = state.next_seq
+        self._quota_wait: asyncio.Task[None] | None = None
+
+    # ---- control -----------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def request_stop(self, reason: StopReason, detail: str = "") -> None:
+        """Begin the two-phase stop; the first reason given is the one reported."""
+        if not self.stopping:
+            self.stop_reason = reason
+            self.stop_detail = detail
+            log.warning("stopping (%s)%s", reason, f": {detail}" if detail else "")
+            self._stopping.set()
+
+    async def run(self) -> StopReason:
+        """Run until every aspect has its questions and every question its answer,
+        or until a stop; return the reason."""
+        qs = self.settings.questions
+        for aspect in qs.aspects:
+            have = len(self.state.accepted.get(aspect, ()))
+            self.stats.target[aspect] = qs.per_aspect
+            self.stats.accepted[aspect] = min(have, qs.per_aspect)
+        for texts in self.state.accepted.values():
+            self._dedup.seed(texts)
+
+        async with asyncio.TaskGroup() as tg:
+            work = [tg.create_task(self._answer_worker(i)) for i in range(self.n_workers)]
+            feeder = tg.create_task(self._feed())
+            tg.create_task(self._watch_stop([*work, feeder]))
+            progress = tg.create_task(self._progress())
+            await asyncio.gather(*work, feeder, return_exceptions=True)
+            progress.cancel()
+        return self.stop_reason
+
+    async def _watch_stop(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """After a stop, give in-flight work ``grace_s`` to finish, then cancel it."""
+        waiter = asyncio.ensure_future(self._stopping.wait())
+        done_all = asyncio.ensure_future(asyncio.wait(tasks))
+        try:
+            await asyncio.wait({waiter, done_all}, return_when=asyncio.FIRST_COMPLETED)
+            if done_all.done():
+                return
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.run.grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("cancelled %d task(s) still busy after %.0f s", len(pending), self.settings.run.grace_s)
+        finally:
+            waiter.cancel()
+            done_all.cancel()
+
+    async def _progress(self) -> None:
+        interval = self.settings.run.progress_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+            await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
+
+    # ---- producing questions -------------------------------------------------------
+
+    async def _feed(self) -> None:
+        """Queue the conversations left from earlier runs, then run every aspect's
+        producer concurrently; finally tell each worker there is no more."""
+        for plan in self.state.pending:
+            if self.stopping:
+                break
+            await self._queue.put(_Job(plan))
+        qs = self.settings.questions
+        async with asyncio.TaskGroup() as tg:
+            for aspect in qs.aspects:
+                if self.stats.accepted[aspect] < qs.per_aspect and aspect not in self.state.exhausted:
+                    tg.create_task(self._produce(aspect))
+        # Only on a clean finish: after a cancellation the workers are cancelled too.
+        for _ in range(self.n_workers):
+            await self._queue.put(_DONE)
+
+    async def _produce(self, aspect: str) -> None:
+        qs = self.settings.questions
+        accepted = list(self.state.accepted.get(aspect, ()))
+        stale = 0
+        while len(accepted) < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
+            need = qs.per_aspect - len(accepted)
+            messages = question_messages(qs, aspect, min(qs.batch_size, need), accepted[-_SAMPLE:])
+            text = await self._llm_text(messages, purpose="questions")
+            if text is None:
+                if self.stopping:
+                    return
+                stale += 1
+                continue
+            self.stats.question_calls += 1
+            fresh = self._screen(parse_question_list(text), need)
+            if not fresh:
+                stale += 1
+                continue
+            stale = 0
+            rows = []
+            for q in fresh:
+                rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
+                self._seq += 1
+            await asyncio.gather(*(self.writer.record("questions", r) for r in rows))
+            accepted.extend(fresh)
+            self.stats.accepted[aspect] += len(fresh)
+            for row in rows:
+                plan = ConvPlan(
+                    conv=row["id"],
+                    aspect=aspect,
+                    seq=row["seq"],
+                    first_question=row["text"],
+                    target=_target(self.settings, row["id"]),
+                    next_question=row["text"],
+                )
+                await self._queue.put(_Job(plan))
+        if len(accepted) < qs.per_aspect and not self.stopping:
+            log.warning("aspect %r: %d of %d questions after %d rounds with nothing new",
+                        aspect, len(accepted), qs.per_aspect, stale)
+            await self.writer.record("events", {"event": "aspect_exhausted", "aspect": aspect,
+                                                "accepted": len(accepted)})
+
+    def _screen(self, items: list[str], need: int) -> list[str]:
+        """Keep the new, well-formed questions, at most ``need``; count the rest."""
+        qs = self.settings.questions
+        fresh: list[str] = []
+        for q in items:
+            reason = screen_question(q, qs) or self._dedup.add(q)
+            if reason is not None:
+                self.stats.dropped[reason] += 1
+            elif len(fresh) < need:
+                fresh.append(q)
+            else:
+                self.stats.dropped["over_target"] += 1
+        return fresh
+
+    # ---- answering -----------------------------------------------------------------
+
+    async def _answer_worker(self, _index: int) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is _DONE:
+                return
+            if self.stopping:
+                continue  # already in the ledger: the next run asks it
+            try:
+                await self._converse(job.plan)
+            except QuotaExhausted as exc:
+                await self._on_quota(exc)
+            except ServersDown as exc:
+                self.request_stop("servers_down", str(exc))
+            except FatalServiceError as exc:
+                self.request_stop("fatal", str(exc))
+
+    async def _converse(self, plan: ConvPlan) -> None:
+        """Ask the conversation's turns from ``plan.next_turn`` until its target,
+        stopping at the first turn without an accepted answer."""
+        topic = self.settings.questions.topic
+        while plan.next_turn <= plan.target and not self.stopping:
+            question = plan.next_question
+            if question is None:
+                question = await self._write_followup(plan, topic)
+                if question is None:
+                    return
+            row = await self._ask(plan, question)
+            if row["kind"] != "answered":
+                return
+            plan.history.append((question, row["answer"]))
+            plan.next_turn += 1
+            plan.next_question = None
+
+    async def _write_followup(self, plan: ConvPlan, topic: str) -> str | None:
+        last_q, last_a = plan.history[-1]
+        messages = followup_messages(self.settings.conversations, topic, last_q, last_a)
+        text = await self._llm_text(messages, purpose="followup")
+        self.stats.followup_calls += 1
+        followup = parse_followup(text) if text else ""
+        if not followup or screen_question(followup, self.settings.questions) is not None:
+            await self._record_answer(plan, followup or "", Outcome(kind="failed", state="no follow-up question"))
+            return None
+        followup = ensure_topic(followup, topic)
+        await self.writer.record(
+            "questions",
+            {"id": question_id(followup), "conv": plan.conv, "turn": plan.next_turn, "text": followup},
+        )
+        return followup
+
+    async def _ask(self, plan: ConvPlan, question: str) -> dict[str, Any]:
+        self.stats.in_flight += 1
+        try:
+            outcome = await self.answerer.ask(question)
+        finally:
+            self.stats.in_flight -= 1
+        self.stats.rag_seconds.append(outcome.seconds)
+        return await self._record_answer(plan, question, outcome)
+
+    async def _record_answer(self, plan: ConvPlan, question: str, outcome: Outcome) -> dict[str, Any]:
+        kind: str = outcome.kind
+        answer, reason = "", ""
+        if kind == "answered":
+            answer, rejection = self._gate(outcome.answer)
+            if rejection is not None:
+                kind, reason = "rejected", rejection
+                self.stats.rejected[rejection] += 1
+        else:
+            self.stats.states[outcome.state] += 1
+        self.stats.outcomes[kind] += 1
+        row = {
+            "conv": plan.conv,
+            "turn": plan.next_turn,
+            "question": question,
+            "kind": kind,
+            "answer": answer,
+            "raw_answer": outcome.answer,
+            "refs": list(outcome.refs),
+            "state": outcome.state,
+            "reason": reason,
+            "server": outcome.server,
+            "attempts": outcome.attempts,
+            "seconds": round(outcome.seconds, 3),
+        }
+        await self.writer.record("answers", row)
+        return row
+
+    # ---- the LLM, with the run's reaction to its errors ----------------------------------
+
+    async def _llm_text(self, messages: list[dict[str, str]], *, purpose: str) -> str | None:
+        """One LLM call; None when it failed in a way that costs only this call."""
+        while not self.stopping:
+            try:
+                done = await self.llm.chat(messages)
+                return done.text
+            except QuotaExhausted as exc:
+                if not await self._on_quota(exc):
+                    return None
+            except FatalServiceError as exc:
+                self.request_stop("fatal", str(exc))
+                return None
+            except RetryableError as exc:
+                log.warning("%s call failed after retries: %s", purpose, exc)
+                return None
+            except ServiceError as exc:  # pragma: no cover - every subclass is handled above
+                log.warning("%s call failed: %s", purpose, exc)
+                return None
+        return None
+
+    async def _on_quota(self, exc: QuotaExhausted) -> bool:
+        """React to exhausted quota. Return True when the caller may try again."""
+        run = self.settings.run
+        if run.on_quota == "stop":
+            self.request_stop("quota", str(exc))
+            return False
+        if self._quota_wait is None or self._quota_wait.done():
+            self._quota_wait = asyncio.ensure_future(self._wait_for_quota(exc))
+        # Every caller that hit the wall waits for the one probe, not its own.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._quota_wait)
+        return not self.stopping
+
+    async def _wait_for_quota(self, exc: QuotaExhausted) -> None:
+        run = self.settings.run
+        while not self.stopping:
+            log.warning("quota exhausted (%s); waiting %.0f s before probing", exc, run.quota_wait_s)
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({stop}, timeout=run.quota_wait_s)
+            finally:
+                stop.cancel()
+            if self.stopping:
+                return
+            try:
+                await self.llm.probe()
+                log.info("quota is back; going on")
+                return
+            except QuotaExhausted as again:
+                exc = again
+
+
+def _target(settings: Settings, conv: str) -> int:
+    c = settings.conversations
+    return target_turns(conv, c.min_turns, c.max_turns)

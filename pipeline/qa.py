@@ -1,0 +1,207 @@
+"""The QA stage driver: lock the output folder, resume from the ledgers, run the
+graph against the LLM and the answer backend, and always leave a usable dataset.
+
+I/O lives here; the graph holds the scheduling, ``pipeline.state`` the resume
+plan and ``pipeline.dataset`` the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.dataset import build_conversations, write_dataset
+from pipeline.graph import Graph, RunStats, StopReason
+from pipeline.huixiangdou import HuixiangdouPool
+from pipeline.ledger import LedgerWriter, RunLock, read_ledger
+from pipeline.llm import LLMClient
+from pipeline.outcome import Answerer
+from pipeline.settings import Settings
+from pipeline.state import RunState, derive_state, ledger_paths
+
+__all__ = ["EXIT_CODES", "QAResult", "load_state", "run_qa", "write_conversations"]
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES: dict[str, int] = {
+    "complete": 0,
+    "fatal": 1,
+    "servers_down": 1,
+    "crashed": 1,
+    "quota": 75,
+    "interrupted": 130,
+}
+
+DATASET_NAME = "conversations.jsonl"
+
+
+@dataclass(slots=True)
+class QAResult:
+    status: str
+    detail: str
+    conversations: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+    def line(self) -> str:
+        """The closing summary: how it ended, what it made, what it cost."""
+        outcomes = self.stats.get("outcomes", {})
+        parts = [
+            f"qa {self.status}",
+            f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
+            "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
+            f"conversations {self.conversations}",
+            f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
+            f"cost {self.usage.get('cost', 0.0):.4f}",
+        ]
+        text = "; ".join(parts)
+        if self.detail:
+            text += f"\n{self.detail}"
+        if self.status in ("quota", "interrupted", "servers_down", "crashed"):
+            text += "\nrun `python run.py qa` again to resume where it stopped"
+        return text
+
+
+def load_state(settings: Settings, *, repair: bool) -> tuple[RunState, dict[str, list[dict[str, Any]]]]:
+    """Read the ledgers (cutting a torn last line when ``repair``) and derive the plan."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for name, path in ledger_paths(settings.state_dir).items():
+        rows[name] = list(read_ledger(path, repair=repair))
+    c = settings.conversations
+    state = derive_state(
+        rows["questions"],
+        rows["answers"],
+        rows["events"],
+        aspects=settings.questions.aspects,
+        min_turns=c.min_turns,
+        max_turns=c.max_turns,
+        max_answer_attempts=settings.run.max_answer_attempts,
+    )
+    return state, rows
+
+
+def write_conversations(settings: Settings) -> int:
+    """Rebuild ``conversations.jsonl`` from the ledgers, atomically."""
+    paths = ledger_paths(settings.state_dir)
+    questions = [r for r in read_ledger(paths["questions"], repair=False) if "conv" not in r]
+    answers = list(read_ledger(paths["answers"], repair=False))
+    records = build_conversations(
+        questions, answers, settings.conversations.system_prompt, settings.conversations.min_turns
+    )
+    return write_dataset(settings.out_dir / DATASET_NAME, records)
+
+
+def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
+    """The answer backend and how many answer workers it can keep busy."""
+    hx = settings.huixiangdou
+    del llm  # the local backend (a later issue) answers through the LLM
+    return HuixiangdouPool(hx), len(hx.urls) * hx.concurrency_per_server
+
+
+async def run_qa(
+    settings: Settings,
+    *,
+    on_progress: Callable[[RunStats], None] | None = None,
+    install_signals: bool = True,
+) -> QAResult:
+    """Run (or resume) the QA stage to completion or to a clean stop."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(settings.out_dir):
+        state, _ = load_state(settings, repair=True)
+        async with LLMClient(settings.llm) as llm:
+            answerer, workers = make_answerer(settings, llm)
+            try:
+                return await _run_graph(settings, state, llm, answerer, workers, on_progress, install_signals)
+            finally:
+                await answerer.aclose()
+
+
+async def _run_graph(
+    settings: Settings,
+    state: RunState,
+    llm: LLMClient,
+    answerer: Answerer,
+    workers: int,
+    on_progress: Callable[[RunStats], None] | None,
+    install_signals: bool,
+) -> QAResult:
+    # Fail before anything is paid for when a service is misconfigured.
+    await llm.probe()
+    described = await answerer.probe()
+    log.info("%s", described)
+
+    writer = LedgerWriter(ledger_paths(settings.state_dir), fsync=settings.run.fsync)
+    writer_task = asyncio.create_task(writer.run())
+    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress)
+    status: str = "crashed"
+    started = time.time()
+    await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
+                                   "questions_before": state.total_questions()})
+    main = asyncio.current_task()
+    restore = _install_signal_handlers(graph, main) if install_signals else (lambda: None)
+    try:
+        reason: StopReason = await graph.run()
+        status = reason
+    except asyncio.CancelledError:
+        status = "interrupted"
+        graph.stop_detail = graph.stop_detail or "cancelled at once by a second signal"
+        if main is not None:
+            main.uncancel()
+    finally:
+        restore()
+        end = {
+            "event": "run_end",
+            "status": status,
+            "detail": graph.stop_detail,
+            "time": time.time(),
+            "seconds": round(time.time() - started, 1),
+            "stats": graph.stats.snapshot(),
+            "usage": llm.usage.snapshot(),
+        }
+        with contextlib.suppress(Exception):
+            await asyncio.shield(writer.record("events", end))
+        writer.close()
+        await asyncio.shield(writer_task)
+        count = write_conversations(settings)
+    return QAResult(
+        status=status,
+        detail=graph.stop_detail,
+        conversations=count,
+        stats=graph.stats.snapshot(),
+        usage=llm.usage.snapshot(),
+    )
+
+
+def _install_signal_handlers(graph: Graph, main: asyncio.Task[Any] | None) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: two-phase stop. Second: cancel at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if not graph.stopping:
+            log.warning("%s: finishing what is in flight (again to stop at once)", signame)
+            graph.request_stop("interrupted", f"stopped by {signame}")
+        elif main is not None:
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+
+    def restore() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return restore
