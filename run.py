@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.cli_formats import add_export_parser, add_validate_parser
 from pipeline.errors import InputError, PipelineError, SettingsError
 from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
 
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     qa.set_defaults(func=cmd_qa)
+
+    add_validate_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

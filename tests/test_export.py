@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+import run
+
 from pipeline.cli_formats import add_export_parser
 from pipeline.errors import InputError
 from pipeline.export import (
@@ -262,14 +264,10 @@ def test_read_conversations_names_file_and_line_of_a_bad_record(
 
 
 def cli(argv: list[str], settings: Settings) -> int:
-    """What run.main does for this subcommand: InputError becomes exit 2."""
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args, settings))
-    except InputError:
-        return 2
+    """The real command line, with a settings file that names out_dir."""
+    path = Path(settings.paths.out_dir).parent / "settings.toml"
+    path.write_text(f"[paths]\nout_dir = {str(settings.paths.out_dir)!r}\n", encoding="utf-8")
+    return run.main(["--settings", str(path), *argv])
 
 
 @pytest.fixture

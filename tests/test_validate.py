@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import run
+
 from pipeline.cli_formats import add_validate_parser
 from pipeline.errors import InputError
 from pipeline.settings import Settings
@@ -213,14 +215,8 @@ def test_output_lines_name_file_line_and_severity() -> None:
 
 
 def cli(argv: list[str]) -> int:
-    """What run.main does for this subcommand: InputError becomes exit 2."""
-    parser = argparse.ArgumentParser()
-    add_validate_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args, Settings()))
-    except InputError:
-        return 2
+    """The real command line: run.main turns InputError into exit 2."""
+    return run.main(argv)
 
 
 @pytest.fixture

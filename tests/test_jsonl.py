@@ -1,0 +1,47 @@
+"""Whole-file JSONL writes: atomic, compact UTF-8, normal permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pipeline.jsonl import atomic_writer, dumps_line, write_jsonl_atomic
+
+
+def test_lines_are_compact_utf8_and_newline_terminated() -> None:
+    assert dumps_line({"a": "悟空", "b": [1]}) == '{"a":"悟空","b":[1]}\n'.encode()
+
+
+def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    write_jsonl_atomic(path, [{"n": 1}, {"n": 2}])
+    assert write_jsonl_atomic(path, [{"n": 3}]) == 1
+    assert path.read_bytes() == b'{"n":3}\n'
+    assert os.listdir(tmp_path) == ["x.jsonl"]
+
+
+def test_failure_mid_write_keeps_previous_content(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    write_jsonl_atomic(path, [{"n": 1}])
+
+    def records():  # type: ignore[no-untyped-def]
+        yield {"n": 2}
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl_atomic(path, records())
+    assert path.read_bytes() == b'{"n":1}\n'
+    assert os.listdir(tmp_path) == ["x.jsonl"]
+
+
+def test_written_file_follows_the_umask_not_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with atomic_writer(tmp_path / "d.jsonl") as fh:
+            fh.write(b"{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "d.jsonl").stat().st_mode) == 0o644
