@@ -321,20 +321,21 @@ class TokenBudget:
         return max(0, min(amount, int(self.tokens.max_rate)))
 
     async def acquire(self, estimate: int) -> int:
-        """Wait for one request and ``estimate`` tokens (plus any debt); return
-        the tokens actually taken."""
+        """Wait for one request and ``estimate`` tokens plus any debt (clamped
+        to capacity); return the part taken for this call's own estimate,
+        which is what :meth:`settle` must be given."""
         await self.requests.acquire()
-        wanted = estimate + self._debt
-        taken = self.clamp(wanted)
+        taken = self.clamp(estimate + self._debt)
+        own = min(estimate, taken)
         # Take the debt off before waiting, so concurrent callers do not pay it twice.
-        self._debt = max(0, self._debt - max(0, taken - estimate))
+        self._debt -= taken - own
         await self.tokens.acquire(taken)
-        return taken
+        return own
 
-    def settle(self, taken: int, actual: int) -> None:
-        """Record what the call really used, given what was taken for it."""
-        if actual > taken:
-            self._debt += actual - taken
+    def settle(self, own: int, actual: int) -> None:
+        """Record what the call really used, given the part taken for it."""
+        if actual > own:
+            self._debt += actual - own
 
     @property
     def debt(self) -> int:
@@ -469,7 +470,7 @@ class LLMClient:
     ) -> tuple[str, int, int]:
         s = self.settings
         async with self._slots:
-            taken = await self.budget.acquire(estimate)
+            own = await self.budget.acquire(estimate)
             try:
                 response = await self._openai.chat.completions.create(
                     model=s.model,
@@ -490,7 +491,7 @@ class LLMClient:
             prompt = estimate - max_tokens
         if output is None:
             output = estimate_prompt_tokens([{"content": text}])
-        self.budget.settle(taken, prompt + output)
+        self.budget.settle(own, prompt + output)
         self.usage.calls += 1
         self.usage.prompt_tokens += prompt
         self.usage.completion_tokens += output

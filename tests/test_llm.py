@@ -322,7 +322,14 @@ async def test_probe_says_when_the_url_is_unreachable(llm_settings: LLMSettings)
 # -- concurrency ----------------------------------------------------------------------
 
 
-async def test_the_connection_pool_does_not_cap_concurrency(llm_settings: LLMSettings, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_the_connection_pool_does_not_cap_concurrency(
+    llm_settings: LLMSettings, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    if transport == "httpx":  # as when the SDK's aiohttp extra is not installed
+        def missing(**_: object) -> None:
+            raise RuntimeError("To use the aiohttp client you must have installed the package with the `aiohttp` extra")
+        monkeypatch.setattr(openai, "DefaultAioHttpClient", missing)
     # 150 > httpx's default pool of 100: all 150 must be inside the server at once.
     settings = dataclasses.replace(llm_settings, concurrency=150)
     fake_llm.gate = asyncio.Event()
