@@ -532,6 +532,10 @@ class HuixiangdouPool:
                 )
             avoid.add(server.url)
             if attempt < s.max_retries:
+                now = self._clock()
+                if self._all_resting(now):
+                    # No point sleeping first: nothing can take the retry.
+                    raise ServersDown(self._down_message(now), service="huixiangdou")
                 delay = s.backoff_base_s * (2 ** attempt) * (0.5 + self._rng.random())
                 log.debug("HuixiangDou %s: %s; retry %d in %.1fs", url, error, attempt + 1, delay)
                 await self._sleep(delay)
