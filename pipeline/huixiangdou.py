@@ -334,6 +334,10 @@ class HuixiangdouPool:
     ``failures_before_rest`` times in a row rests ``rest_s`` seconds; when
     every server rests, :meth:`ask` raises :class:`ServersDown`. A rested
     server comes back at the next slot hand-out after its rest ends.
+
+    An injected ``session`` is used as given (its connector limit is the
+    caller's business) and not closed by :meth:`aclose`. ``clock``, ``sleep``
+    and ``rng`` are seams for tests: rests, backoff and jitter without waiting.
     """
 
     def __init__(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from pipeline.errors import FatalServiceError, ServersDown
@@ -495,3 +497,34 @@ async def test_fake_runs_as_a_subprocess_and_prints_its_url(hxd_settings: Settin
         proc.terminate()
         await proc.wait()
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("openapi", "reason"),
+    [
+        (web.json_response({"openapi": "3.1.0", "paths": {"/v1/chat/completions": {}}}),
+         "no /huixiangdou_inference route: not a HuixiangDou server?"),
+        (web.Response(status=404, text="Not Found"), "HTTP 404"),
+    ],
+    ids=["other-fastapi-app", "no-openapi"],
+)
+async def test_probe_tells_a_server_that_is_not_huixiangdou(
+    hxd_settings: Settings, openapi: web.Response, reason: str
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return openapi
+
+    app = web.Application()
+    app.router.add_get("/openapi.json", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    pool = pool_for(hxd_settings(url))
+    try:
+        with pytest.raises(ServersDown, match=re.escape(f"{url} ({reason})")):
+            await pool.probe()
+    finally:
+        await pool.aclose()
+        await runner.cleanup()
