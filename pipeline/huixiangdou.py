@@ -1,0 +1,637 @@
+"""HuixiangDou RAG client: a pool of servers, the wire protocol, typed outcomes.
+
+The protocol (``docs/huixiangdou-protocol.md``) in one paragraph: POST
+``{"text": q, "image": ""}`` to ``/huixiangdou_inference``; the answer is the
+LAST element of the ``step`` list, accepted only when its state is
+``success`` and its response is not blank. The server's default pipeline
+(``chat_with_repo``) instead answers a bare JSON string with a references
+header. ``/huixiangdou_stream`` sends cumulative JSON documents concatenated
+with no framing; the last one equals the inference body.
+
+Pure transforms (tested with ``parametrize``): :func:`classify`,
+:func:`parse_inference_body`, :func:`split_references`, :class:`StreamDecoder`.
+I/O: :class:`HuixiangdouPool`, the one place where aiohttp errors become the
+project's exception tree:
+
+    500/502/503/504, refused or dropped connection -> retried with backoff,
+        preferably on another server; then ``Outcome(kind="failed")``
+    timeout                 -> counted against the server, not retried (the
+        server keeps working on the abandoned request, so a retry only queues
+        behind it); ``Outcome(kind="failed", state="timeout ...")``
+    422, other 4xx          -> FatalServiceError (our request is wrong)
+    plain text on the stream endpoint -> FatalServiceError (server runs
+        chat_with_repo; use endpoint = "inference" or restart the server)
+    every server resting    -> ServersDown naming the URLs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+
+from pipeline.errors import FatalServiceError, ServersDown
+from pipeline.outcome import Kind, Outcome
+from pipeline.settings import HuixiangdouSettings
+
+__all__ = [
+    "EMPTY_ANSWER",
+    "IRRELEVANT_MATERIAL",
+    "START_COMMAND",
+    "STATE_KINDS",
+    "HuixiangdouPool",
+    "StreamDecoder",
+    "StreamFormatError",
+    "classify",
+    "parse_inference_body",
+    "split_references",
+]
+
+log = logging.getLogger(__name__)
+
+START_COMMAND = "python3 -m huixiangdou.server --pipeline chat_in_group"
+
+SUCCESS = "success"
+INIT_STATE = "Init state"
+# States this client makes up where the server's own string would mislead a
+# user counting states: "Init state" as the last step means the material was
+# irrelevant, and a blank "success" is an answer the server did not really give.
+IRRELEVANT_MATERIAL = "Init state (irrelevant material)"
+EMPTY_ANSWER = "success (empty answer)"
+
+# The protocol's table of exact state strings. Unknown states are "failed":
+# an unknown state is most likely a new failure mode, and a failed question
+# is retried by a later run while a skipped one is not.
+STATE_KINDS: dict[str, Kind] = {
+    SUCCESS: "answered",
+    INIT_STATE: "skipped",
+    "Query length too short": "skipped",
+    "query is not a question": "skipped",
+    "The question does not have a topic. It might be a meaningless sentence.": "skipped",
+    "Topics unrelated to the knowledge base. Updating good_questions and bad_questions "
+    "can improve accuracy.": "skipped",
+    "Irrelevant answer.": "vetoed",
+    "Reply has a high relevance to prohibited topics.": "vetoed",
+    "Web search fail, please check network, TOKEN and quota": "failed",
+    "No search result.": "failed",
+    "SourceGraph not result, please check token or input query": "failed",
+    "LLM not response query with sg search": "failed",
+}
+
+_REFS_HEADER = "**References:**"
+
+
+def _refs(raw: Any) -> tuple[str, ...]:
+    """Reference names as a tuple of distinct non-blank strings, order kept."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)):
+        return ()
+    seen: dict[str, None] = {}
+    for item in raw:
+        if isinstance(item, str) and item.strip():
+            seen.setdefault(item.strip(), None)
+    return tuple(seen)
+
+
+def classify(steps: Sequence[Any]) -> Outcome:
+    """Apply the final-step rule to a chat_in_group ``step`` list.
+
+    Only the LAST step counts: an answer is accepted when its state is
+    ``success`` and its response is not blank. A ``success`` followed by a
+    veto state is therefore not an answer. The returned outcome carries kind,
+    answer, refs and state; server, attempts and seconds are left for the
+    caller to fill in.
+    """
+    if not isinstance(steps, (list, tuple)) or not steps:
+        return Outcome(kind="failed", state="no steps in response")
+    last = steps[-1]
+    if not isinstance(last, dict):
+        return Outcome(kind="failed", state=f"malformed step: {last!r:.80}")
+    state = last.get("state")
+    if not isinstance(state, str):
+        state = f"malformed state: {state!r:.60}"
+    response = last.get("response")
+    response = response.strip() if isinstance(response, str) else ""
+    refs = _refs(last.get("refs"))
+    if state == SUCCESS:
+        if response:
+            return Outcome(kind="answered", answer=response, refs=refs, state=SUCCESS)
+        return Outcome(kind="vetoed", refs=refs, state=EMPTY_ANSWER)
+    if state == INIT_STATE:
+        return Outcome(kind="skipped", refs=refs, state=IRRELEVANT_MATERIAL)
+    return Outcome(kind=STATE_KINDS.get(state, "failed"), refs=refs, state=state)
+
+
+def split_references(text: str) -> tuple[tuple[str, ...], str]:
+    """Split chat_with_repo's ``**References:**\\r\\n* a.md\\r\\n\\r\\n<answer>``.
+
+    Returns ``(refs, answer)``; text without the header is all answer.
+    """
+    if not text.startswith(_REFS_HEADER):
+        return (), text
+    lines = text[len(_REFS_HEADER):].splitlines(keepends=True)
+    refs: list[str] = []
+    i = 0
+    if lines and not lines[0].strip():
+        i = 1  # the line break right after the header
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith(("* ", "- ")):
+            refs.append(line[2:].strip())
+        elif line:
+            break  # no blank separator: the answer starts here
+        else:
+            i += 1
+            break
+        i += 1
+    return _refs(refs), "".join(lines[i:])
+
+
+def parse_inference_body(body: Any) -> tuple[Kind, str, tuple[str, ...], str]:
+    """Turn a decoded /huixiangdou_inference body into ``(kind, answer, refs, state)``.
+
+    Accepts chat_in_group's ``{"step": [...]}`` object and chat_with_repo's
+    bare string. The bare string carries no state, so a non-blank one reads
+    as ``success`` and a blank one as :data:`EMPTY_ANSWER`.
+    """
+    if isinstance(body, dict) and "step" in body:
+        o = classify(body["step"])
+        return o.kind, o.answer, o.refs, o.state
+    if isinstance(body, str):
+        refs, answer = split_references(body)
+        answer = answer.strip()
+        if answer:
+            return "answered", answer, refs, SUCCESS
+        return "vetoed", "", refs, EMPTY_ANSWER
+    return "failed", "", (), f"unexpected response body: {json.dumps(body, ensure_ascii=False)[:80]}"
+
+
+class StreamFormatError(ValueError):
+    """The stream is not concatenated JSON documents (or ends inside one)."""
+
+
+# Characters that matter to the document scanner, outside and inside strings.
+_STRUCTURAL = re.compile(r'[{}\[\]"]')
+_IN_STRING = re.compile(r'["\\]')
+_WS = " \t\r\n"
+
+
+class StreamDecoder:
+    """Decode concatenated JSON documents (``{...}{...}``) fed in arbitrary chunks.
+
+    ``feed(bytes)`` returns the documents completed by that chunk. Chunks may
+    split anywhere, including inside a multi-byte UTF-8 character. A small
+    scanner (depth, in-string, escape) carried across chunks finds each
+    document's end, so every byte is scanned once and each document is
+    parsed once: linear in the stream's length however it is chunked.
+    """
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._pieces: list[str] = []  # text of the document in progress
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._decoder = json.JSONDecoder()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add bytes; return the documents they complete, in order."""
+        try:
+            text = self._utf8.decode(data)
+        except UnicodeDecodeError as e:
+            raise StreamFormatError(f"stream is not UTF-8: {e}") from e
+        return self._scan(text)
+
+    def _scan(self, text: str) -> list[Any]:
+        docs: list[Any] = []
+        start = 0  # where the current document's text begins within `text`
+        i = 0
+        n = len(text)
+        while i < n:
+            if self._depth == 0:
+                # Between documents: only whitespace or the start of one.
+                while i < n and text[i] in _WS:
+                    i += 1
+                if i == n:
+                    break
+                if text[i] not in "{[":
+                    raise StreamFormatError(
+                        f"expected a JSON document, got {text[i:i + 40]!r}"
+                        " (a plain-text stream comes from the chat_with_repo pipeline)"
+                    )
+                start = i
+                self._depth = 1
+                i += 1
+                continue
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                    i += 1
+                    continue
+                m = _IN_STRING.search(text, i)
+                if m is None:
+                    i = n
+                    break
+                i = m.end()
+                if m.group() == "\\":
+                    self._escape = True
+                else:
+                    self._in_string = False
+                continue
+            m = _STRUCTURAL.search(text, i)
+            if m is None:
+                i = n
+                break
+            i = m.end()
+            c = m.group()
+            if c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._pieces.append(text[start:i])
+                    docs.append(self._parse("".join(self._pieces)))
+                    self._pieces = []
+                    start = i
+        if self._depth > 0:
+            self._pieces.append(text[start:])
+        return docs
+
+    def _parse(self, doc: str) -> Any:
+        try:
+            value, end = self._decoder.raw_decode(doc)
+        except json.JSONDecodeError as e:
+            raise StreamFormatError(f"malformed JSON document in stream: {e}") from e
+        if end != len(doc):
+            raise StreamFormatError(f"malformed JSON document in stream: {doc[:60]!r}")
+        return value
+
+    def close(self) -> None:
+        """Declare the end of the stream; raise if it ended mid-document."""
+        try:
+            self._utf8.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise StreamFormatError(f"stream ended inside a UTF-8 character: {e}") from e
+        if self._depth or self._pieces:
+            tail = "".join(self._pieces)
+            raise StreamFormatError(
+                f"stream ended inside a JSON document ({len(tail)} characters: {tail[:60]!r}...)"
+            )
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+@dataclass(slots=True)
+class _Server:
+    url: str
+    in_flight: int = 0
+    done: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    resting_until: float = 0.0
+    last_error: str = ""
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth retrying elsewhere."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+class _Timeout(Exception):
+    """One attempt ran out of time: counts against the server, not retried."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class HuixiangdouPool:
+    """Answer questions with one or more HuixiangDou servers (an ``Answerer``).
+
+    Each server takes at most ``concurrency_per_server`` requests at once; a
+    request takes the least-loaded healthy server, waiting on a condition
+    (never polling) when all are busy. A server failing
+    ``failures_before_rest`` times in a row rests ``rest_s`` seconds; when
+    every server rests, :meth:`ask` raises :class:`ServersDown`. A rested
+    server comes back at the next slot hand-out after its rest ends.
+
+    An injected ``session`` is used as given (its connector limit is the
+    caller's business) and not closed by :meth:`aclose`. ``clock``, ``sleep``
+    and ``rng`` are seams for tests: rests, backoff and jitter without waiting.
+    """
+
+    def __init__(
+        self,
+        settings: HuixiangdouSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not settings.urls:
+            raise ValueError("HuixiangdouSettings.urls is empty")
+        self._settings = settings
+        self._servers = [_Server(url.rstrip("/")) for url in settings.urls]
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._cond = asyncio.Condition()
+        self._limiter = AsyncLimiter(settings.rpm, 60) if settings.rpm else None
+        path = "/huixiangdou_stream" if settings.endpoint == "stream" else "/huixiangdou_inference"
+        self._path = path
+
+    # ---------------------------------------------------------------- session
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily: aiohttp wants a running loop at creation time.
+        if self._session is None:
+            s = self._settings
+            # Room for every slot plus one probe per server, so the connector
+            # never becomes a hidden cap below the configured concurrency.
+            limit = len(self._servers) * (s.concurrency_per_server + 1)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=s.timeout_s),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this pool created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ probe
+
+    async def probe(self) -> str:
+        """GET /openapi.json on every server; describe which are ready.
+
+        Servers that do not answer are rested so the run starts on the rest.
+        Raises :class:`ServersDown` naming every URL and how to start
+        HuixiangDou when none answers.
+        """
+        reasons = await asyncio.gather(*(self._probe_one(s) for s in self._servers))
+        now = self._clock()
+        ready = [s.url for s, r in zip(self._servers, reasons) if r is None]
+        down = [(s, r) for s, r in zip(self._servers, reasons) if r is not None]
+        async with self._cond:
+            for s, reason in down:
+                s.resting_until = now + self._settings.rest_s
+                s.last_error = reason or ""
+        total = len(self._servers)
+        if not ready:
+            listing = "; ".join(f"{s.url} ({r})" for s, r in down)
+            raise ServersDown(
+                f"no HuixiangDou server answered GET /openapi.json: {listing}. "
+                f"Start one with `{START_COMMAND}` (it listens on port 23333; later "
+                "releases: `python3 -m huixiangdou.api_server`), or fix [huixiangdou] urls "
+                "in the settings file.",
+                service="huixiangdou",
+            )
+        msg = f"{len(ready)} of {total} HuixiangDou servers ready: {', '.join(ready)}"
+        if down:
+            msg += "; not answering: " + "; ".join(f"{s.url} ({r})" for s, r in down)
+        return msg
+
+    async def _probe_one(self, server: _Server) -> str | None:
+        """None when ready, else a short reason."""
+        timeout = aiohttp.ClientTimeout(total=min(30.0, self._settings.timeout_s))
+        try:
+            async with self._http().get(server.url + "/openapi.json", timeout=timeout) as r:
+                if r.status != 200:
+                    return f"HTTP {r.status}"
+                try:
+                    spec = await r.json(content_type=None)
+                except ValueError:
+                    return "answers, but /openapi.json is not JSON: not a HuixiangDou server?"
+        except TimeoutError:
+            return "timed out"
+        except aiohttp.ClientError as e:
+            return _describe_client_error(e)
+        paths = spec.get("paths") if isinstance(spec, dict) else None
+        if isinstance(paths, dict) and self._path not in paths:
+            return f"no {self._path} route: not a HuixiangDou server?"
+        return None
+
+    # ------------------------------------------------------------------ slots
+
+    def _all_resting(self, now: float) -> bool:
+        return all(s.resting_until > now for s in self._servers)
+
+    def _down_message(self, now: float) -> str:
+        parts = []
+        for s in self._servers:
+            left = max(0.0, s.resting_until - now)
+            parts.append(f"{s.url} (resting {left:.0f}s more; last error: {s.last_error or 'none'})")
+        return (
+            "every HuixiangDou server is down or resting: " + "; ".join(parts)
+            + f". Is HuixiangDou running? Start it with `{START_COMMAND}`."
+        )
+
+    async def _acquire(self, avoid: set[str]) -> _Server:
+        cap = self._settings.concurrency_per_server
+        async with self._cond:
+            while True:
+                now = self._clock()
+                if self._all_resting(now):
+                    raise ServersDown(self._down_message(now), service="huixiangdou")
+                free = [
+                    (s.url in avoid, s.in_flight, i, s)
+                    for i, s in enumerate(self._servers)
+                    if s.resting_until <= now and s.in_flight < cap
+                ]
+                if free:
+                    server = min(free, key=lambda t: t[:3])[3]
+                    server.in_flight += 1
+                    return server
+                await self._cond.wait()
+
+    async def _release(self, server: _Server, error: str | None) -> None:
+        async with self._cond:
+            server.in_flight -= 1
+            if error is None:
+                server.done += 1
+                server.consecutive_failures = 0
+            else:
+                server.failures += 1
+                server.consecutive_failures += 1
+                server.last_error = error
+                if server.consecutive_failures >= self._settings.failures_before_rest:
+                    server.consecutive_failures = 0
+                    server.resting_until = self._clock() + self._settings.rest_s
+                    log.warning(
+                        "HuixiangDou server %s failed %d times in a row (%s); resting it %.0fs",
+                        server.url, self._settings.failures_before_rest, error,
+                        self._settings.rest_s,
+                    )
+            # Everyone re-checks: a slot freed, or every server may now be resting.
+            self._cond.notify_all()
+
+    # -------------------------------------------------------------------- ask
+
+    async def ask(self, question: str) -> Outcome:
+        """Answer one question; a per-question failure is an outcome, not an exception.
+
+        Raises FatalServiceError (our request is wrong, or the server's
+        pipeline does not fit the endpoint) and ServersDown (every server
+        resting).
+        """
+        s = self._settings
+        started = self._clock()
+        avoid: set[str] = set()
+        attempts = 0
+        state = ""
+        url = ""
+        for attempt in range(s.max_retries + 1):
+            server = await self._acquire(avoid)
+            url = server.url
+            attempts += 1
+            error: str | None = None
+            try:
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+                kind, answer, refs, state = await self._call(server.url, question)
+            except _Retry as e:
+                error = state = e.state
+            except _Timeout as e:
+                await self._release(server, e.state)
+                return Outcome(
+                    kind="failed", state=e.state, server=url, attempts=attempts,
+                    seconds=self._clock() - started,
+                )
+            except BaseException:
+                # Fatal errors and cancellation: give the slot back, count nothing.
+                async with self._cond:
+                    server.in_flight -= 1
+                    self._cond.notify_all()
+                raise
+            await self._release(server, error)
+            if error is None:
+                return Outcome(
+                    kind=kind, answer=answer, refs=refs, state=state, server=url,
+                    attempts=attempts, seconds=self._clock() - started,
+                )
+            avoid.add(server.url)
+            if attempt < s.max_retries:
+                now = self._clock()
+                if self._all_resting(now):
+                    # No point sleeping first: nothing can take the retry.
+                    raise ServersDown(self._down_message(now), service="huixiangdou")
+                delay = s.backoff_base_s * (2 ** attempt) * (0.5 + self._rng.random())
+                log.debug("HuixiangDou %s: %s; retry %d in %.1fs", url, error, attempt + 1, delay)
+                await self._sleep(delay)
+        return Outcome(
+            kind="failed", state=state, server=url, attempts=attempts,
+            seconds=self._clock() - started,
+        )
+
+    async def _call(self, url: str, question: str) -> tuple[Kind, str, tuple[str, ...], str]:
+        """One HTTP request: translate every aiohttp failure in this one place."""
+        try:
+            async with self._http().post(
+                url + self._path, json={"text": question, "image": ""}
+            ) as resp:
+                if resp.status in _RETRY_STATUSES:
+                    await resp.read()
+                    raise _Retry(f"HTTP {resp.status}")
+                if resp.status == 422:
+                    detail = (await resp.text())[:500]
+                    raise FatalServiceError(
+                        f"HuixiangDou at {url} rejected our request body with 422 (a bug in this "
+                        f"client, please report it): {detail}",
+                        service="huixiangdou", status=422,
+                    )
+                if resp.status != 200:
+                    text = (await resp.text())[:200]
+                    raise FatalServiceError(
+                        f"HuixiangDou at {url}{self._path} answered HTTP {resp.status}: {text!r}. "
+                        "Check [huixiangdou] urls (is it a HuixiangDou server, started with "
+                        f"`{START_COMMAND}`?)",
+                        service="huixiangdou", status=resp.status,
+                    )
+                if self._path == "/huixiangdou_stream":
+                    return await self._read_stream(url, resp)
+                raw = await resp.read()
+        except TimeoutError as e:
+            raise _Timeout(f"timeout after {self._settings.timeout_s:g}s") from e
+        except aiohttp.ClientError as e:
+            raise _Retry(_describe_client_error(e)) from e
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return "failed", "", (), f"response is not JSON: {raw[:60]!r}"
+        return parse_inference_body(body)
+
+    async def _read_stream(
+        self, url: str, resp: aiohttp.ClientResponse
+    ) -> tuple[Kind, str, tuple[str, ...], str]:
+        decoder = StreamDecoder()
+        last: Any = None
+        try:
+            async for chunk in resp.content.iter_any():
+                docs = decoder.feed(chunk)
+                if docs:
+                    last = docs[-1]
+            decoder.close()
+        except StreamFormatError as e:
+            # Chosen over a silent fall-back to /huixiangdou_inference: that would
+            # ask every question twice on a server that answers one at a time.
+            raise FatalServiceError(
+                f"HuixiangDou at {url} sent a stream that is not JSON documents ({e}). "
+                "Stream mode needs the chat_in_group pipeline: restart the server with "
+                f"`{START_COMMAND}`, or set [huixiangdou] endpoint = \"inference\".",
+                service="huixiangdou",
+            ) from e
+        if last is None:
+            return "failed", "", (), "empty stream"
+        return parse_inference_body(last)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per server URL: in_flight, done, failures, resting_for_s, last_error."""
+        now = self._clock()
+        return {
+            s.url: {
+                "in_flight": s.in_flight,
+                "done": s.done,
+                "failures": s.failures,
+                "resting_until": s.resting_until if s.resting_until > now else None,
+                "resting_for_s": max(0.0, s.resting_until - now),
+                "last_error": s.last_error,
+            }
+            for s in self._servers
+        }
+
+
+def _describe_client_error(e: aiohttp.ClientError) -> str:
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return f"connection refused ({e.os_error.strerror or e.os_error})"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "connection dropped"
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return "connection dropped mid-response"
+    return f"connection error ({type(e).__name__})"

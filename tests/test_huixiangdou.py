@@ -1,0 +1,530 @@
+"""The HuixiangDou pool against fake servers on 127.0.0.1: protocol, pool, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import sys
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+import pytest
+
+from pipeline.errors import FatalServiceError, ServersDown
+from pipeline.huixiangdou import EMPTY_ANSWER, IRRELEVANT_MATERIAL, START_COMMAND, HuixiangdouPool
+from pipeline.settings import HuixiangdouSettings
+from tests.fakes.huixiangdou_server import STATES, FakeHuixiangdou, default_answer
+from tests.fakes.hxd_fixtures import (  # noqa: F401  (fixtures until conftest registers them)
+    HxdClock,
+    hxd_clock,
+    hxd_dead_url,
+    hxd_fake,
+    hxd_fakes,
+    hxd_settings,
+)
+
+Settings = Callable[..., HuixiangdouSettings]
+Fakes = Callable[..., Awaitable[list[FakeHuixiangdou]]]
+
+Q = "黑神话悟空是哪一天发售的？"
+
+EXPECTED = {
+    "answered": ("answered", "success"),
+    "vetoed": ("vetoed", "Irrelevant answer."),
+    "safety": ("vetoed", STATES["prohibited"]),
+    "irrelevant_material": ("skipped", IRRELEVANT_MATERIAL),
+    "short": ("skipped", "Query length too short"),
+    "not_question": ("skipped", STATES["not_question"]),
+    "no_topic": ("skipped", STATES["no_topic"]),
+    "unrelated": ("skipped", STATES["unrelated"]),
+    "web_search_fail": ("failed", STATES["web_search_fail"]),
+    "no_search_result": ("failed", STATES["no_search_result"]),
+    "sourcegraph": ("failed", STATES["sourcegraph"]),
+    "sourcegraph_llm": ("failed", STATES["sourcegraph_llm"]),
+    "outage_2024_09": ("skipped", "query is not a question"),
+    "outage_2024_10": ("vetoed", "Irrelevant answer."),
+}
+
+
+async def reach(fake: FakeHuixiangdou, n: int) -> None:
+    """Wait until ``fake`` holds ``n`` requests.
+
+    The timeout is only a safety net: a regression fails instead of hanging.
+    """
+    await asyncio.wait_for(fake.wait_in_flight(n), 10)
+
+
+def pool_for(settings: HuixiangdouSettings, clock: HxdClock | None = None) -> HuixiangdouPool:
+    if clock is None:
+        return HuixiangdouPool(settings, rng=random.Random(0))
+    return HuixiangdouPool(settings, clock=clock, sleep=clock.sleep, rng=random.Random(0))
+
+
+# ------------------------------------------------------------ protocol
+
+
+@pytest.mark.parametrize("endpoint", ["inference", "stream"])
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+async def test_every_state_sequence_becomes_its_outcome(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, scenario: str, endpoint: str
+) -> None:
+    hxd_fake.script[Q] = scenario
+    pool = pool_for(hxd_settings(hxd_fake.url, endpoint=endpoint))
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.state) == EXPECTED[scenario]
+    assert outcome.answer == (default_answer(Q) if scenario == "answered" else "")
+    assert (outcome.server, outcome.attempts) == (hxd_fake.url, 1)
+    assert hxd_fake.counts[Q] == 1
+
+
+async def test_answered_outcome_carries_refs(hxd_fake: FakeHuixiangdou, hxd_settings: Settings) -> None:
+    pool = pool_for(hxd_settings(hxd_fake.url))
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert outcome.refs == ("wukong.md",)
+
+
+async def test_short_questions_are_refused_by_the_server_not_the_client(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings
+) -> None:
+    pool = pool_for(hxd_settings(hxd_fake.url))
+    try:
+        outcome = await pool.ask("悟空是谁")
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.state) == ("skipped", "Query length too short")
+    assert hxd_fake.counts["悟空是谁"] == 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "answer", "refs", "state"),
+    [
+        ("answered", "answered", default_answer(Q), ("wukong.md",), "success"),
+        ("vetoed", "vetoed", "", (), EMPTY_ANSWER),
+        ("irrelevant_material", "vetoed", "", (), EMPTY_ANSWER),
+    ],
+)
+async def test_chat_with_repo_bare_string_shape(
+    hxd_fakes: Fakes, hxd_settings: Settings,
+    scenario: str, kind: str, answer: str, refs: tuple[str, ...], state: str,
+) -> None:
+    (fake,) = await hxd_fakes(1, shape="chat_with_repo", script={Q: scenario})
+    pool = pool_for(hxd_settings(fake.url))
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.answer, outcome.refs, outcome.state) == (kind, answer, refs, state)
+
+
+async def test_stream_mode_against_chat_with_repo_says_what_to_change(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    (fake,) = await hxd_fakes(1, shape="chat_with_repo")
+    pool = pool_for(hxd_settings(fake.url, endpoint="stream"))
+    try:
+        with pytest.raises(FatalServiceError, match="chat_in_group") as err:
+            await pool.ask(Q)
+        assert 'endpoint = "inference"' in str(err.value)
+        assert pool.stats()[fake.url]["in_flight"] == 0
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_stream_of_raw_utf8_cut_into_tiny_chunks_decodes(
+    hxd_fakes: Fakes, hxd_settings: Settings, seed: int
+) -> None:
+    # Unescaped non-ASCII and 1-3 byte chunks: many cuts land inside a character.
+    (fake,) = await hxd_fakes(1, ascii_escape=False, max_chunk=3, seed=seed)
+    pool = pool_for(hxd_settings(fake.url, endpoint="stream"))
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.answer) == ("answered", default_answer(Q))
+
+
+async def test_stream_endpoint_sends_unframed_cumulative_escaped_documents(
+    hxd_fake: FakeHuixiangdou,
+) -> None:
+    # Fidelity of the fake: what the decoder is tested against must look like the real server.
+    hxd_fake.script[Q] = "vetoed"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(hxd_fake.url + "/huixiangdou_stream", json={"text": Q}) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            raw = await r.read()
+    assert raw.isascii() and b"data:" not in raw
+    docs, text, pos = [], raw.decode(), 0
+    while pos < len(text):
+        doc, pos = json.JSONDecoder().raw_decode(text, pos)
+        docs.append(doc)
+    assert [len(d["step"]) for d in docs] == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------ HTTP errors
+
+
+async def test_422_is_reported_as_a_bug_with_the_servers_detail(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings
+) -> None:
+    hxd_fake.script[Q] = "error_422"
+    pool = pool_for(hxd_settings(hxd_fake.url))
+    try:
+        with pytest.raises(FatalServiceError, match="422") as err:
+            await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert "bug" in str(err.value) and "Field required" in str(err.value)
+    assert err.value.status == 422
+    assert hxd_fake.counts[Q] == 1, "a 422 must not be retried"
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        (b'{"image": ""}', ["body", "text"]),
+        (b'{"text": 5}', ["body", "text"]),
+        (b"not json", ["body", 0]),
+        (b'["text"]', ["body"]),
+    ],
+    ids=["missing-text", "text-not-string", "bad-json", "not-an-object"],
+)
+async def test_fake_validates_requests_like_fastapi(
+    hxd_fake: FakeHuixiangdou, body: bytes, loc: list[object]
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            hxd_fake.url + "/huixiangdou_inference", data=body,
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 422
+            detail = (await r.json())["detail"]
+    assert detail[0]["loc"] == loc
+    assert hxd_fake.invalid == 1 and not hxd_fake.counts
+
+
+async def test_500s_are_retried_with_doubling_backoff_then_become_a_failed_outcome(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    hxd_fake.script[Q] = "error_500"
+    settings = hxd_settings(hxd_fake.url, max_retries=3, backoff_base_s=2.0, failures_before_rest=10)
+    pool = pool_for(settings, hxd_clock)
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.state, outcome.attempts) == ("failed", "HTTP 500", 4)
+    assert hxd_fake.counts[Q] == 4
+    # Doubling with jitter of +-50%: 2, 4, 8 seconds nominal.
+    assert len(hxd_clock.sleeps) == 3
+    for delay, nominal in zip(hxd_clock.sleeps, [2.0, 4.0, 8.0]):
+        assert nominal * 0.5 <= delay <= nominal * 1.5
+    assert outcome.seconds == pytest.approx(sum(hxd_clock.sleeps))
+
+
+async def test_a_500_then_an_answer_is_an_answer(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    hxd_fake.script[Q] = ["error_500", "drop", "answered"]
+    pool = pool_for(hxd_settings(hxd_fake.url, max_retries=2), hxd_clock)
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.attempts) == ("answered", 3)
+    assert pool.stats()[hxd_fake.url]["failures"] == 2
+
+
+async def test_a_retry_goes_to_another_server(
+    hxd_fakes: Fakes, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    bad, good = await hxd_fakes(2)
+    bad.script[Q] = "error_500"
+    pool = pool_for(hxd_settings(bad.url, good.url), hxd_clock)
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.server, outcome.attempts) == ("answered", good.url, 2)
+    assert (bad.counts[Q], good.counts[Q]) == (1, 1)
+
+
+@pytest.mark.parametrize("endpoint", ["inference", "stream"])
+async def test_dropped_connections_are_retried(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, hxd_clock: HxdClock, endpoint: str
+) -> None:
+    hxd_fake.script[Q] = "drop"
+    pool = pool_for(hxd_settings(hxd_fake.url, endpoint=endpoint, max_retries=1), hxd_clock)
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert outcome.kind == "failed" and outcome.state.startswith("connection dropped")
+    assert hxd_fake.counts[Q] == 2
+
+
+async def test_a_timeout_is_a_failed_outcome_and_is_not_retried(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    # The gate is never opened: the server holds the request until the client gives up.
+    (fake,) = await hxd_fakes(1, gate=asyncio.Event())
+    pool = pool_for(hxd_settings(fake.url, timeout_s=0.2))
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.state, outcome.attempts) == ("failed", "timeout after 0.2s", 1)
+    assert fake.counts[Q] == 1
+    assert pool.stats()[fake.url]["failures"] == 1
+
+
+# ------------------------------------------------------------ pool
+
+
+async def test_questions_spread_over_servers_within_per_server_caps(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    gate = asyncio.Event()
+    fakes = await hxd_fakes(3, gate=gate)
+    pool = pool_for(hxd_settings(*(f.url for f in fakes), concurrency_per_server=2))
+    questions = [f"第{i}个问题：悟空的武器是什么？" for i in range(20)]
+    try:
+        tasks = [asyncio.create_task(pool.ask(q)) for q in questions]
+        for f in fakes:
+            await reach(f, 2)  # every server reached its cap...
+        assert {u: s["in_flight"] for u, s in pool.stats().items()} == {f.url: 2 for f in fakes}
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    finally:
+        await pool.aclose()
+    assert all(o.kind == "answered" for o in outcomes)
+    assert [f.peak_in_flight for f in fakes] == [2, 2, 2]  # ...and never went over it
+    merged = sum((f.counts for f in fakes), start=type(fakes[0].counts)())
+    assert merged == {q: 1 for q in questions}, "every question asked exactly once"
+    assert sum(s["done"] for s in pool.stats().values()) == 20
+
+
+async def test_connection_pool_does_not_cap_concurrency_at_100(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    gate = asyncio.Event()
+    (fake,) = await hxd_fakes(1, gate=gate)
+    pool = pool_for(hxd_settings(fake.url, concurrency_per_server=130, endpoint="stream"))
+    try:
+        tasks = [asyncio.create_task(pool.ask(f"问题编号{i}：悟空")) for i in range(130)]
+        await reach(fake, 130)
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    finally:
+        await pool.aclose()
+    assert fake.peak_in_flight == 130
+    assert {o.kind for o in outcomes} == {"answered"}
+
+
+async def test_a_cancelled_ask_gives_its_slot_back(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    gate = asyncio.Event()
+    (fake,) = await hxd_fakes(1, gate=gate)
+    pool = pool_for(hxd_settings(fake.url))
+    try:
+        task = asyncio.create_task(pool.ask(Q))
+        await reach(fake, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.stats()[fake.url]["in_flight"] == 0
+        gate.set()
+        assert (await pool.ask("另一个问题：悟空是谁？")).kind == "answered"
+    finally:
+        await pool.aclose()
+
+
+async def test_a_failing_server_rests_while_others_carry_on_then_comes_back(
+    hxd_fakes: Fakes, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    flaky, steady = await hxd_fakes(2)
+    flaky.responder = lambda q: "error_500"
+    settings = hxd_settings(flaky.url, steady.url, failures_before_rest=2, rest_s=60.0, max_retries=3)
+    pool = pool_for(settings, hxd_clock)
+    try:
+        # Sequential asks: each would pick flaky (listed first) while it is healthy.
+        outcomes = [await pool.ask(f"问题{i}：悟空有几种变身？") for i in range(6)]
+        assert {o.kind for o in outcomes} == {"answered"}
+        assert {o.server for o in outcomes} == {steady.url}
+        assert flaky.requests == 2, "rested after 2 failures in a row, then left alone"
+        stats = pool.stats()[flaky.url]
+        assert stats["resting_for_s"] > 0 and "HTTP 500" in stats["last_error"]
+
+        flaky.responder = None  # repaired during its rest
+        hxd_clock.advance(61.0)
+        back = await pool.ask("休息之后的问题：悟空的师父是谁？")
+        assert (back.kind, back.server) == ("answered", flaky.url)
+    finally:
+        await pool.aclose()
+
+
+async def test_refused_connections_rest_the_server_and_others_answer(
+    hxd_fake: FakeHuixiangdou, hxd_dead_url: str, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    pool = pool_for(hxd_settings(hxd_dead_url, hxd_fake.url, failures_before_rest=1), hxd_clock)
+    try:
+        outcomes = [await pool.ask(f"问题{i}：天命人是谁？") for i in range(3)]
+        stats = pool.stats()
+    finally:
+        await pool.aclose()
+    assert [o.kind for o in outcomes] == ["answered"] * 3
+    assert outcomes[0].attempts == 2 and outcomes[1].attempts == 1
+    assert stats[hxd_dead_url]["failures"] == 1
+    assert stats[hxd_dead_url]["last_error"].startswith("connection refused")
+
+
+async def test_servers_down_when_every_server_rests_names_the_urls_and_does_not_spin(
+    hxd_fake: FakeHuixiangdou, hxd_dead_url: str, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    hxd_fake.responder = lambda q: "error_500"
+    settings = hxd_settings(hxd_dead_url, hxd_fake.url, failures_before_rest=1, max_retries=5)
+    pool = pool_for(settings, hxd_clock)
+    try:
+        with pytest.raises(ServersDown) as err:
+            await pool.ask(Q)
+        assert hxd_fake.requests == 1 and len(hxd_clock.sleeps) == 1
+        # While all rest, further asks fail at once without touching the servers.
+        with pytest.raises(ServersDown):
+            await pool.ask("另一个问题：悟空是谁？")
+        assert hxd_fake.requests == 1 and len(hxd_clock.sleeps) == 1
+    finally:
+        await pool.aclose()
+    message = str(err.value)
+    assert hxd_dead_url in message and hxd_fake.url in message
+    assert START_COMMAND in message
+
+
+async def test_waiting_asks_learn_that_every_server_went_down(
+    hxd_fakes: Fakes, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    # Asks queued behind a busy server must not wait forever once it rests.
+    gate = asyncio.Event()
+    (fake,) = await hxd_fakes(1, gate=gate, responder=lambda q: "error_500")
+    pool = pool_for(hxd_settings(fake.url, failures_before_rest=1, max_retries=0), hxd_clock)
+    try:
+        first = asyncio.create_task(pool.ask("第一个问题：悟空"))
+        await reach(fake, 1)
+        queued = [asyncio.create_task(pool.ask(f"排队的问题{i}：悟空")) for i in range(3)]
+        gate.set()
+        assert (await first).state == "HTTP 500"
+        for t in queued:
+            with pytest.raises(ServersDown):
+                await asyncio.wait_for(t, 10)
+    finally:
+        await pool.aclose()
+    assert fake.requests == 1
+
+
+# ------------------------------------------------------------ probe
+
+
+async def test_probe_reports_ready_servers(hxd_fakes: Fakes, hxd_settings: Settings) -> None:
+    a, b = await hxd_fakes(2)
+    pool = pool_for(hxd_settings(a.url, b.url))
+    try:
+        message = await pool.probe()
+    finally:
+        await pool.aclose()
+    assert message == f"2 of 2 HuixiangDou servers ready: {a.url}, {b.url}"
+
+
+async def test_probe_names_the_missing_server_and_rests_it(
+    hxd_fake: FakeHuixiangdou, hxd_dead_url: str, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    pool = pool_for(hxd_settings(hxd_fake.url, hxd_dead_url), hxd_clock)
+    try:
+        message = await pool.probe()
+        outcome = await pool.ask(Q)
+        stats = pool.stats()
+    finally:
+        await pool.aclose()
+    assert message.startswith(f"1 of 2 HuixiangDou servers ready: {hxd_fake.url}; not answering: ")
+    assert f"{hxd_dead_url} (connection refused" in message
+    assert outcome.server == hxd_fake.url and outcome.attempts == 1
+    assert stats[hxd_dead_url]["resting_for_s"] > 0 and stats[hxd_dead_url]["failures"] == 0
+
+
+async def test_probe_with_no_server_says_how_to_start_huixiangdou(
+    hxd_dead_url: str, hxd_settings: Settings
+) -> None:
+    other = hxd_dead_url.rsplit(":", 1)[0] + ":1"
+    pool = pool_for(hxd_settings(hxd_dead_url, other))
+    try:
+        with pytest.raises(ServersDown) as err:
+            await pool.probe()
+    finally:
+        await pool.aclose()
+    message = str(err.value)
+    assert hxd_dead_url in message and other in message
+    assert START_COMMAND in message and "[huixiangdou] urls" in message
+
+
+# ------------------------------------------------------------ subprocess
+
+
+@pytest.mark.slow
+async def test_fake_runs_as_a_subprocess_and_prints_its_url(hxd_settings: Settings) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.huixiangdou_server", "--port", "0", "--latency", "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        assert url.startswith("http://127.0.0.1:")
+        pool = pool_for(hxd_settings(url))
+        try:
+            assert (await pool.probe()).startswith("1 of 1")
+            assert (await pool.ask(Q)).answer == default_answer(Q)
+        finally:
+            await pool.aclose()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("openapi", "reason"),
+    [
+        (web.json_response({"openapi": "3.1.0", "paths": {"/v1/chat/completions": {}}}),
+         "no /huixiangdou_inference route: not a HuixiangDou server?"),
+        (web.Response(status=404, text="Not Found"), "HTTP 404"),
+    ],
+    ids=["other-fastapi-app", "no-openapi"],
+)
+async def test_probe_tells_a_server_that_is_not_huixiangdou(
+    hxd_settings: Settings, openapi: web.Response, reason: str
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return openapi
+
+    app = web.Application()
+    app.router.add_get("/openapi.json", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    pool = pool_for(hxd_settings(url))
+    try:
+        with pytest.raises(ServersDown, match=re.escape(f"{url} ({reason})")):
+            await pool.probe()
+    finally:
+        await pool.aclose()
+        await runner.cleanup()
