@@ -17,14 +17,7 @@ from pipeline.errors import FatalServiceError, ServersDown
 from pipeline.huixiangdou import EMPTY_ANSWER, IRRELEVANT_MATERIAL, START_COMMAND, HuixiangdouPool
 from pipeline.settings import HuixiangdouSettings
 from tests.fakes.huixiangdou_server import STATES, FakeHuixiangdou, default_answer
-from tests.fakes.hxd_fixtures import (  # noqa: F401  (fixtures until conftest registers them)
-    HxdClock,
-    hxd_clock,
-    hxd_dead_url,
-    hxd_fake,
-    hxd_fakes,
-    hxd_settings,
-)
+from tests.fakes.hxd_fixtures import HxdClock
 
 Settings = Callable[..., HuixiangdouSettings]
 Fakes = Callable[..., Awaitable[list[FakeHuixiangdou]]]

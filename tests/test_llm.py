@@ -25,15 +25,7 @@ from pipeline.llm import (
     parse_retry_after,
 )
 from pipeline.settings import LLMSettings, Secret
-from tests.fakes.llm_fixtures import (  # noqa: F401  (fixtures)
-    FAKE_KEY,
-    FAKE_KEY_ENV,
-    RecordingSleep,
-    fake_llm,
-    llm_client,
-    llm_settings,
-    recording_sleep,
-)
+from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV, RecordingSleep
 from tests.fakes.llm_server import SHAPES, FakeLLM, Failure, format_questions, make_questions
 
 ASK_ZH = [
