@@ -1,0 +1,630 @@
+"""Append-only JSONL ledgers under ``<out_dir>/state/``: the run's checkpoint.
+
+Three pieces, each small:
+
+``read_ledger`` / ``iter_ledger``
+    Load a ledger at start-up. A torn last line (SIGKILL or power loss in the
+    middle of an append) is cut off the file with a warning; a bad line anywhere
+    else is corruption and raises :class:`~pipeline.errors.InputError` naming
+    the file and line, because dropping it would silently lose a paid answer.
+``RunLock``
+    One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
+    open descriptor for the whole run, so a crashed holder's lock dies with its
+    process and there is never a stale lock to clean up.
+``LedgerWriter``
+    The single writer task. Every stage hands it rows through one queue; it
+    appends them, fsyncs per policy, and only then tells the caller the row is
+    recorded. ``record`` is shielded: cancelling the caller (Ctrl-C) cannot
+    separate "answer received" from "answer recorded".
+
+What a "torn tail" is, precisely: every byte after the last newline (the
+writer always ends a row with one, so such bytes were never acknowledged),
+plus the last newline-terminated line if it is not a JSON object and the line
+before it is sound (a power loss can persist a line's length but not its
+bytes). Two bad lines in a row at the end are corruption, not a tear; they are
+left in place for ``read_ledger`` to report. This keeps ``repair_tail``
+idempotent: it never eats more than one complete line, however often it runs.
+
+Row schemas belong to the stages; this module only sees dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import errno
+import gc
+import logging
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias
+
+import orjson
+
+from pipeline.errors import InputError, LockedError, PipelineError
+from pipeline.jsonl import dumps_line
+
+try:  # POSIX only; kept importable elsewhere so the error can say why.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "FsyncPolicy",
+    "LedgerError",
+    "LedgerWriter",
+    "RunLock",
+    "iter_ledger",
+    "read_ledger",
+    "repair_tail",
+]
+
+log = logging.getLogger(__name__)
+
+FsyncPolicy: TypeAlias = Literal["line", "batch", "never"]
+_POLICIES: Final = ("line", "batch", "never")
+
+# Big reads amortise the syscall and split cost; 8 MiB keeps peak memory small
+# next to the rows themselves.
+_READ_BLOCK: Final = 8 * 1024 * 1024
+# Backwards scans for the last lines only need a little of the file.
+_TAIL_BLOCK: Final = 64 * 1024
+# A bound on one drained batch keeps the latency of a single fsync bounded
+# even when thousands of rows arrive at once.
+_MAX_BATCH: Final = 4096
+
+
+class LedgerError(PipelineError):
+    """A ledger could not be opened, written or synced; the message names the file.
+
+    Rows in flight when it happened are not reported as recorded."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _is_sound(line: bytes) -> bool:
+    """A line the readers accept: a JSON object, or blank (carries no data)."""
+    if not line.strip():
+        return True
+    try:
+        return type(orjson.loads(line)) is dict
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _rfind_newline(fd: int, end: int) -> int:
+    """Offset of the last ``\\n`` in ``[0, end)``, or -1."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _TAIL_BLOCK)
+        chunk = os.pread(fd, pos - start, start)
+        hit = chunk.rfind(b"\n")
+        if hit >= 0:
+            return start + hit
+        pos = start
+    return -1
+
+
+def _line_before(fd: int, nl: int) -> tuple[int, bytes]:
+    """The line ending at the newline at offset ``nl``: (start offset, bytes)."""
+    prev = _rfind_newline(fd, nl)
+    start = prev + 1
+    return start, os.pread(fd, nl - start, start)
+
+
+def repair_tail(path: str | os.PathLike[str]) -> int:
+    """Cut a torn last line off ``path`` (see the module docstring for what
+    counts as torn); return how many bytes were cut, 0 when the file is sound or
+    missing. Logs a warning naming the file and byte offset when it cuts.
+
+    Only reads the end of the file, so it is cheap on a large ledger. Call it
+    at start-up, under the :class:`RunLock`, before anything appends."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0
+        last_nl = _rfind_newline(fd, size)
+        cut = last_nl + 1  # everything after the last newline is a fragment
+        if last_nl >= 0:
+            start, line = _line_before(fd, last_nl)
+            if not _is_sound(line):
+                before_ok = start == 0 or _is_sound(_line_before(fd, start - 1)[1])
+                if before_ok:
+                    cut = start
+        if cut >= size:
+            return 0
+        os.ftruncate(fd, cut)
+        os.fsync(fd)
+        removed = size - cut
+        log.warning(
+            "ledger %s: cut a torn last line (%d bytes at byte offset %d) left by an "
+            "interrupted write; that row was never acknowledged and will be redone",
+            p,
+            removed,
+            cut,
+        )
+        return removed
+    finally:
+        os.close(fd)
+
+
+def _corrupt(path: Path, lineno: int, offset: int, why: str) -> InputError:
+    return InputError(
+        f"{path}: line {lineno} (byte offset {offset}) {why}. The ledger is damaged in "
+        "the middle, not just torn at the end, so nothing was dropped: fix or delete "
+        "that line (or move the file aside to start that ledger over), then run again"
+    )
+
+
+def _parse_slow(path: Path, lines: list[bytes], first_lineno: int, offset: int) -> list[dict[str, Any]]:
+    """Line-by-line parse of one block: skips blank lines, names the first bad one."""
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise _corrupt(path, first_lineno + i, offset, f"is not valid JSON ({exc})") from None
+            if type(row) is not dict:
+                raise _corrupt(path, first_lineno + i, offset, f"is a JSON {type(row).__name__}, not an object")
+            rows.append(row)
+        offset += len(line) + 1
+    return rows
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Building millions of fresh, acyclic row dicts with the cyclic GC on costs
+    # repeated passes over all of them: loading a million lines took 2-5x
+    # longer. Nothing here creates cycles, so pausing it is safe.
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
+    repair_tail(path)
+    try:
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
+    except FileNotFoundError:
+        return
+    try:
+        remaining = os.fstat(fh.fileno()).st_size
+        leftover = b""
+        lineno = 1  # number of the first line in the current block
+        offset = 0  # byte offset of the first line in the current block
+        loads = orjson.loads
+        while remaining > 0:
+            block = fh.read(min(block_size, remaining))
+            if not block:  # the file shrank under us; the lock should prevent it
+                break
+            remaining -= len(block)
+            lines = (leftover + block).split(b"\n")
+            leftover = lines.pop()
+            # Paused per block only, so the GC is back on whenever a caller's
+            # code runs between blocks.
+            with _gc_paused():
+                try:
+                    # Fast path: one C-level loop per block. Blank or bad lines
+                    # fall through to the slow path, which names the culprit.
+                    rows = list(map(loads, lines))
+                    if not all(type(r) is dict for r in rows):
+                        raise ValueError
+                except ValueError:  # orjson.JSONDecodeError is a ValueError
+                    rows = _parse_slow(path, lines, lineno, offset)
+            yield rows
+            lineno += len(lines)
+            offset += sum(map(len, lines)) + len(lines)
+        if leftover.strip():
+            # Unreachable after repair_tail unless someone appends concurrently.
+            raise _corrupt(path, lineno, offset, "has no final newline (is another process writing?)")
+    finally:
+        fh.close()
+
+
+def iter_ledger(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+) -> Iterator[dict[str, Any]]:
+    """Yield the rows of a JSONL ledger in file order, reading big blocks.
+
+    A missing file yields nothing. A torn tail is cut first (:func:`repair_tail`);
+    any other bad line raises :class:`~pipeline.errors.InputError` with the file,
+    line number and byte offset. Blank lines carry no data and are skipped. The
+    file is read up to its size at the start, so rows appended meanwhile are not
+    seen (there should be none: the run lock keeps writers out). ``block_size``
+    is how much is read at a time; memory stays near one block of rows."""
+    for rows in _row_blocks(Path(path), block_size):
+        yield from rows
+
+
+def read_ledger(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+) -> list[dict[str, Any]]:
+    """All rows of a JSONL ledger; ``[]`` when the file is missing or empty.
+
+    Same rules as :func:`iter_ledger`: a torn tail is cut off the file with a
+    warning, a bad line elsewhere raises :class:`~pipeline.errors.InputError`."""
+    out: list[dict[str, Any]] = []
+    with _gc_paused():  # no caller code runs inside, so pause it throughout
+        for rows in _row_blocks(Path(path), block_size):
+            out.extend(rows)
+    return out
+
+
+# --------------------------------------------------------------------------- run lock
+
+
+class RunLock:
+    """Exclusive use of ``<out_dir>`` by one run, as a context manager.
+
+    The lock is ``flock(LOCK_EX | LOCK_NB)`` on ``<out_dir>/state/run.lock``,
+    held by an open descriptor for the whole run: the kernel drops it when the
+    process dies, however it dies, so there is no stale lock to clean up. The
+    file also records the holder's pid, host and start time for the message a
+    second run gets. flock works per open file, so even a second ``RunLock`` in
+    the same process is refused. (flock is advisory and unreliable on some
+    network file systems; keep ``out_dir`` on a local disk.)"""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "state" / "run.lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object currently holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`~pipeline.errors.LockedError` naming the holder."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is already held by this RunLock")
+        if fcntl is None:  # pragma: no cover - Windows
+            raise PipelineError("the run lock needs a POSIX system (fcntl.flock)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_CLOEXEC: a child process must not inherit (and so prolong) the lock.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                pid = holder.get("pid")
+                where = f"pid {pid}" if isinstance(pid, int) else "pid unknown"
+                if holder.get("host") and holder.get("host") != socket.gethostname():
+                    where += f" on {holder['host']}"
+                started = holder.get("started") or "at an unknown time"
+                raise LockedError(
+                    f"{_display_dir(self.out_dir)} is in use by another run ({where}, started "
+                    f"{started}); wait for it or stop it",
+                    pid=pid if isinstance(pid, int) else None,
+                ) from None
+            raise LedgerError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+        # The lock file is never unlinked: unlinking a locked file lets a late
+        # opener lock the dead inode while a newcomer locks a fresh one.
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up; does nothing when not held."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            # Empty the file first so nobody reads a finished run's pid as a holder.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _display_dir(out_dir: Path) -> str:
+    return str(out_dir).rstrip(os.sep) + os.sep
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    # The holder may be between truncate and write; an empty or odd file is fine.
+    try:
+        data = os.pread(fd, 4096, 0)
+        info = orjson.loads(data) if data.strip() else {}
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+# --------------------------------------------------------------------------- writer
+
+_Item: TypeAlias = tuple[str, Any, "asyncio.Future[None] | None"]
+_CLOSE: Final = ("", None, None)  # sentinel; compared by identity
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    # A caller cancelled while its row was being written no longer awaits the
+    # future; fetch any exception so asyncio does not log it as unretrieved.
+    # The error itself still surfaces from LedgerWriter.run().
+    if not fut.cancelled():
+        fut.exception()
+
+
+class LedgerWriter:
+    """The single writer of the run's ledgers.
+
+    ``paths`` maps ledger names (``"questions"``, ``"answers"``, ...) to files.
+    Start :meth:`run` as a task, hand it rows with :meth:`record` (await
+    durability) or :meth:`append` (fire and forget), and stop it with
+    :meth:`close`, after which :meth:`run` writes what is queued and returns.
+
+    Each row is one line (:func:`pipeline.jsonl.dumps_line`). ``fsync``:
+    ``"line"`` syncs after every row, ``"batch"`` once per drained batch (group
+    commit: everything queued while the last sync ran), ``"never"`` leaves it to
+    the OS (survives a process crash, not a power loss). A row's future resolves
+    only once it is written and synced per that policy.
+
+    Why plain ``os.write`` on an ``O_APPEND`` descriptor and not aiofiles:
+    aiofiles sends every call to a thread, which costs more than appending a
+    short line to the page cache takes, and one syscall per batch keeps each
+    line whole. Only ``fsync`` can block for long (milliseconds to seconds on
+    slow disks), so that alone runs in a worker thread.
+
+    ``fsync_fn`` and ``write_fn`` are seams for tests (count syncs, fake a full
+    disk); they default to ``os.fsync`` and ``os.write``."""
+
+    def __init__(
+        self,
+        paths: Mapping[str, str | os.PathLike[str]],
+        fsync: FsyncPolicy = "batch",
+        *,
+        fsync_fn: Callable[[int], None] = os.fsync,
+        write_fn: Callable[[int, memoryview], int] = os.write,
+    ) -> None:
+        if fsync not in _POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(_POLICIES)}, not {fsync!r}")
+        if not paths:
+            raise ValueError("LedgerWriter needs at least one ledger path")
+        self.paths: dict[str, Path] = {name: Path(p) for name, p in paths.items()}
+        self.fsync = fsync
+        self.rows_written: dict[str, int] = dict.fromkeys(self.paths, 0)
+        self._fsync_fn = fsync_fn
+        self._write_fn = write_fn
+        # Unbounded on purpose: every producer awaits its own record(), so the
+        # queue never holds more than one row per producer task, and put_nowait
+        # lets record() enqueue synchronously, before any cancellation can land.
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._closed = False
+        self._started = False
+        self._error: BaseException | None = None
+        self._fds: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
+
+    @property
+    def queue(self) -> asyncio.Queue[_Item]:
+        """The input queue of ``(ledger_name, row, done_future | None)``."""
+        return self._queue
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called or the writer failed."""
+        return self._closed
+
+    def _check(self, name: str) -> None:
+        if self._closed:
+            why = f" after an error: {self._error}" if self._error else ""
+            raise LedgerError(f"ledger writer is closed{why}; row for {name!r} not recorded")
+        if name not in self.paths:
+            raise KeyError(f"unknown ledger {name!r}; known: {', '.join(sorted(self.paths))}")
+
+    def record(self, name: str, row: Mapping[str, Any]) -> Awaitable[None]:
+        """Queue ``row`` for ledger ``name`` now; the returned awaitable resolves
+        when it is durable per the fsync policy, or raises :class:`LedgerError`
+        (``CancelledError`` if the writer itself is cancelled first).
+
+        This is a plain function, so the row is queued before the caller can be
+        cancelled, and the awaitable is shielded: cancelling the awaiting task
+        (Ctrl-C) does not stop the row from being written."""
+        self._check(name)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._queue.put_nowait((name, row, fut))
+        return asyncio.shield(fut)
+
+    def append(self, name: str, row: Mapping[str, Any]) -> None:
+        """Queue ``row`` without waiting; a failure to write it surfaces from :meth:`run`."""
+        self._check(name)
+        self._queue.put_nowait((name, row, None))
+
+    def close(self) -> None:
+        """Stop taking rows; :meth:`run` writes everything queued so far and returns."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(_CLOSE)
+
+    async def run(self) -> None:
+        """Consume the queue until :meth:`close`; raise :class:`LedgerError` on a
+        failed open, write or sync (after failing every row still pending)."""
+        if self._started:
+            raise RuntimeError("LedgerWriter.run() can only run once")
+        self._started = True
+        batch: list[_Item] = []
+        try:
+            for name, path in self.paths.items():
+                self._open(name, path)
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        break
+                if await self._write_batch(batch):
+                    return
+        except BaseException as exc:
+            self._closed = True
+            self._error = exc
+            failure = _as_row_failure(exc)
+            for _, _, fut in batch:  # settled ones are skipped
+                _settle(fut, failure)
+            self._fail_queued(failure)
+            raise
+        finally:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        # If run() was cancelled during a sync, the thread may still be inside
+        # fsync on these descriptors; the lock makes us wait for it (one fsync
+        # at most) rather than close a descriptor under it.
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def _open(self, name: str, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A fragment left by an earlier crash would glue onto our first line.
+            repair_tail(path)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc.strerror or exc}") from exc
+        self._fds[name] = fd
+        self._sizes[name] = os.fstat(fd).st_size
+
+    async def _write_batch(self, batch: list[_Item]) -> bool:
+        """Write one drained batch; return True when it held the close sentinel."""
+        closing = False
+        bad_row: LedgerError | None = None
+        # name -> [(line, future)] in queue order; per-file order is what matters.
+        groups: dict[str, list[tuple[bytes, asyncio.Future[None] | None]]] = {}
+        for item in batch:
+            if item is _CLOSE:
+                closing = True
+                continue
+            name, row, fut = item
+            if closing:  # only reachable if someone bypassed record()/append()
+                _settle(fut, LedgerError(f"row for {name!r} arrived after close; not recorded"))
+                continue
+            try:
+                line = dumps_line(row)
+            except TypeError as exc:  # orjson.JSONEncodeError
+                err = LedgerError(f"row for ledger {name!r} cannot be written as JSON: {exc}")
+                if fut is None:
+                    bad_row = bad_row or err  # nobody to tell but run()'s caller
+                _settle(fut, err)
+                continue
+            groups.setdefault(name, []).append((line, fut))
+
+        if self.fsync == "line":
+            for name, entries in groups.items():
+                for i, (line, fut) in enumerate(entries):
+                    self._write(name, line, len(entries) - i)
+                    await self._sync([self._fds[name]], name, len(entries) - i)
+                    self.rows_written[name] += 1
+                    _settle(fut)
+        else:
+            for name, entries in groups.items():
+                self._write(name, b"".join(line for line, _ in entries), len(entries))
+            if self.fsync == "batch" and groups:
+                rows = sum(map(len, groups.values()))
+                await self._sync([self._fds[n] for n in groups], ", ".join(groups), rows)
+            for name, entries in groups.items():
+                self.rows_written[name] += len(entries)
+                for _, fut in entries:
+                    _settle(fut)
+        if bad_row is not None:
+            raise bad_row
+        return closing
+
+    def _write(self, name: str, data: bytes, rows: int) -> None:
+        fd = self._fds[name]
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._write_fn(fd, view)
+                if n <= 0:  # a regular file never does this; refuse to spin
+                    raise OSError(errno.EIO, "write made no progress")
+                view = view[n:]
+        except OSError as exc:
+            # Cut back any partial line so the file stays a clean JSONL file;
+            # if even that fails, repair_tail fixes it at the next start.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._sizes[name])
+            raise LedgerError(
+                f"cannot append to ledger {self.paths[name]}: {exc.strerror or exc}; "
+                f"{rows} row(s) not recorded"
+            ) from exc
+        self._sizes[name] += len(data)
+
+    async def _sync(self, fds: list[int], names: str, rows: int) -> None:
+        # One thread hop per batch keeps the event loop free during a slow fsync.
+        def sync_all() -> None:
+            with self._fd_lock:
+                for fd in fds:
+                    self._fsync_fn(fd)
+
+        try:
+            await asyncio.to_thread(sync_all)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot sync ledger {names} to disk: {exc.strerror or exc}; {rows} row(s) not recorded"
+            ) from exc
+
+    def _fail_queued(self, err: BaseException) -> None:
+        while True:
+            try:
+                _, _, fut = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            _settle(fut, err)
+
+
+def _as_row_failure(exc: BaseException) -> BaseException:
+    """What a pending row's future gets when the writer stops on ``exc``."""
+    if isinstance(exc, (asyncio.CancelledError, LedgerError)):
+        return exc
+    return LedgerError(f"ledger writer stopped ({type(exc).__name__}: {exc}); row not recorded")
+
+
+def _settle(fut: asyncio.Future[None] | None, exc: BaseException | None = None) -> None:
+    if fut is None or fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    elif isinstance(exc, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(exc)
