@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.dataset import build_conversations, write_dataset
 from pipeline.graph import Graph, RunStats, StopReason
 from pipeline.huixiangdou import HuixiangdouPool
-from pipeline.ledger import LedgerWriter, RunLock, read_ledger
+from pipeline.ledger import LedgerWriter, RunLock, iter_ledger, read_ledger, repair_tail
 from pipeline.llm import LLMClient
 from pipeline.outcome import Answerer
 from pipeline.settings import Settings
@@ -77,7 +77,9 @@ def load_state(settings: Settings, *, repair: bool) -> tuple[RunState, dict[str,
     """Read the ledgers (cutting a torn last line when ``repair``) and derive the plan."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for name, path in ledger_paths(settings.state_dir).items():
-        rows[name] = list(read_ledger(path, repair=repair))
+        if repair:
+            repair_tail(path)
+        rows[name] = read_ledger(path)
     c = settings.conversations
     state = derive_state(
         rows["questions"],
@@ -94,8 +96,8 @@ def load_state(settings: Settings, *, repair: bool) -> tuple[RunState, dict[str,
 def write_conversations(settings: Settings) -> int:
     """Rebuild ``conversations.jsonl`` from the ledgers, atomically."""
     paths = ledger_paths(settings.state_dir)
-    questions = [r for r in read_ledger(paths["questions"], repair=False) if "conv" not in r]
-    answers = list(read_ledger(paths["answers"], repair=False))
+    questions = [r for r in iter_ledger(paths["questions"]) if "conv" not in r]
+    answers = read_ledger(paths["answers"])
     records = build_conversations(
         questions, answers, settings.conversations.system_prompt, settings.conversations.min_turns
     )
