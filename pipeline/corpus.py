@@ -259,12 +259,13 @@ def probe(path: str | os.PathLike[str]) -> SourceInfo:
         while True:
             digest.update(block)
             final = len(block) < _READ_BYTES
+            # Bytes of a character cut by the previous block wait in the decoder.
+            pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as exc:
-                raise UndecodableFile(
-                    path, f"not valid {encoding} at byte {size + exc.start}"
-                ) from None
+                offset = size - pending + exc.start
+                raise UndecodableFile(path, f"not valid {encoding} at byte {offset}") from None
             if _looks_binary(text):
                 raise UndecodableFile(path, "binary content (control characters)")
             size += len(block)
