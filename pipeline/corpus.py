@@ -202,7 +202,8 @@ def _looks_binary(text: str) -> bool:
 
 def detect_encoding(head: bytes) -> str | None:
     """The Python codec name for a file that starts with ``head``, or ``None``
-    when it looks binary or no encoding fits.
+    when no encoding fits (binary data). The caller still checks the decoded
+    text for NUL and control characters.
 
     BOMs win; then strict UTF-8 (a multi-byte character cut by the end of
     ``head`` is allowed); then charset-normalizer.
@@ -219,10 +220,9 @@ def detect_encoding(head: bytes) -> str | None:
     best = charset_normalizer.from_bytes(head).best()
     if best is None:
         return None
+    # Binary data that some legacy codec happens to accept is caught after
+    # decoding (NUL and control characters), see _looks_binary.
     name = codecs.lookup(best.encoding).name
-    if b"\x00" in head and not name.startswith("utf"):
-        # NUL bytes outside UTF-16/32 mean binary, whatever the detector guessed.
-        return None
     return _WIDEN.get(name, name)
 
 
