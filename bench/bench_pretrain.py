@@ -11,7 +11,7 @@
    ``--large-mb`` megabytes (target < 300 MB at 1024), next to the bare
    script's, which reads the file whole.
 
-    python bench/bench_pretrain.py [--corpus DIR] [--repeat 3] [--large-mb 64]
+    python bench/bench_pretrain.py [--corpus DIR] [--repeat 5] [--large-mb 64]
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def peak_rss(work: Path, megabytes: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, help="corpus folder (default: the seed corpus)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each command (best kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each command (best kept)")
     parser.add_argument("--large-mb", type=float, default=64, help="size of the large file")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
