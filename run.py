@@ -39,11 +39,21 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     seed = args.seed_compatible or p.seed_compatible
     root = Path(args.root_path) if args.root_path else settings.data_dir
     save = Path(args.save_path) if args.save_path else settings.out_dir / p.output_name
+    size = args.chunk_size if args.chunk_size is not None else p.chunk_size
+    overlap = args.chunk_overlap if args.chunk_overlap is not None else p.chunk_overlap
+    # Flags bypass the settings loader's range checks, so check them here.
+    if size < 1:
+        raise SettingsError(f"--chunk-size: expected a value >= 1, got {size}")
+    if not 0 <= overlap < size:
+        raise SettingsError(
+            f"--chunk-overlap: expected a value >= 0 and less than the chunk size ({size}), "
+            f"got {overlap}"
+        )
     summary = run_pretrain(
         root,
         save,
-        chunk_size=args.chunk_size if args.chunk_size is not None else p.chunk_size,
-        chunk_overlap=args.chunk_overlap if args.chunk_overlap is not None else p.chunk_overlap,
+        chunk_size=size,
+        chunk_overlap=overlap,
         separators=SEED_SEPARATORS if seed else p.separators,
         patterns=p.patterns,
         seed_compatible=seed,
