@@ -1,6 +1,7 @@
 """Prompt presets per language. A prompt left empty in settings takes its
 language's preset. Placeholders: ``{topic}``, ``{aspect}``, ``{n}``,
-``{question}``, ``{answer}``, ``{examples}``."""
+``{question}``, ``{answer}``, ``{examples}``; the local RAG answer prompt
+(``rag_answer``) takes ``{topic}``, ``{passages}``, ``{question}`` and ``{marker}``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class Preset:
     followup: str
     system_prompt: str
     avoid: str  # appended to the user prompt when earlier questions exist
+    rag_answer: str  # the local backend's answer prompt: material only, else the marker
 
 
 PRESETS: dict[str, Preset] = {
@@ -36,6 +38,12 @@ PRESETS: dict[str, Preset] = {
             "你想帮助用户了解更多背后的故事和文化知识。"
         ),
         avoid="以下问题已经问过，请提出与它们不同的问题：\n{examples}",
+        rag_answer=(
+            "请只根据下面的资料回答关于《{topic}》的问题，不要使用资料以外的知识，不要编造。"
+            "直接给出答案，不要提到“资料”或“材料”这些字眼。"
+            "如果资料中没有能回答这个问题的信息，只回复 {marker} ，不要回复其他任何内容。\n\n"
+            "资料：\n{passages}\n\n问题：{question}"
+        ),
     ),
     "en": Preset(
         question_system=(
@@ -54,5 +62,12 @@ PRESETS: dict[str, Preset] = {
             "helping users learn the stories and culture behind it."
         ),
         avoid="These questions were asked already; write different ones:\n{examples}",
+        rag_answer=(
+            "Answer the question about {topic} using only the material below; do not use "
+            "any other knowledge and do not make anything up. Answer directly, without "
+            "mentioning \"the material\". If the material does not contain the answer, "
+            "reply with {marker} and nothing else.\n\n"
+            "Material:\n{passages}\n\nQuestion: {question}"
+        ),
     ),
 }

@@ -218,6 +218,21 @@ class RagSettings:
     backend: Literal["huixiangdou", "local", "auto"] = field(
         default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
     )
+    # The local backend's knobs (pipeline/local_rag.py); HuixiangDou ignores them.
+    top_k: int = field(default=4, metadata=_meta("passages sent to the LLM at most", ge=1))
+    min_score: float = field(
+        default=0.5, metadata=_meta("score a passage needs at least, in rare-word units", ge=0)
+    )
+    min_relative_score: float = field(
+        default=0.5, metadata=_meta("fraction of the best passage's score a passage needs", ge=0, le=1)
+    )
+    max_context_chars: int = field(
+        default=4000, metadata=_meta("characters of passages in one prompt at most", ge=1)
+    )
+    temperature: float = field(default=0.3, metadata=_meta("answering temperature", ge=0, le=2))
+    answer_prompt: str = field(
+        default="", metadata=_meta("local answer prompt; '' = preset")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +377,12 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(f"{src}: [huixiangdou] urls: expected at least one URL")
     if not s.questions.aspects:
         raise SettingsError(f"{src}: [questions] aspects: expected at least one aspect")
+    missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
+    if missing:
+        raise SettingsError(
+            f"{src}: [rag] answer_prompt: expected the placeholders {{passages}}, {{question}} "
+            f"and {{marker}}; missing {', '.join(missing)}"
+        )
 
 
 def parse_settings(
@@ -401,7 +422,8 @@ def _apply_presets(s: Settings) -> Settings:
         or preset.system_prompt.format(topic=s.questions.topic),
         followup_prompt=s.conversations.followup_prompt or preset.followup,
     )
-    return dataclasses.replace(s, questions=q, conversations=c)
+    r = dataclasses.replace(s.rag, answer_prompt=s.rag.answer_prompt or preset.rag_answer)
+    return dataclasses.replace(s, questions=q, conversations=c, rag=r)
 
 
 def load_settings(
