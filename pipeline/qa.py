@@ -105,9 +105,15 @@ def write_conversations(settings: Settings) -> int:
 
 
 def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
-    """The answer backend and how many answer workers it can keep busy."""
+    """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
     hx = settings.huixiangdou
-    del llm  # the local backend (a later issue) answers through the LLM
+    if settings.rag.backend != "huixiangdou":
+        # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
+        from pipeline.local_rag import AutoAnswerer, LocalAnswerer, answer_slots
+
+        if settings.rag.backend == "local":
+            return LocalAnswerer(settings, llm), answer_slots(settings)
+        return AutoAnswerer(settings, llm), AutoAnswerer.slots(settings)
     return HuixiangdouPool(hx), len(hx.urls) * hx.concurrency_per_server
 
 
