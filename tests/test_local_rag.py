@@ -340,7 +340,7 @@ async def test_ask_answers_from_the_retrieved_material_with_real_refs(
     fake_llm.responder = grounded_responder
     settings = make_settings(tmp_path, llm_settings)
     answerer = LocalAnswerer(settings, llm_client)
-    assert (await answerer.probe()).startswith(f"local index: ")
+    assert (await answerer.probe()).startswith("local index: ")
     outcome = await answerer.ask(question)
     assert outcome.kind == "answered", outcome
     assert outcome.answer == f"答案是{fact[0]}。"
