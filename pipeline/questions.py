@@ -177,8 +177,10 @@ def _matching_close(text: str, start: int) -> int:
 
 def _parse_bracketed(text: str) -> list[str] | None:
     """The first bracketed list in ``text`` that parses as JSON, a Python
-    literal, or a run of quoted items separated only by commas."""
+    literal, or a run of quoted items separated only by commas; ``[]`` when
+    lists parsed but held no strings, None when nothing parsed."""
     decoder = json.JSONDecoder()
+    parsed_without_strings = False
     starts = [i for i, ch in enumerate(text) if ch in _OPEN_BRACKETS][:50]
     for start in starts:
         if text[start] == "[":
@@ -190,6 +192,7 @@ def _parse_bracketed(text: str) -> list[str] | None:
                 items = _items_from_value(value)
                 if items:
                     return items
+                parsed_without_strings = True
         end = _matching_close(text, start)
         if end < 0:
             end = max(text.rfind(c) for c in "]］】")
@@ -207,10 +210,11 @@ def _parse_bracketed(text: str) -> list[str] | None:
             items = _items_from_value(value)
             if items:
                 return items
+            parsed_without_strings = True
         items = _quoted_items(inner)
         if items:
             return items
-    return None
+    return [] if parsed_without_strings else None
 
 
 def _quoted_items(inner: str) -> list[str] | None:
@@ -304,6 +308,10 @@ def parse_question_list(text: str) -> list[str]:
     items = _parse_bracketed(body)
     if items is None:
         return _parse_lines(body)
+    if not items:
+        # Only lists without strings ("[1]" in a preamble, "[]"): take lines
+        # that are questions, nothing else.
+        return [q for q in _parse_lines(body) if q[-1] in "?？"]
     return [c for c in (_clean_item(i) for i in items) if c]
 
 
