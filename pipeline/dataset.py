@@ -1,0 +1,239 @@
+"""Dataset: the answer gate, XTuner conversation records, and building the
+dataset from the ledgers.
+
+Ledger row schemas (the graph writes them, :mod:`pipeline.ledger` appends and
+reads them, this module turns them into the dataset):
+
+question row, ``state/questions.jsonl``, one per accepted question::
+
+    {"id": qid, "aspect": str, "text": str, "seq": int}
+
+answer row, ``state/answers.jsonl``, one per attempt at one turn::
+
+    {"conv": qid_of_first_question, "turn": int (1-based), "question": str,
+     "kind": "answered" | "skipped" | "vetoed" | "failed" | "rejected",
+     "answer": str, "raw_answer": str, "refs": [str], "state": str,
+     "reason": str, "server": str, "attempts": int, "seconds": float}
+
+``answer`` is the gated, cleaned answer (set when ``kind`` is "answered");
+"rejected" means the backend answered and :func:`gate_answer` refused it,
+``reason`` saying why. Retries append new rows; the latest row of a turn wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from pipeline.errors import SettingsError
+from pipeline.jsonl import write_jsonl_atomic
+from pipeline.questions import TEMPLATE_MARKERS
+from pipeline.settings import ConversationSettings
+
+__all__ = [
+    "ANSWER_KINDS",
+    "REFUSAL_WINDOW",
+    "Gate",
+    "build_conversations",
+    "compile_gate",
+    "conversation_record",
+    "gate_answer",
+    "latest_turns",
+    "summarise",
+    "write_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+ANSWER_KINDS: tuple[str, ...] = ("answered", "skipped", "vetoed", "failed", "rejected")
+
+# Refusal patterns are looked for in the answer's opening only: a refusal
+# says so up front, while a long answer that notes "材料中未提及……" deep inside
+# is a partial answer worth keeping.
+REFUSAL_WINDOW = 100
+
+Gate = Callable[[str], tuple[str, str | None]]
+
+_SPACES = re.compile(r"[ \t\u3000\xa0]+")
+_TRAILING = re.compile(r"[ \t]+\n")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _compile_all(patterns: Sequence[str], key: str) -> list[re.Pattern[str]]:
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as exc:
+            raise SettingsError(f"[conversations] {key}: bad regular expression {p!r}: {exc}") from None
+    return compiled
+
+
+def _tidy(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", text)
+    text = _TRAILING.sub("\n", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def compile_gate(cs: ConversationSettings, *, refusal_window: int = REFUSAL_WINDOW) -> Gate:
+    """Compile the answer gate once; the returned callable maps an answer to
+    ``(cleaned answer, rejection reason or None)``.
+
+    Reasons: "empty", "template_marker", "refusal", "too_short". Raises
+    :class:`SettingsError` naming the key when a pattern is not a valid
+    regular expression."""
+    prefixes = _compile_all(cs.strip_prefixes, "strip_prefixes")
+    refusals = _compile_all(cs.refusal_patterns, "refusal_patterns")
+    min_chars = cs.min_answer_chars
+
+    def gate(answer: str) -> tuple[str, str | None]:
+        text = _tidy(answer or "")
+        if not text:
+            return "", "empty"
+        if any(m in text for m in TEMPLATE_MARKERS):
+            return text, "template_marker"
+        # Lead-ins can stack ("根据提供的材料，根据已知信息，…"); strip until none is left.
+        changed = True
+        while changed and text:
+            changed = False
+            for p in prefixes:
+                stripped = p.sub("", text, count=1).lstrip()
+                if stripped != text:
+                    text, changed = stripped, True
+        if not text:
+            return "", "empty"
+        head = text[:refusal_window]
+        if any(p.search(head) for p in refusals):
+            return text, "refusal"
+        if len(text) < min_chars:
+            return text, "too_short"
+        return text, None
+
+    return gate
+
+
+def gate_answer(answer: str, cs: ConversationSettings) -> tuple[str, str | None]:
+    """Clean ``answer`` and say whether it may enter the dataset; see
+    :func:`compile_gate`, which callers gating many answers should use."""
+    return compile_gate(cs)(answer)
+
+
+def conversation_record(system_prompt: str, turns: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """An XTuner conversation record; the system prompt rides on the first
+    turn only (XTuner prepends a system block to every turn that has one),
+    and is left out when empty."""
+    conversation: list[dict[str, str]] = []
+    for i, (question, answer) in enumerate(turns):
+        turn: dict[str, str] = {}
+        if i == 0 and system_prompt:
+            turn["system"] = system_prompt
+        turn["input"] = question
+        turn["output"] = answer
+        conversation.append(turn)
+    return {"conversation": conversation}
+
+
+def _row_key(row: Mapping[str, Any], n: int) -> tuple[str, int] | None:
+    conv, turn = row.get("conv"), row.get("turn")
+    if not isinstance(conv, str) or not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
+        log.warning("answer ledger row %d has no valid 'conv'/'turn'; ignored", n)
+        return None
+    return conv, turn
+
+
+def latest_turns(answer_rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
+    """``conv -> turn -> row``, keeping the last row of each turn (a retry
+    appends a new row, so the last one is the current outcome)."""
+    latest: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for n, row in enumerate(answer_rows, 1):
+        key = _row_key(row, n)
+        if key is not None:
+            latest.setdefault(key[0], {})[key[1]] = row
+    return latest
+
+
+def build_conversations(
+    question_rows: Iterable[Mapping[str, Any]],
+    answer_rows: Iterable[Mapping[str, Any]],
+    system_prompt: str,
+    min_turns: int,
+    max_turns: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Conversation records from the ledgers, in question-ledger order
+    (``seq``, then file order). Each conversation takes turns 1..k while
+    every one of them is answered (a vetoed, failed or missing turn ends it),
+    at most ``max_turns``, and is emitted when k >= ``min_turns``."""
+    latest = latest_turns(answer_rows)
+    order: list[tuple[int, int, str]] = []
+    seen: set[str] = set()
+    for n, row in enumerate(question_rows):
+        qid = row.get("id")
+        seq = row.get("seq", n)
+        if not isinstance(qid, str) or qid in seen:
+            continue
+        seen.add(qid)
+        order.append((seq if isinstance(seq, int) else n, n, qid))
+    order.sort()
+    for _, _, qid in order:
+        turns = latest.get(qid)
+        if not turns:
+            continue
+        pairs: list[tuple[str, str]] = []
+        k = 1
+        while max_turns is None or k <= max_turns:
+            row = turns.get(k)
+            if row is None or row.get("kind") != "answered" or not row.get("answer"):
+                break
+            pairs.append((str(row.get("question", "")), str(row["answer"])))
+            k += 1
+        if pairs and len(pairs) >= min_turns:
+            yield conversation_record(system_prompt, pairs)
+
+
+def write_dataset(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> int:
+    """Write the dataset atomically (a reader never sees half a file);
+    return how many records."""
+    return write_jsonl_atomic(path, records)
+
+
+def summarise(answer_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts for the report and status commands.
+
+    ``rows``: answer-ledger rows (attempts) read; ``turns``: distinct
+    (conversation, turn) pairs; ``conversations``: distinct conversations;
+    ``by_kind``, ``by_state``, ``by_reason``: counted over the latest row of
+    each turn (``by_reason`` over turns not answered), most common first."""
+    rows = 0
+
+    def counting(it: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        nonlocal rows
+        for r in it:
+            rows += 1
+            yield r
+
+    latest = latest_turns(counting(answer_rows))
+    by_kind: Counter[str] = Counter()
+    by_state: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    turns = 0
+    for conv in latest.values():
+        for row in conv.values():
+            turns += 1
+            kind = str(row.get("kind", ""))
+            by_kind[kind] += 1
+            by_state[str(row.get("state", ""))] += 1
+            if kind != "answered" and row.get("reason"):
+                by_reason[str(row["reason"])] += 1
+    return {
+        "rows": rows,
+        "turns": turns,
+        "conversations": len(latest),
+        "by_kind": dict(by_kind.most_common()),
+        "by_state": dict(by_state.most_common()),
+        "by_reason": dict(by_reason.most_common()),
+    }

@@ -1,0 +1,127 @@
+"""Deduper: exact duplicates after normalising, near duplicates by 3-gram Jaccard."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.questions import Deduper
+
+
+def test_a_new_question_is_accepted_and_counted() -> None:
+    d = Deduper(0.7)
+    assert d.add("《黑神话：悟空》的主角是谁？") is None
+    assert d.accepted == 1 and len(d) == 1
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "《黑神话：悟空》的主角是谁？",
+        "黑神话悟空的主角是谁?",
+        " 黑神话 悟空 的主角是谁 ",
+        "《黑神话:悟空》的主角是谁？",
+        "“黑神话：悟空”的主角是谁？",
+    ],
+)
+def test_same_text_after_width_punctuation_and_spaces_is_a_duplicate(variant: str) -> None:
+    d = Deduper(0.7)
+    d.add("《黑神话：悟空》的主角是谁？")
+    assert d.add(variant) == "duplicate"
+    assert d.rejected == {"duplicate": 1, "near_duplicate": 0}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("《黑神话：悟空》中天命人的师父是谁？", "《黑神话：悟空》中天命人的师父是谁呢？"),
+        ("游戏中黄风大圣的弱点是什么？", "游戏中黄风大圣的弱点是什么呀"),
+        ("游戏中黄风大圣的弱点是什么？", "请问游戏中黄风大圣的弱点是什么？"),
+        ("黑熊精在第一章的哪个地方出现？", "黑熊精在第一章的哪个地方出现呀？"),
+        ("What is the story of the Destined One in the game?", "What's the story of the Destined One in the game?"),
+    ],
+)
+def test_a_changed_particle_or_word_is_a_near_duplicate(first: str, second: str) -> None:
+    d = Deduper(0.7)
+    assert d.add(first) is None
+    assert d.add(second) == "near_duplicate"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("《黑神话：悟空》中天命人的师父是谁？", "《黑神话：悟空》中黄眉的法宝有哪些？"),
+        ("游戏中黄风大圣的弱点是什么？", "游戏中二郎神的坐骑是什么？"),
+        ("战斗系统有几种棍法？", "游戏的配乐由谁创作？"),
+        ("How many chapters are there?", "Who composed the music?"),
+    ],
+)
+def test_different_questions_on_the_same_topic_are_kept(first: str, second: str) -> None:
+    d = Deduper(0.7)
+    assert d.add(first) is None
+    assert d.add(second) is None
+
+
+def test_threshold_decides_near_duplicates() -> None:
+    # 3-gram Jaccard of these two is 8/11 ~ 0.73 ("呢" and "？" change the tail).
+    a, b = "天命人的师父到底是谁？", "天命人的师父到底是谁呢？"
+    strict = Deduper(0.9)
+    strict.add(a)
+    assert strict.add(b) is None
+    loose = Deduper(0.6)
+    loose.add(a)
+    assert loose.add(b) == "near_duplicate"
+
+
+def test_short_questions_get_the_exact_check_only() -> None:
+    d = Deduper(0.5)
+    assert d.add("谁？") is None
+    assert d.add("谁?") == "duplicate"
+    assert d.add("何？") is None
+
+
+def test_seed_remembers_earlier_questions_without_counting_them() -> None:
+    d = Deduper(0.7)
+    d.seed(["《黑神话：悟空》中天命人的师父是谁？", "战斗系统有几种棍法？"])
+    assert (d.accepted, d.rejected, len(d)) == (0, {"duplicate": 0, "near_duplicate": 0}, 2)
+    assert d.add("战斗系统有几种棍法?") == "duplicate"
+    assert d.add("《黑神话：悟空》中天命人的师父是谁呢？") == "near_duplicate"
+    assert d.add("游戏的配乐由谁创作？") is None
+    assert d.accepted == 1
+
+
+def test_rejected_questions_are_not_remembered() -> None:
+    # A near duplicate must not widen the net for the questions after it.
+    d = Deduper(0.7)
+    d.add("黑熊精在第一章的哪个地方出现？")
+    assert d.add("黑熊精在第一章的哪个地方出现呀？") == "near_duplicate"
+    assert len(d) == 1
+
+
+def test_many_distinct_questions_are_all_kept_and_their_repeats_all_caught() -> None:
+    # Enough entries to make the index grow several times; every question is
+    # distinct (different numbers and names), every repeat must still be found.
+    names = ["黄风大圣", "黑熊精", "二郎神", "黄眉", "百眼魔君", "亢金龙", "虎先锋", "石先锋"]
+    qs = [f"第{i:04d}回里{names[i % 8]}用了哪{i % 7 + 1}件法宝？" for i in range(3000)]
+    d = Deduper(0.9)
+    assert [d.add(q) for q in qs] == [None] * len(qs)
+    assert {d.add(q) for q in qs[::7]} == {"duplicate"}
+    assert d.accepted == len(qs)
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        Deduper(0)
+    with pytest.raises(ValueError, match="multiple of bands"):
+        Deduper(0.7, num_perm=30, bands=8)
+
+
+def test_near_duplicates_are_found_among_many_accepted_questions() -> None:
+    # Candidates come from LSH buckets; a pair must still be found when the
+    # index holds hundreds of other questions on the same topic.
+    names = ["黄风大圣", "黑熊精", "二郎神", "黄眉", "百眼魔君", "亢金龙", "虎先锋", "赤尻马猴"]
+    things = ["法宝", "坐骑", "弱点", "师父", "住处", "招式", "来历", "结局"]
+    qs = [f"{n}的{t}是什么？" for n in names for t in things]
+    d = Deduper(0.7)
+    assert all(d.add(q) is None for q in qs)
+    variants = [q.replace("？", "呢？") for q in qs]
+    assert [d.add(v) for v in variants] == ["near_duplicate"] * len(variants)
