@@ -99,14 +99,18 @@ def compile_gate(cs: ConversationSettings, *, refusal_window: int = REFUSAL_WIND
             return text, "template_marker"
         # Lead-ins can stack ("根据提供的材料，根据已知信息，…"); strip until none is left.
         changed = True
+        stripped_any = False
         while changed and text:
             changed = False
             for p in prefixes:
                 stripped = p.sub("", text, count=1).lstrip()
                 if stripped != text:
-                    text, changed = stripped, True
+                    text, changed, stripped_any = stripped, True, True
         if not text:
             return "", "empty"
+        if stripped_any and text[0].isascii() and text[0].islower():
+            # "Based on the context, the game..." -> "The game..."
+            text = text[0].upper() + text[1:]
         head = text[:refusal_window]
         if any(p.search(head) for p in refusals):
             return text, "refusal"

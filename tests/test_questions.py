@@ -18,7 +18,7 @@ from pipeline.questions import (
     question_messages,
     screen_question,
 )
-from pipeline.settings import ConversationSettings, QuestionSettings, parse_settings
+from pipeline.settings import QuestionSettings, parse_settings
 
 A, B = "天命人是谁？", "游戏中有几种棍法？"
 

@@ -1,0 +1,229 @@
+"""Answer gate, XTuner records, and building the dataset from ledger rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.dataset import (
+    build_conversations,
+    compile_gate,
+    conversation_record,
+    gate_answer,
+    summarise,
+    write_dataset,
+)
+from pipeline.errors import SettingsError
+from pipeline.settings import ConversationSettings
+
+CS = ConversationSettings(min_answer_chars=10)
+LONG = "天命人是玩家扮演的角色，是一只寻找大圣六根的猴子。"
+
+
+# --------------------------------------------------------------------------- gate
+
+
+@pytest.mark.parametrize(
+    ("raw", "cleaned"),
+    [
+        (f"根据提供的材料，{LONG}", LONG),
+        (f"根据已知信息：{LONG}", LONG),
+        (f"根据材料 {LONG}", LONG),
+        (f"根据提供的材料，根据已知信息，{LONG}", LONG),
+        ("Based on the provided materials, the Destined One is the player's monkey.",
+         "The Destined One is the player's monkey."),
+        ("According to the context: Wukong was released on 2024-08-20.",
+         "Wukong was released on 2024-08-20."),
+        (f"  {LONG}  ", LONG),
+        ("第一行  有   多余空格\r\n\r\n\r\n\r\n第二行", "第一行 有 多余空格\n\n第二行"),
+    ],
+)
+def test_gate_strips_lead_ins_and_tidies_whitespace(raw: str, cleaned: str) -> None:
+    assert gate_answer(raw, CS) == (cleaned, None)
+
+
+def test_gate_leaves_a_lead_in_inside_the_text() -> None:
+    text = f"{LONG}这些都是根据提供的材料整理的。"
+    assert gate_answer(text, CS) == (text, None)
+
+
+def test_gate_keeps_lowercase_starts_it_did_not_create() -> None:
+    assert gate_answer("iPhone ports are not planned for the game.", CS)[0][0] == "i"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("根据提供的材料，", "empty"),
+        ("根据提供的材料，我无法回答这个问题。", "refusal"),
+        ("抱歉，我不知道这个问题的答案，请换个问题。", "refusal"),
+        ("材料中没有提到黄眉的具体来历和他的结局。", "refusal"),
+        ("I don't know the answer to that question.", "refusal"),
+        ("Sorry, I cannot answer this from the given documents.", "refusal"),
+        ("太短了", "too_short"),
+        ("根据提供的材料，是猴子。", "too_short"),
+        (f"{LONG}<|im_end|>", "template_marker"),
+    ],
+)
+def test_gate_rejects_with_a_reason(raw: str, reason: str) -> None:
+    assert gate_answer(raw, CS)[1] == reason
+
+
+def test_a_refusal_word_deep_inside_a_long_answer_is_not_a_refusal() -> None:
+    text = LONG * 6 + "至于他的结局，材料中未提及。"
+    assert gate_answer(text, CS) == (text, None)
+
+
+def test_min_answer_chars_is_inclusive_and_zero_keeps_short_answers() -> None:
+    ten = "一二三四五六七八九十"
+    assert gate_answer(ten, CS) == (ten, None)
+    assert gate_answer(ten[:-1], CS)[1] == "too_short"
+    assert gate_answer("是。", dataclasses.replace(CS, min_answer_chars=0)) == ("是。", None)
+
+
+def test_gate_patterns_come_from_settings() -> None:
+    cs = dataclasses.replace(CS, strip_prefixes=(r"^答[:：]\s*",), refusal_patterns=(r"无可奉告",))
+    gate = compile_gate(cs)
+    assert gate(f"答：{LONG}") == (LONG, None)
+    assert gate(f"{LONG}无可奉告")[1] == "refusal"
+    assert gate(f"根据提供的材料，{LONG}") == (f"根据提供的材料，{LONG}", None)
+
+
+@pytest.mark.parametrize("key", ["strip_prefixes", "refusal_patterns"])
+def test_a_bad_pattern_is_a_settings_error_naming_the_key(key: str) -> None:
+    with pytest.raises(SettingsError, match=rf"\[conversations\] {key}: bad regular expression '\(oops'"):
+        compile_gate(dataclasses.replace(CS, **{key: ("(oops",)}))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_record_puts_the_system_prompt_on_the_first_turn_only() -> None:
+    rec = conversation_record("你是助手。", [("问1？", "答1"), ("问2？", "答2"), ("问3？", "答3")])
+    assert rec == {
+        "conversation": [
+            {"system": "你是助手。", "input": "问1？", "output": "答1"},
+            {"input": "问2？", "output": "答2"},
+            {"input": "问3？", "output": "答3"},
+        ]
+    }
+
+
+def test_record_without_a_system_prompt_has_no_system_key() -> None:
+    assert conversation_record("", [("问？", "答")]) == {"conversation": [{"input": "问？", "output": "答"}]}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def q(qid: str, seq: int) -> dict[str, Any]:
+    return {"id": qid, "aspect": "主要角色", "text": f"{qid}？", "seq": seq}
+
+
+def a(conv: str, turn: int, kind: str = "answered", answer: str | None = None, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "conv": conv, "turn": turn, "question": f"{conv}-q{turn}？", "kind": kind,
+        "answer": (f"{conv}-a{turn}" if kind == "answered" else "") if answer is None else answer,
+        "raw_answer": "", "refs": [], "state": "success" if kind == "answered" else "Irrelevant answer.",
+        "reason": "", "server": "http://127.0.0.1:1", "attempts": 1, "seconds": 0.1,
+    }
+    row.update(extra)
+    return row
+
+
+def turns_of(records: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
+    return [[(t["input"], t["output"]) for t in r["conversation"]] for r in records]
+
+
+def test_build_follows_question_ledger_order_not_answer_order() -> None:
+    questions = [q("c", 3), q("a", 1), q("b", 2)]
+    answers = [a("c", 1), a("b", 1), a("a", 1)]
+    recs = list(build_conversations(questions, answers, "S", min_turns=1))
+    assert turns_of(recs) == [[("a-q1？", "a-a1")], [("b-q1？", "b-a1")], [("c-q1？", "c-a1")]]
+    assert all(r["conversation"][0]["system"] == "S" for r in recs)
+
+
+def test_build_is_deterministic_for_the_same_ledgers() -> None:
+    questions = [q(f"q{i}", i) for i in range(20)]
+    answers = [a(f"q{i}", 1) for i in reversed(range(20))]
+    first = list(build_conversations(questions, answers, "S", 1))
+    assert first == list(build_conversations(questions, answers, "S", 1))
+
+
+def test_the_latest_row_of_a_turn_wins() -> None:
+    questions = [q("a", 1), q("b", 2), q("c", 3)]
+    answers = [
+        a("a", 1, "failed"), a("a", 1, answer="retried answer"),     # failure then success
+        a("b", 1), a("b", 1, "rejected", reason="refusal"),         # success then later rejected
+        a("c", 1, "failed"), a("c", 1, "failed"),
+    ]
+    recs = list(build_conversations(questions, answers, "", 1))
+    assert turns_of(recs) == [[("a-q1？", "retried answer")]]
+
+
+def test_a_turn_that_is_not_answered_ends_the_conversation() -> None:
+    questions = [q("a", 1), q("b", 2)]
+    answers = [
+        a("a", 1), a("a", 2, "vetoed"), a("a", 3),   # turn 3 exists but follows a vetoed turn
+        a("b", 1), a("b", 3),                        # turn 2 missing (interrupted)
+    ]
+    recs = list(build_conversations(questions, answers, "", 1))
+    assert turns_of(recs) == [[("a-q1？", "a-a1")], [("b-q1？", "b-a1")]]
+
+
+@pytest.mark.parametrize("kind", ["skipped", "vetoed", "failed", "rejected"])
+def test_unanswered_first_turns_never_reach_the_dataset(kind: str) -> None:
+    recs = list(build_conversations([q("a", 1)], [a("a", 1, kind, answer="some text")], "", 1))
+    assert recs == []
+
+
+def test_min_turns_drops_short_conversations_and_max_turns_caps_long_ones() -> None:
+    questions = [q("one", 1), q("two", 2), q("three", 3)]
+    answers = [a("one", 1), a("two", 1), a("two", 2), a("three", 1), a("three", 2), a("three", 3)]
+    recs = list(build_conversations(questions, answers, "S", min_turns=2))
+    assert [len(r["conversation"]) for r in recs] == [2, 3]
+    recs = list(build_conversations(questions, answers, "S", min_turns=2, max_turns=2))
+    assert [len(r["conversation"]) for r in recs] == [2, 2]
+    assert "system" in recs[0]["conversation"][0] and "system" not in recs[0]["conversation"][1]
+
+
+def test_questions_without_answers_and_malformed_rows_are_skipped() -> None:
+    questions = [q("a", 1), q("a", 1), q("b", 2), {"seq": 3}]
+    answers = [a("a", 1), {"turn": 1, "kind": "answered"}, {"conv": "b", "turn": "1"}]
+    recs = list(build_conversations(questions, answers, "", 1))
+    assert turns_of(recs) == [[("a-q1？", "a-a1")]]
+
+
+def test_write_dataset_writes_utf8_jsonl_and_counts(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "conversations.jsonl"
+    records = list(build_conversations([q("天", 1)], [a("天", 1, answer="悟空")], "系统", 1))
+    assert write_dataset(path, records) == 1
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n") and "悟空".encode() in raw
+    assert [json.loads(line) for line in raw.splitlines()] == records
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summarise_counts_latest_outcome_per_turn() -> None:
+    answers = [
+        a("a", 1, "failed", reason="timeout", state=""),
+        a("a", 1),
+        a("b", 1, "skipped", state="Query length too short", reason="Query length too short"),
+        a("c", 1, "rejected", state="success", reason="refusal"),
+        a("d", 1, "rejected", state="success", reason="refusal"),
+        a("d", 2, "vetoed"),
+    ]
+    s = summarise(answers)
+    assert s["rows"] == 6 and s["turns"] == 5 and s["conversations"] == 4
+    assert s["by_kind"] == {"answered": 1, "rejected": 2, "skipped": 1, "vetoed": 1}
+    assert s["by_state"] == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
+    assert s["by_reason"] == {"refusal": 2, "Query length too short": 1}
+    assert next(iter(s["by_kind"])) == "rejected"  # most common first
