@@ -122,15 +122,19 @@ async def run_qa(
     *,
     on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
+    on_graph: Callable[[Graph], None] | None = None,
 ) -> QAResult:
-    """Run (or resume) the QA stage to completion or to a clean stop."""
+    """Run (or resume) the QA stage to completion or to a clean stop.
+    ``on_graph`` receives the graph once built (for a display, or a test's stop)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state, _ = load_state(settings, repair=True)
         async with LLMClient(settings.llm) as llm:
             answerer, workers = make_answerer(settings, llm)
             try:
-                return await _run_graph(settings, state, llm, answerer, workers, on_progress, install_signals)
+                return await _run_graph(
+                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph
+                )
             finally:
                 await answerer.aclose()
 
@@ -143,6 +147,7 @@ async def _run_graph(
     workers: int,
     on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
+    on_graph: Callable[[Graph], None] | None,
 ) -> QAResult:
     # Fail before anything is paid for when a service is misconfigured.
     await llm.probe()
@@ -152,6 +157,8 @@ async def _run_graph(
     writer = LedgerWriter(ledger_paths(settings.state_dir), fsync=settings.run.fsync)
     writer_task = asyncio.create_task(writer.run())
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress)
+    if on_graph is not None:
+        on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,

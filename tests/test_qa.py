@@ -1,0 +1,276 @@
+"""The QA stage end to end: the real openai and aiohttp clients against the fake
+LLM API and fake HuixiangDou servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.graph import Graph
+from pipeline.qa import run_qa
+from pipeline.settings import Settings, parse_settings
+from pipeline.state import target_turns
+from pipeline.validate import validate_file
+from tests.fakes.huixiangdou_server import FakeHuixiangdou
+from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
+from tests.fakes.llm_server import FakeLLM
+
+SYSTEM = "你是测试助手。"
+
+
+def make_settings(
+    tmp_path: Path, fake: FakeLLM, hxd: list[FakeHuixiangdou], **sections: dict[str, Any]
+) -> Settings:
+    data: dict[str, Any] = {
+        "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
+        "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
+                "timeout_s": 10, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
+                "rpm": 100_000, "tpm": 100_000_000},
+        "huixiangdou": {"urls": [h.url for h in hxd], "timeout_s": 10, "backoff_base_s": 0.01},
+        "questions": {"aspects": ["战斗系统", "游戏世界观", "主要角色"], "per_aspect": 4, "batch_size": 3},
+        "conversations": {"system_prompt": SYSTEM},
+        "run": {"grace_s": 5, "progress_interval_s": 60},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_settings(data, source="test", environ={FAKE_KEY_ENV: FAKE_KEY})
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",), shape="mixed") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FakeHuixiangdou]]:
+    async with FakeHuixiangdou(seed=1) as a, FakeHuixiangdou(seed=2) as b:
+        yield [a, b]
+
+
+def conversations(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.out_dir / "conversations.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def rows(settings: Settings, name: str) -> list[dict[str, Any]]:
+    path = settings.state_dir / f"{name}.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def asked(servers: list[FakeHuixiangdou]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for s in servers:
+        for q, n in s.counts.items():
+            total[q] = total.get(q, 0) + n
+    return total
+
+
+async def test_complete_run_makes_a_valid_dataset_and_asks_each_question_once(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    settings = make_settings(tmp_path, llm, servers)
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete" and result.exit_code == 0
+    questions = rows(settings, "questions")
+    assert len(questions) == 12
+    assert {q["aspect"] for q in questions} == {"战斗系统", "游戏世界观", "主要角色"}
+    counts = asked(servers)
+    assert sorted(counts) == sorted(q["text"] for q in questions)
+    assert set(counts.values()) == {1}
+    assert all(s.counts for s in servers), "questions were spread over both servers"
+
+    records = conversations(settings)
+    assert len(records) == 12 == result.conversations
+    assert [r["conversation"][0]["input"] for r in records] == [q["text"] for q in questions]
+    assert all(r["conversation"][0]["system"] == SYSTEM for r in records)
+    report = validate_file(settings.out_dir / "conversations.jsonl")
+    assert report.errors == [] and report.kind == "conversation"
+    assert result.usage["prompt_tokens"] > 0
+
+
+async def test_rerun_after_completion_pays_for_nothing(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    settings = make_settings(tmp_path, llm, servers)
+    await run_qa(settings, install_signals=False)
+    chats, asked_before = len(llm.requests), dict(asked(servers))
+    first = (settings.out_dir / "conversations.jsonl").read_bytes()
+
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    assert len(llm.requests) == chats, "no LLM call on a finished run"
+    assert asked(servers) == asked_before
+    assert (settings.out_dir / "conversations.jsonl").read_bytes() == first
+
+
+async def test_quota_stops_with_75_and_the_resume_finishes_without_redoing_work(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    llm.quota_after = 3  # question batches: 2 per aspect, 6 in all
+    llm.quota_style = "deepseek"
+    settings = make_settings(tmp_path, llm, servers)
+
+    stopped = await run_qa(settings, install_signals=False)
+
+    assert stopped.status == "quota" and stopped.exit_code == 75
+    assert "402" in stopped.detail or "balance" in stopped.detail.lower()
+    assert llm.status_counts[402] >= 1
+    partial = conversations(settings)  # a usable partial dataset is written
+    done_before = len(rows(settings, "questions"))
+    answered = [r for r in rows(settings, "answers") if r["kind"] == "answered"]
+    assert 0 < done_before < 12 and len(partial) == len(answered)
+    assert llm.status_counts[402] <= settings.llm.concurrency, "quota was not retried in a loop"
+
+    llm.quota_after = None
+    resumed = await run_qa(settings, install_signals=False)
+
+    assert resumed.status == "complete"
+    assert len(rows(settings, "questions")) == 12
+    assert set(asked(servers).values()) == {1}, "no question was asked twice"
+    assert len(conversations(settings)) == 12
+
+
+async def test_vetoed_skipped_and_gated_answers_never_reach_the_dataset(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    verdicts = iter(["vetoed", "safety", "irrelevant_material", "not_question"])
+    chosen: dict[str, str] = {}
+
+    def responder(question: str) -> str:
+        return chosen.setdefault(question, next(verdicts, "answered"))
+
+    async with FakeHuixiangdou(responder=responder) as hxd:
+        settings = make_settings(tmp_path, llm, [hxd])
+        result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    answers = {r["question"]: r for r in rows(settings, "answers")}
+    kinds = sorted(answers[q]["kind"] for q, v in chosen.items() if v != "answered")
+    assert kinds == ["skipped", "skipped", "vetoed", "vetoed"]
+    dataset_questions = {r["conversation"][0]["input"] for r in conversations(settings)}
+    assert dataset_questions == {q for q, v in chosen.items() if v == "answered"}
+    assert len(dataset_questions) == 8
+
+
+async def test_multi_turn_conversations_carry_follow_ups_that_name_the_topic(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    settings = make_settings(
+        tmp_path, llm, servers,
+        conversations={"min_turns": 2, "max_turns": 3},
+        questions={"aspects": ["战斗系统"], "per_aspect": 5, "batch_size": 5, "topic": "黑神话：悟空"},
+    )
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    records = conversations(settings)
+    assert len(records) == 5
+    firsts = {q["id"]: q for q in rows(settings, "questions") if "aspect" in q}
+    for record in records:
+        turns = record["conversation"]
+        conv = next(i for i, q in firsts.items() if q["text"] == turns[0]["input"])
+        assert len(turns) == target_turns(conv, 2, 3)
+        assert turns[0]["system"] == SYSTEM
+        assert all("system" not in t for t in turns[1:])
+        assert all("黑神话" in t["input"] for t in turns[1:]), "follow-ups name the topic"
+    assert set(asked(servers).values()) == {1}
+
+
+async def test_multi_turn_resume_continues_at_the_next_turn(
+    tmp_path: Path, servers: list[FakeHuixiangdou]
+) -> None:
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as llm:
+        # One question batch, then the quota runs out while writing follow-ups.
+        llm.quota_after = 2
+        settings = make_settings(
+            tmp_path, llm, servers,
+            conversations={"min_turns": 3, "max_turns": 3},
+            questions={"aspects": ["战斗系统"], "per_aspect": 3, "batch_size": 3},
+            llm={"concurrency": 1},
+        )
+        first = await run_qa(settings, install_signals=False)
+        assert first.status == "quota"
+        answered_turns = [(r["conv"], r["turn"]) for r in rows(settings, "answers") if r["kind"] == "answered"]
+        assert any(t == 2 for _, t in answered_turns), "stopped in the middle of conversations"
+
+        llm.quota_after = None
+        second = await run_qa(settings, install_signals=False)
+
+    assert second.status == "complete"
+    records = conversations(settings)
+    assert len(records) == 3 and all(len(r["conversation"]) == 3 for r in records)
+    answered = [(r["conv"], r["turn"]) for r in rows(settings, "answers") if r["kind"] == "answered"]
+    assert len(answered) == len(set(answered)) == 9, "every turn answered exactly once"
+    assert set(asked(servers).values()) == {1}
+
+
+async def test_failed_answers_are_retried_on_the_next_run(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    async with FakeHuixiangdou(script={}, responder=lambda q: "web_search_fail") as hxd:
+        settings = make_settings(tmp_path, llm, [hxd], questions={"aspects": ["战斗系统"], "per_aspect": 2})
+        first = await run_qa(settings, install_signals=False)
+        assert first.status == "complete"
+        assert [r["kind"] for r in rows(settings, "answers")] == ["failed", "failed"]
+        assert conversations(settings) == []
+
+        hxd.responder = None
+        second = await run_qa(settings, install_signals=False)
+
+    assert second.status == "complete"
+    assert len(conversations(settings)) == 2
+    assert set(hxd.counts.values()) == {2}
+
+
+async def test_a_second_run_on_the_same_out_dir_is_refused(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    from pipeline.errors import LockedError
+    from pipeline.ledger import RunLock
+
+    settings = make_settings(tmp_path, llm, servers)
+    with RunLock(settings.out_dir), pytest.raises(LockedError, match="pid"):
+        await run_qa(settings, install_signals=False)
+    assert llm.requests == []
+
+
+async def test_no_server_running_names_the_urls_and_pays_nothing(tmp_path: Path, llm: FakeLLM) -> None:
+    from pipeline.errors import ServersDown
+
+    async with FakeHuixiangdou() as hxd:
+        dead = hxd.url
+    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]})
+    with pytest.raises(ServersDown) as info:
+        await run_qa(settings, install_signals=False)
+    assert dead in str(info.value) and "huixiangdou.server" in str(info.value)
+    assert llm.requests == []
+
+
+async def test_stop_request_finishes_in_flight_and_resume_completes(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    gate = asyncio.Event()
+    async with FakeHuixiangdou(gate=gate) as hxd:
+        settings = make_settings(tmp_path, llm, [hxd])
+        graphs: list[Graph] = []
+        task = asyncio.create_task(run_qa(settings, install_signals=False, on_graph=graphs.append))
+        await hxd.wait_in_flight(1)
+        graphs[0].request_stop("interrupted", "test")
+        gate.set()
+        result = await task
+        assert result.status == "interrupted" and result.exit_code == 130
+        in_flight_answered = rows(settings, "answers")
+        assert len(in_flight_answered) == 1, "the request in flight was finished and recorded"
+
+        again = await run_qa(settings, install_signals=False)
+    assert again.status == "complete"
+    assert set(hxd.counts.values()) == {1}
+    assert len(conversations(settings)) == 12
