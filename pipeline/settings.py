@@ -199,7 +199,7 @@ class ConversationSettings:
     min_answer_chars: int = field(default=10, metadata=_meta("shortest accepted answer", ge=0))
     strip_prefixes: tuple[str, ...] = field(
         default=(
-            r"^根据(提供的|所提供的|已知|现有|给定的)?(材料|资料|信息|内容|文档)[，,：:]?\s*",
+            r"^根据(提供的|所提供的|已知|现有|给定的|参考)?(材料|资料|信息|内容|文档|知识库)[，,：:]?\s*",
             r"^(Based on|According to) the (provided |given )?(materials?|information|documents?|context)[,:]?\s*",
         ),
         metadata=_meta("regular expressions of boilerplate lead-ins removed from answers"),

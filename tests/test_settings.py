@@ -24,6 +24,8 @@ def test_shipped_file_equals_built_in_defaults_but_for_the_system_prompt() -> No
     for section in ("paths", "pretrain", "llm", "huixiangdou", "questions", "rag", "run"):
         assert getattr(shipped, section) == getattr(builtin, section), section
     assert shipped.pretrain.separators == CHINESE_SEPARATORS
+    assert shipped.conversations.strip_prefixes == builtin.conversations.strip_prefixes
+    assert shipped.conversations.refusal_patterns == builtin.conversations.refusal_patterns
     # The shipped file carries the reference assistant's own system prompt.
     assert shipped.conversations.system_prompt.startswith("你是悟了悟了")
     assert builtin.conversations.system_prompt != shipped.conversations.system_prompt
