@@ -1,0 +1,70 @@
+"""The QA stage with the embedded retrieval backend: nothing but an LLM key
+makes a grounded dataset whose refs point at real corpus files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.qa import run_qa
+from pipeline.settings import parse_settings
+from pipeline.validate import validate_file
+from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
+from tests.fakes.llm_server import FakeLLM
+from tests.test_local_rag import FACTS, grounded_responder, write_corpus
+
+OFF_TOPIC = ("量子纠缠实验的诺贝尔奖得主是谁？", "How do I bake sourdough bread at home?")
+QUESTIONS = [*FACTS, *OFF_TOPIC]
+
+
+def responder(messages: list[dict[str, str]]) -> str:
+    """Question-writer prompts get the crafted questions; answer prompts are
+    answered only from the material they carry."""
+    text = messages[-1]["content"]
+    if "问题" in text and "个不同的问题" in text:
+        return orjson.dumps(QUESTIONS).decode()
+    return grounded_responder(messages)
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",), responder=responder) as fake:
+        yield fake
+
+
+async def test_local_backend_run_makes_a_grounded_dataset_with_real_refs(tmp_path: Path, llm: FakeLLM) -> None:
+    data = write_corpus(tmp_path / "data")
+    settings = parse_settings(
+        {
+            "paths": {"data_dir": str(data), "out_dir": str(tmp_path / "out")},
+            "llm": {"base_url": llm.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
+                    "max_retries": 0},
+            "questions": {"aspects": ["游戏概述"], "per_aspect": len(QUESTIONS), "batch_size": len(QUESTIONS),
+                          "max_chars": 80},
+            "rag": {"backend": "local"},
+            "conversations": {"min_answer_chars": 2},
+        },
+        source="test",
+        environ={FAKE_KEY_ENV: FAKE_KEY},
+    )
+
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    answers = {
+        r["question"]: r
+        for r in map(orjson.loads, (settings.state_dir / "answers.jsonl").read_bytes().splitlines())
+    }
+    for question, (fact, source) in FACTS.items():
+        row = answers[question]
+        assert row["kind"] == "answered" and fact in row["answer"]
+        assert source in row["refs"]
+        assert all((data / ref).is_file() for ref in row["refs"])
+    for question in OFF_TOPIC:
+        assert answers[question]["kind"] == "skipped"
+    records = [orjson.loads(x) for x in (settings.out_dir / "conversations.jsonl").read_bytes().splitlines()]
+    assert sorted(r["conversation"][0]["input"] for r in records) == sorted(FACTS)
+    assert validate_file(settings.out_dir / "conversations.jsonl").errors == []
