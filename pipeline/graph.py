@@ -124,6 +124,7 @@ class Graph:
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
+        self._down_since: float | None = None  # when every RAG server was first seen down
 
     # ---- control -----------------------------------------------------------------
 
@@ -265,16 +266,39 @@ class Graph:
             job = await self._queue.get()
             if job is _DONE:
                 return
-            if self.stopping:
-                continue  # already in the ledger: the next run asks it
-            try:
-                await self._converse(job.plan)
-            except QuotaExhausted as exc:
-                await self._on_quota(exc)
-            except ServersDown as exc:
-                self.request_stop("servers_down", str(exc))
-            except FatalServiceError as exc:
-                self.request_stop("fatal", str(exc))
+            while not self.stopping:  # when stopping, it is in the ledger: the next run asks it
+                try:
+                    await self._converse(job.plan)
+                    break
+                except QuotaExhausted as exc:
+                    if not await self._on_quota(exc):
+                        break
+                except ServersDown as exc:
+                    if not await self._on_servers_down(exc):
+                        break
+                except FatalServiceError as exc:
+                    self.request_stop("fatal", str(exc))
+
+    async def _on_servers_down(self, exc: ServersDown) -> bool:
+        """Every RAG server is resting: wait out one rest and try again, unless
+        they have been down for ``down_timeout_s`` in all. True: try again."""
+        hx = self.settings.huixiangdou
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        if now - self._down_since >= hx.down_timeout_s:
+            self.request_stop("servers_down", str(exc))
+            return False
+        log.warning("%s; trying again in %.0f s", exc, hx.rest_s)
+        await self._sleep_unless_stopping(max(hx.rest_s, 0.01))
+        return not self.stopping
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({stop}, timeout=seconds)
+        finally:
+            stop.cancel()
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
@@ -287,6 +311,7 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
+            self._down_since = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))
@@ -385,11 +410,7 @@ class Graph:
         run = self.settings.run
         while not self.stopping:
             log.warning("quota exhausted (%s); waiting %.0f s before probing", exc, run.quota_wait_s)
-            stop = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({stop}, timeout=run.quota_wait_s)
-            finally:
-                stop.cancel()
+            await self._sleep_unless_stopping(run.quota_wait_s)
             if self.stopping:
                 return
             try:

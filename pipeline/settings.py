@@ -163,6 +163,10 @@ class HuixiangdouSettings:
         default=3, metadata=_meta("consecutive failures before a server is rested", ge=1)
     )
     rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested", ge=0))
+    down_timeout_s: float = field(
+        default=900.0,
+        metadata=_meta("seconds every server may be down before the run stops", ge=0),
+    )
 
 
 @dataclass(frozen=True, slots=True)

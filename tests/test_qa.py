@@ -274,3 +274,41 @@ async def test_stop_request_finishes_in_flight_and_resume_completes(
     assert again.status == "complete"
     assert set(hxd.counts.values()) == {1}
     assert len(conversations(settings)) == 12
+
+
+def failing_first(n: int) -> Any:
+    """A fake HuixiangDou responder whose first ``n`` requests answer 500."""
+    seen = iter(range(10**9))
+
+    def responder(question: str) -> str:
+        return "error_500" if next(seen) < n else "answered"
+
+    return responder
+
+
+async def test_servers_down_for_a_while_are_waited_for_then_the_run_goes_on(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    async with FakeHuixiangdou(responder=failing_first(3)) as hxd:
+        settings = make_settings(
+            tmp_path, llm, [hxd],
+            huixiangdou={"failures_before_rest": 3, "rest_s": 0.05, "down_timeout_s": 60},
+        )
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete"
+    assert len(conversations(settings)) == 12
+
+
+async def test_servers_down_longer_than_the_timeout_stop_the_run_cleanly(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    async with FakeHuixiangdou(responder=failing_first(10**6)) as hxd:
+        settings = make_settings(
+            tmp_path, llm, [hxd],
+            huixiangdou={"failures_before_rest": 1, "rest_s": 0.01, "down_timeout_s": 0.2},
+        )
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "servers_down" and result.exit_code == 1
+    assert hxd.url in result.detail
+    assert conversations(settings) == []
+    assert len(rows(settings, "questions")) > 0, "the questions already paid for are kept"
