@@ -414,7 +414,7 @@ class Graph:
             if self.stopping:
                 return
             try:
-                await self.llm.probe()
+                await self.llm.probe(chat=True)
                 log.info("quota is back; going on")
                 return
             except QuotaExhausted as again:

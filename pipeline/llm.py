@@ -497,11 +497,16 @@ class LLMClient:
         self.usage.completion_tokens += output
         return text, prompt, output
 
-    async def probe(self) -> None:
+    async def probe(self, *, chat: bool = False) -> None:
         """One cheap request to fail early with a readable error: lists the
         models (and checks ours is offered), or, where listing is not
-        supported, asks for one token. Not retried; raises ServiceError."""
+        supported, asks for one token. ``chat=True`` always asks for the token:
+        listing models does not tell whether the quota is back. Not retried;
+        raises ServiceError."""
         s = self.settings
+        if chat:
+            await self._ping(offered=[])
+            return
         try:
             async with self._slots:
                 await self.budget.acquire(1)
@@ -513,6 +518,11 @@ class LLMClient:
             raise translate_error(exc, s) from exc
         if s.model in offered:
             return
+        await self._ping(offered)
+
+    async def _ping(self, offered: list[str]) -> None:
+        """Ask for one token; a FatalServiceError lists the ``offered`` models."""
+        s = self.settings
         try:
             async with self._slots:
                 await self.budget.acquire(estimate_prompt_tokens([{"content": "ping"}]) + 1)

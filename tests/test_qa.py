@@ -312,3 +312,28 @@ async def test_servers_down_longer_than_the_timeout_stop_the_run_cleanly(
     assert hxd.url in result.detail
     assert conversations(settings) == []
     assert len(rows(settings, "questions")) > 0, "the questions already paid for are kept"
+
+
+async def until(condition: Any, seconds: float = 10.0) -> None:
+    """Wait for a condition the test cannot be told about directly, with a deadline."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_on_quota_wait_sleeps_probes_and_goes_on(
+    tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
+) -> None:
+    llm.quota_after = 2
+    settings = make_settings(tmp_path, llm, servers, run={"on_quota": "wait", "quota_wait_s": 0.05})
+
+    async def top_up() -> None:
+        await until(lambda: llm.status_counts[429] >= 2)  # the call and at least one probe
+        llm.quota_after = None
+
+    result, _ = await asyncio.gather(run_qa(settings, install_signals=False), top_up())
+
+    assert result.status == "complete"
+    assert len(conversations(settings)) == 12
+    assert set(asked(servers).values()) == {1}
