@@ -170,7 +170,9 @@ async def _run_graph(
         status = reason
     except asyncio.CancelledError:
         status = "interrupted"
-        graph.stop_detail = graph.stop_detail or "cancelled at once by a second signal"
+        # The first signal already set a detail; keep it and say the grace period was cut short.
+        cut = "cancelled at once by a second signal"
+        graph.stop_detail = f"{graph.stop_detail}; {cut}" if graph.stop_detail else cut
         if main is not None:
             main.uncancel()
     finally:

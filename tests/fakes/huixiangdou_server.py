@@ -10,7 +10,8 @@ wanted. As a subprocess (benchmarks)::
 
     python -m tests.fakes.huixiangdou_server --port 0 --latency 0.2 1.0
 
-prints its URL on the first line of stdout and serves until SIGINT/SIGTERM.
+prints its URL on the first line of stdout and serves until SIGINT/SIGTERM;
+``GET /_fake/stats`` returns what it saw (per-question counts, in flight).
 
 What it imitates: ``POST /huixiangdou_inference`` serialised behind a lock
 (the 2024 server answers one request at a time and queues the rest);
@@ -191,6 +192,7 @@ class FakeHuixiangdou:
         """Bind 127.0.0.1 (port 0 = a free one); return the base URL."""
         app = web.Application()
         app.router.add_get("/openapi.json", self._openapi)
+        app.router.add_get("/_fake/stats", self._stats)
         app.router.add_post("/huixiangdou_inference", self._inference)
         app.router.add_post("/huixiangdou_stream", self._stream)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -290,6 +292,20 @@ class FakeHuixiangdou:
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(_OPENAPI)
+
+    def stats(self) -> dict[str, Any]:
+        """What the server saw so far; ``counts`` maps question text to valid requests."""
+        return {
+            "counts": dict(self.counts),
+            "requests": self.requests,
+            "invalid": self.invalid,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        # Not part of HuixiangDou: lets a test read a subprocess fake's counts.
+        return web.json_response(self.stats())
 
     async def _begin(self, request: web.Request) -> tuple[str, str] | web.Response:
         self.requests += 1

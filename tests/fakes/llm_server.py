@@ -236,6 +236,7 @@ class FakeLLM:
         responder: Responder | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        first_question: int = 0,
     ) -> None:
         # behaviour
         self.api_key = api_key
@@ -262,7 +263,9 @@ class FakeLLM:
         # internals
         self._rng = random.Random(seed)
         self._window: collections.deque[float] = collections.deque()
-        self._counter = itertools.count()
+        # A fake started to stand in for another one (a resume) starts past the
+        # questions that one wrote, so "every question is new" holds across both.
+        self._counter = itertools.count(first_question)
         self._shape_cycle = itertools.cycle(SHAPES)
         self._stopping = asyncio.Event()
         self._in_flight_waiters: list[tuple[int, asyncio.Event]] = []
@@ -514,6 +517,7 @@ async def _serve(args: argparse.Namespace) -> None:
         shape=args.shape,
         strict_models=not args.any_model,
         seed=args.seed,
+        first_question=args.first_question,
     )
     if args.model:
         fake.models = list(args.model)
@@ -546,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quota-style", choices=QUOTA_STYLES, default="openai")
     parser.add_argument("--shape", choices=(*SHAPES, "mixed"), default="python")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-question", type=int, default=0,
+                        help="number of the first generated question (a fresh fake that must not repeat another's)")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 
