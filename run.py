@@ -18,6 +18,7 @@ import asyncio
 import errno
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,15 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
-def _configure_qa_logging(settings: Settings, live: bool) -> Any:
+def _screen_filter(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable[[], None]]:
     """Send every record of the run to ``<out_dir>/qa.log`` too; on a terminal,
     log through the live display's console (so lines print above it) and keep
     the plain progress lines off the screen, where the display shows the same.
-    Returns that console, or None when not live."""
+    Returns that console (None when not live) and a function undoing all this."""
     from pipeline.progress import LINE_LOGGER
 
     root = logging.getLogger()
@@ -57,21 +62,39 @@ def _configure_qa_logging(settings: Settings, live: bool) -> Any:
     to_file = logging.FileHandler(settings.out_dir / "qa.log", encoding="utf-8")
     to_file.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     root.addHandler(to_file)
-    if not live:
-        return None
-    from rich.console import Console
-    from rich.logging import RichHandler
+    removed: list[logging.Handler] = []
+    added: list[logging.Handler] = [to_file]
+    console = None
+    if live:
+        from rich.console import Console
+        from rich.logging import RichHandler
 
-    console = Console(stderr=True)
-    for handler in list(root.handlers):
-        if handler is not to_file and isinstance(handler, logging.StreamHandler) and not isinstance(
-            handler, logging.FileHandler
-        ):
+        console = Console(stderr=True)
+        for handler in list(root.handlers):
+            if type(handler) is logging.StreamHandler:
+                root.removeHandler(handler)
+                removed.append(handler)
+        screen = RichHandler(console=console, show_path=False, markup=False)
+        screen.addFilter(lambda record: record.name != LINE_LOGGER)
+        root.addHandler(screen)
+        added.append(screen)
+
+    # Records marked file_only (the error that ends a run, which main() prints
+    # itself) reach qa.log but not the screen.
+    screens = [h for h in root.handlers if h is not to_file]
+    for handler in screens:
+        handler.addFilter(_screen_filter)
+
+    def undo() -> None:
+        for handler in screens:
+            handler.removeFilter(_screen_filter)
+        for handler in added:
             root.removeHandler(handler)
-    screen = RichHandler(console=console, show_path=False, markup=False)
-    screen.addFilter(lambda record: record.name != LINE_LOGGER)
-    root.addHandler(screen)
-    return console
+            handler.close()
+        for handler in removed:
+            root.addHandler(handler)
+
+    return console, undo
 
 
 def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,9 +138,16 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_USAGE
     live = sys.stderr.isatty()
-    console = _configure_qa_logging(settings, live)
-    log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
-    result = _run_async(_qa_with_progress(settings, live, console))
+    console, undo_logging = _configure_qa_logging(settings, live)
+    try:
+        log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
+        result = _run_async(_qa_with_progress(settings, live, console))
+        log.info("%s", result.line())
+    except (PipelineError, OSError, BaseExceptionGroup) as exc:
+        log.error("qa stopped: %s", exc, extra={"file_only": True})
+        raise
+    finally:
+        undo_logging()
     print(result.line())
     return result.exit_code
 
