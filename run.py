@@ -44,6 +44,9 @@ def _configure_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not verbose:
+        # httpx logs every request at INFO: tens of thousands of lines a night.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _screen_filter(record: logging.LogRecord) -> bool:
@@ -62,6 +65,10 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
     to_file = logging.FileHandler(settings.out_dir / "qa.log", encoding="utf-8")
     to_file.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     root.addHandler(to_file)
+    # The file wants INFO even when something else configured logging first.
+    level = root.level
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
     removed: list[logging.Handler] = []
     added: list[logging.Handler] = [to_file]
     console = None
@@ -86,6 +93,7 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
         handler.addFilter(_screen_filter)
 
     def undo() -> None:
+        root.setLevel(level)
         for handler in screens:
             handler.removeFilter(_screen_filter)
         for handler in added:
