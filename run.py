@@ -45,8 +45,10 @@ def _configure_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        # httpx logs every request at INFO: tens of thousands of lines a night.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # httpx (and its fork httpx2, under some openai transports) logs every
+        # request at INFO: tens of thousands of lines a night.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _screen_filter(record: logging.LogRecord) -> bool:
@@ -150,7 +152,7 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     try:
         log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
         result = _run_async(_qa_with_progress(settings, live, console))
-        log.info("%s", result.line())
+        log.info("%s", result.line(), extra={"file_only": True})  # printed below
     except (PipelineError, OSError, BaseExceptionGroup) as exc:
         log.error("qa stopped: %s", exc, extra={"file_only": True})
         raise

@@ -103,8 +103,9 @@ class RateWindow:
         return (v1.get(name, 0.0) - v0.get(name, 0.0)) * 60.0 / span
 
 
-def take_sample(graph: Graph, now: float, remaining_at_start: int | None) -> Sample:
-    """Read the graph's live counters (no awaits: consistent within one loop turn)."""
+def take_sample(graph: Graph, now: float, started: float, remaining_at_start: int | None) -> Sample:
+    """Read the graph's live counters (no awaits: consistent within one loop turn);
+    ``now`` and ``started`` are on the same clock."""
     stats, usage = graph.stats, graph.llm.usage
     stats_fn = getattr(graph.answerer, "stats", None)
     servers = stats_fn() if callable(stats_fn) else {}
@@ -114,7 +115,7 @@ def take_sample(graph: Graph, now: float, remaining_at_start: int | None) -> Sam
         remaining = max(0, remaining_at_start - sum(outcomes.values()))
     return Sample(
         t=now,
-        elapsed=now - stats.started,
+        elapsed=now - started,
         accepted=dict(stats.accepted),
         target=dict(stats.target),
         outcomes=outcomes,
@@ -216,13 +217,19 @@ class Progress:
         self._rates = RateWindow(RATE_WINDOW_S)
         self._answers = RateWindow(ETA_WINDOW_S)
         self._last_line: float | None = None
+        self._started = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, graph: Graph) -> None:
         """Start following ``graph`` (``run_qa``'s ``on_graph``)."""
         self._graph = graph
         self._remaining = plan_run(self.settings, graph.state).rag_requests
-        self._last_line = self._clock()
+        now = self._clock()
+        self._last_line = self._started = now
+        # A first point at the start, so the first rates count from here.
+        usage = graph.llm.usage
+        self._rates.add(now, {"calls": usage.calls, "tokens": usage.prompt_tokens + usage.completion_tokens})
+        self._answers.add(now, {"answers": sum(graph.stats.outcomes.values())})
 
     def tick(self) -> str | None:
         """Take a sample, refresh the display, and emit a plain line when one is
@@ -230,7 +237,7 @@ class Progress:
         if self._graph is None:
             return None
         now = self._clock()
-        sample = take_sample(self._graph, now, self._remaining)
+        sample = take_sample(self._graph, now, self._started, self._remaining)
         self._rates.add(now, {"calls": sample.llm_calls, "tokens": sample.tokens})
         self._answers.add(now, {"answers": sample.answers})
         rpm, tpm = self._rates.per_minute("calls"), self._rates.per_minute("tokens")

@@ -124,11 +124,12 @@ def test_a_line_every_interval_with_rates_from_the_counters() -> None:
     clock.now = 30.0
     line = progress.tick()
     assert line is not None and lines == [line]
-    # 10 calls and 400 tokens in the 20 s since the first sample: 30/min and 1200/min.
-    assert "questions 4/8" in line and "answered 3" in line and "failed 1" in line
-    assert "rpm 30/60 tpm 1200/1000" in line
-    # 8 conversations planned, 4 decided at 12/min: 20 s left.
-    assert line.endswith("eta 0m20s")
+    # 10 calls and 400 tokens in the 30 s since attach: 20/min and 800/min.
+    assert line.startswith("progress 0m30s | questions 4/8 |")
+    assert "answered 3" in line and "failed 1" in line
+    assert "rpm 20/60 tpm 800/1000" in line
+    # 8 conversations planned, 4 decided at 8/min: 30 s left.
+    assert line.endswith("eta 0m30s")
     clock.now = 45.0
     assert progress.tick() is None
     clock.now = 60.0
