@@ -2,15 +2,25 @@
 
     python run.py                 the whole job on [paths] data_dir
     python run.py pretrain ...    incremental-pretraining JSONL only
+    python run.py qa [--dry-run]  questions and answers (or what they would cost)
+    python run.py status          where the QA stage stands, from its ledgers
+
+Exit codes: 0 done; 1 failed, with a message saying what to fix (a service
+refused or is down, the disk is full, or another run holds the output folder:
+that is a failure to start, not a usage error, so 1 and not 75); 2 bad
+settings or input; 75 quota exhausted (resume later); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.cli_formats import add_export_parser, add_validate_parser
 from pipeline.errors import InputError, PipelineError, SettingsError
@@ -19,17 +29,82 @@ from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("pipeline")
+
+
+_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+        format=_FORMAT,
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not verbose:
+        # httpx (and its fork httpx2, under some openai transports) logs every
+        # request at INFO: tens of thousands of lines a night.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _screen_filter(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable[[], None]]:
+    """Send every record of the run to ``<out_dir>/qa.log`` too; on a terminal,
+    log through the live display's console (so lines print above it) and keep
+    the plain progress lines off the screen, where the display shows the same.
+    Returns that console (None when not live) and a function undoing all this."""
+    from pipeline.progress import LINE_LOGGER
+
+    root = logging.getLogger()
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(settings.out_dir / "qa.log", encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    root.addHandler(to_file)
+    # The file wants INFO even when something else configured logging first.
+    level = root.level
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
+    removed: list[logging.Handler] = []
+    added: list[logging.Handler] = [to_file]
+    console = None
+    if live:
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        console = Console(stderr=True)
+        for handler in list(root.handlers):
+            if type(handler) is logging.StreamHandler:
+                root.removeHandler(handler)
+                removed.append(handler)
+        screen = RichHandler(console=console, show_path=False, markup=False)
+        screen.addFilter(lambda record: record.name != LINE_LOGGER)
+        root.addHandler(screen)
+        added.append(screen)
+
+    # Records marked file_only (the error that ends a run, which main() prints
+    # itself) reach qa.log but not the screen.
+    screens = [h for h in root.handlers if h is not to_file]
+    for handler in screens:
+        handler.addFilter(_screen_filter)
+
+    def undo() -> None:
+        root.setLevel(level)
+        for handler in screens:
+            handler.removeFilter(_screen_filter)
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in removed:
+            root.addHandler(handler)
+
+    return console, undo
 
 
 def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
@@ -63,8 +138,8 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.qa import run_qa
-
+    if getattr(args, "dry_run", False):
+        return cmd_dry_run(settings)
     if not settings.llm.api_key:
         print(
             f"error: the QA stage needs an LLM API key: set the environment variable "
@@ -72,9 +147,59 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    result = _run_async(run_qa(settings))
+    live = sys.stderr.isatty()
+    console, undo_logging = _configure_qa_logging(settings, live)
+    try:
+        log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
+        result = _run_async(_qa_with_progress(settings, live, console))
+        log.info("%s", result.line(), extra={"file_only": True})  # printed below
+    except (PipelineError, OSError, BaseExceptionGroup) as exc:
+        log.error("qa stopped: %s", exc, extra={"file_only": True})
+        raise
+    finally:
+        undo_logging()
     print(result.line())
     return result.exit_code
+
+
+async def _qa_with_progress(settings: Settings, live: bool, console: Any) -> Any:
+    from pipeline.progress import Progress
+    from pipeline.qa import run_qa
+
+    async with Progress(settings, live=live, console=console) as progress:
+        return await run_qa(settings, on_graph=progress.attach)
+
+
+def cmd_dry_run(settings: Settings) -> int:
+    """Print what ``qa`` would do, from the ledgers alone: no call, no lock, no write."""
+    from pipeline.plan import plan_run
+    from pipeline.report import read_ledgers, state_from_rows
+
+    state = state_from_rows(settings, read_ledgers(settings.state_dir))
+    print(f"dry run: nothing is called; output folder {settings.out_dir}")
+    fresh = state_from_rows(settings, {})
+    if state.total_questions() or state.pending or state.finished:
+        whole = plan_run(settings, fresh)
+        print(f"the whole job: {whole.llm_calls} LLM requests, {whole.rag_requests} RAG requests, "
+              f"cost about {whole.cost:.4f}")
+        print(f"already done: {state.total_questions()} questions written, {state.finished} "
+              f"conversations finished ({state.gave_up} given up), {len(state.pending)} pending")
+        print("a resume would still do:")
+    else:
+        print("nothing recorded yet; the run would do:")
+    for line in plan_run(settings, state).lines():
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print where the QA stage stands, from the ledgers alone: no call, no lock, no write."""
+    from pipeline.report import build_status, lock_holder, read_ledgers, render_status, state_from_rows
+
+    rows = read_ledgers(settings.state_dir)
+    state = state_from_rows(settings, rows)
+    print(render_status(build_status(settings, rows, state, lock_holder(settings.out_dir))))
+    return EXIT_OK
 
 
 def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,7 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
             "Every answer is checkpointed: run it again to resume where it stopped."
         ),
     )
+    qa.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="call nothing; print the requests, tokens, cost and time the run would take",
+    )
     qa.set_defaults(func=cmd_qa)
+
+    status = sub.add_parser(
+        "status",
+        help="where the QA stage stands: progress, outcomes, cost, how the last run ended",
+        description=(
+            "Read the ledgers under <out_dir>/state/ (nothing is called, locked or written) and "
+            "show progress per aspect, answers by HuixiangDou's last state, gate rejections, "
+            "tokens and cost, how the last run ended, and the command to resume."
+        ),
+    )
+    status.set_defaults(func=cmd_status)
 
     add_validate_parser(sub)
     add_export_parser(sub)
@@ -170,8 +311,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{_disk_hint(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Before the run's own handlers are installed (start-up, probes): nothing was recorded yet.
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        # A task of the run failed (e.g. a ledger append on a full disk): show its reason, not a traceback.
+        leaf = _first_leaf(group)
+        if isinstance(leaf, (PipelineError, OSError)):
+            print(f"error: {_describe(leaf)}{_disk_hint(leaf)}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+    except OSError as exc:
+        if _is_disk_full(exc):
+            print(f"error: {_describe(exc)}{_disk_hint(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception of a (nested) group that says why, preferring ours."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, PipelineError):
+            return leaf
+    return leaves[0]
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, PipelineError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc)
+
+
+def _disk_hint(exc: BaseException) -> str:
+    """What is safe after a full disk, unless the message already says it."""
+    if not _is_disk_full(exc) or "free some space" in str(exc):
+        return ""
+    return (
+        ". The disk is full: every row recorded before this is kept in the ledgers under "
+        "<out_dir>/state/; free some space, then run the same command again to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class Usage:
 
     __slots__ = (
         "_price_in", "_price_out", "calls", "completion_tokens", "failures",
-        "prompt_tokens", "rate_limited", "retries",
+        "latencies", "prompt_tokens", "rate_limited", "retries",
     )
 
     def __init__(self, price_input_per_m: float = 0.0, price_output_per_m: float = 0.0) -> None:
@@ -93,6 +93,9 @@ class Usage:
         self.failures = 0          # calls that raised
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Seconds of each answered call, waits and retries included, for the
+        # run report's p50/p95; a float per call stays small even at 100k calls.
+        self.latencies: list[float] = []
 
     def cost(self) -> float:
         """Money spent so far, in the currency of ``[llm] price_*_per_m``."""
@@ -457,11 +460,13 @@ class LLMClient:
             except ServiceError:
                 self.usage.failures += 1
                 raise
+            seconds = self._clock() - started
+            self.usage.latencies.append(seconds)
             return Completion(
                 text=completion[0],
                 prompt_tokens=completion[1],
                 completion_tokens=completion[2],
-                seconds=self._clock() - started,
+                seconds=seconds,
                 attempts=attempt,
             )
 

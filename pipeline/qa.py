@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.dataset import build_conversations, write_dataset
+from pipeline.errors import PipelineError
 from pipeline.graph import Graph, RunStats, StopReason
 from pipeline.huixiangdou import HuixiangdouPool
 from pipeline.ledger import LedgerWriter, RunLock, iter_ledger, read_ledger, repair_tail
 from pipeline.llm import LLMClient
 from pipeline.outcome import Answerer
+from pipeline.report import build_report, write_report
 from pipeline.settings import Settings
 from pipeline.state import RunState, derive_state, ledger_paths
 
-__all__ = ["EXIT_CODES", "QAResult", "load_state", "run_qa", "write_conversations"]
+__all__ = ["EXIT_CODES", "OutputError", "QAResult", "load_state", "run_qa", "write_conversations"]
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +191,66 @@ async def _run_graph(
         with contextlib.suppress(Exception):
             await asyncio.shield(writer.record("events", end))
         writer.close()
-        await asyncio.shield(writer_task)
-        count = write_conversations(settings)
+        count: int | None = None
+        try:
+            await asyncio.shield(writer_task)
+            count = _write_dataset(settings)
+        finally:
+            # Also after a failure: the report says how far it got.
+            _write_report(settings, _run_summary(graph, llm, status, end, state), count)
     return QAResult(
         status=status,
         detail=graph.stop_detail,
-        conversations=count,
+        conversations=count or 0,
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
     )
+
+
+class OutputError(PipelineError):
+    """An output file could not be written (disk full, permissions); the message
+    names it and says what is safe."""
+
+
+def _write_dataset(settings: Settings) -> int:
+    """:func:`write_conversations`, with an error a person can act on."""
+    try:
+        return write_conversations(settings)
+    except OSError as exc:
+        path = settings.out_dir / DATASET_NAME
+        raise OutputError(
+            f"cannot write {path}: {exc.strerror or exc}. Every answer recorded so far is kept in "
+            f"the ledgers under {settings.state_dir} and the previous {DATASET_NAME} is unchanged; "
+            "free some space, then run `python run.py qa` again to rebuild it"
+        ) from exc
+
+
+def _run_summary(
+    graph: Graph, llm: LLMClient, status: str, end: dict[str, Any], state: RunState
+) -> dict[str, Any]:
+    stats = graph.stats
+    return {
+        "status": status,
+        "detail": graph.stop_detail,
+        "seconds": end["seconds"],
+        "questions_new": max(0, sum(stats.accepted.values()) - state.total_questions()),
+        "stats": end["stats"],
+        "usage": end["usage"],
+        "llm_seconds": list(llm.usage.latencies),
+        "rag_seconds": list(stats.rag_seconds),
+    }
+
+
+def _write_report(settings: Settings, run: dict[str, Any], conversations: int | None) -> None:
+    """report.md and report.json; a failure is logged, never raised, so it
+    cannot hide why the run ended."""
+    try:
+        state, rows = load_state(settings, repair=False)
+        report = build_report(settings, rows, state, run, conversations=conversations)
+        md, _ = write_report(settings.out_dir, report)
+        log.info("run report: %s", md)
+    except Exception as exc:  # noqa: BLE001 - the report is a courtesy; the dataset is what matters
+        log.warning("could not write the run report under %s: %s", settings.out_dir, exc)
 
 
 def _install_signal_handlers(graph: Graph, main: asyncio.Task[Any] | None) -> Callable[[], None]:
