@@ -229,6 +229,9 @@ def _run_async(coro):  # type: ignore[no-untyped-def]
     return uvloop.run(coro)
 
 
+_SETTINGS_HELP = "settings file (default: settings.toml in the working directory, else built-in defaults)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
@@ -237,11 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
             "With no subcommand, runs the whole job on [paths] data_dir."
         ),
     )
-    parser.add_argument(
-        "--settings",
-        metavar="FILE",
-        help="settings file (default: settings.toml in the working directory, else built-in defaults)",
-    )
+    parser.add_argument("--settings", metavar="FILE", help=_SETTINGS_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.set_defaults(func=cmd_all)
     sub = parser.add_subparsers(title="subcommands", metavar="COMMAND")
@@ -297,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_validate_parser(sub)
     add_export_parser(sub)
+    # Also accept the common options after the subcommand (`run.py qa --settings F`);
+    # SUPPRESS keeps a value given before the subcommand from being reset.
+    for subparser in sub.choices.values():
+        subparser.add_argument("--settings", metavar="FILE", default=argparse.SUPPRESS, help=_SETTINGS_HELP)
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                               help="debug logging")
     return parser
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from run import EXIT_OK, EXIT_USAGE, main
+from run import EXIT_OK, EXIT_USAGE, build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_SEPARATORS = [
@@ -190,3 +190,13 @@ def test_the_script_runs_as_a_program(corpus: Path, tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert save.read_bytes() == data  # re-run replaces, never appends
     assert "2 files read, 1 skipped" in second.stdout
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_settings_option_works_before_or_after_the_subcommand(tmp_path: Path, before: bool) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text("[pretrain]\nchunk_size = 0\n", encoding="utf-8")
+    argv = ["--settings", str(settings), "pretrain"] if before else ["pretrain", "--settings", str(settings)]
+    args = build_parser().parse_args(argv)
+    assert args.settings == str(settings)
+    assert main(argv) == EXIT_USAGE  # the file was read: its bad value is reported
