@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}{_disk_hint(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # Output piped into `head` and the like: the reader left, nothing is wrong.
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         # Before the run's own handlers are installed (start-up, probes): nothing was recorded yet.
         print("interrupted", file=sys.stderr)

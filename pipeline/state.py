@@ -105,7 +105,8 @@ def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | N
             if isinstance(ev.get("usage"), dict):
                 run_usage = {k: float(v) for k, v in ev["usage"].items() if isinstance(v, (int, float))}
             if kind == "run_end" and last is not None:
-                last.update({k: v for k, v in ev.items() if k != "event"})
+                # "time" stays the start; the end's own time becomes "ended".
+                last.update({("ended" if k == "time" else k): v for k, v in ev.items() if k != "event"})
     for k, v in run_usage.items():
         usage[k] += v
     return last, dict(usage)

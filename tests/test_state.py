@@ -88,7 +88,7 @@ def test_events_give_last_run_exhausted_aspects_and_summed_usage() -> None:
         {"event": "run_start", "pid": 1},
         {"event": "usage", "usage": {"prompt_tokens": 10}},
         {"event": "aspect_exhausted", "aspect": "B"},
-        {"event": "run_end", "status": "quota", "usage": {"prompt_tokens": 30}},
+        {"event": "run_end", "status": "quota", "time": 9.0, "usage": {"prompt_tokens": 30}},
         {"event": "run_start", "pid": 2},
         {"event": "usage", "usage": {"prompt_tokens": 5}},
     ]
@@ -97,3 +97,10 @@ def test_events_give_last_run_exhausted_aspects_and_summed_usage() -> None:
     assert s.last_run is not None and s.last_run["pid"] == 2
     assert s.last_run["status"] == "running or crashed"
     assert s.usage == {"prompt_tokens": 35.0}
+
+
+def test_a_finished_run_keeps_its_start_time_and_records_its_end() -> None:
+    events = [{"event": "run_start", "time": 100.0}, {"event": "run_end", "status": "complete", "time": 160.0}]
+    s = derive([], [], events)
+    assert s.last_run is not None
+    assert (s.last_run["time"], s.last_run["ended"], s.last_run["status"]) == (100.0, 160.0, "complete")
