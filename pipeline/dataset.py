@@ -38,6 +38,7 @@ __all__ = [
     "ANSWER_KINDS",
     "REFUSAL_WINDOW",
     "Gate",
+    "assemble_conversations",
     "build_conversations",
     "compile_gate",
     "conversation_record",
@@ -172,7 +173,21 @@ def build_conversations(
     (``seq``, then file order). Each conversation takes turns 1..k while
     every one of them is answered (a vetoed, failed or missing turn ends it),
     at most ``max_turns``, and is emitted when k >= ``min_turns``."""
-    latest = latest_turns(answer_rows)
+    return assemble_conversations(question_rows, latest_turns(answer_rows), system_prompt,
+                                  min_turns, max_turns)
+
+
+def assemble_conversations(
+    question_rows: Iterable[Mapping[str, Any]],
+    latest: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    system_prompt: str,
+    min_turns: int,
+    max_turns: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`build_conversations` given the latest row per turn already
+    indexed (``conv -> turn -> row``, as :func:`latest_turns` makes), so a
+    caller can index the answer ledger by file offset and fetch rows lazily
+    instead of holding them all."""
     order: list[tuple[int, int, str]] = []
     seen: set[str] = set()
     for n, row in enumerate(question_rows):
@@ -182,6 +197,7 @@ def build_conversations(
             continue
         seen.add(qid)
         order.append((seq if isinstance(seq, int) else n, n, qid))
+    del seen
     order.sort()
     for _, _, qid in order:
         turns = latest.get(qid)

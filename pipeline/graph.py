@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -205,11 +205,15 @@ class Graph:
 
     async def _produce(self, aspect: str) -> None:
         qs = self.settings.questions
-        accepted = list(self.state.accepted.get(aspect, ()))
+        # A count and the last few texts, not every accepted text: the prompt
+        # shows only _SAMPLE, and a list of all of them grew ~100 B a question.
+        before = self.state.accepted.get(aspect, ())
+        have = len(before)
+        sample: deque[str] = deque(before, maxlen=_SAMPLE)
         stale = 0
-        while len(accepted) < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
-            need = qs.per_aspect - len(accepted)
-            messages = question_messages(qs, aspect, min(qs.batch_size, need), accepted[-_SAMPLE:])
+        while have < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
+            need = qs.per_aspect - have
+            messages = question_messages(qs, aspect, min(qs.batch_size, need), list(sample))
             text = await self._llm_text(messages, purpose="questions")
             if text is None:
                 if self.stopping:
@@ -227,7 +231,8 @@ class Graph:
                 rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
                 self._seq += 1
             await asyncio.gather(*(self.writer.record("questions", r) for r in rows))
-            accepted.extend(fresh)
+            sample.extend(fresh)
+            have += len(fresh)
             self.stats.accepted[aspect] += len(fresh)
             for row in rows:
                 plan = ConvPlan(
@@ -239,11 +244,11 @@ class Graph:
                     next_question=row["text"],
                 )
                 await self._queue.put(_Job(plan))
-        if len(accepted) < qs.per_aspect and not self.stopping:
+        if have < qs.per_aspect and not self.stopping:
             log.warning("aspect %r: %d of %d questions after %d rounds with nothing new",
-                        aspect, len(accepted), qs.per_aspect, stale)
+                        aspect, have, qs.per_aspect, stale)
             await self.writer.record("events", {"event": "aspect_exhausted", "aspect": aspect,
-                                                "accepted": len(accepted)})
+                                                "accepted": have})
 
     def _screen(self, items: list[str], need: int) -> list[str]:
         """Keep the new, well-formed questions, at most ``need``; count the rest."""

@@ -13,11 +13,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from pipeline.dataset import build_conversations, write_dataset
+import orjson
+
+from pipeline.dataset import assemble_conversations, write_dataset
 from pipeline.errors import PipelineError
 from pipeline.graph import Graph, RunStats, StopReason
 from pipeline.huixiangdou import HuixiangdouPool
@@ -96,14 +99,128 @@ def load_state(settings: Settings, *, repair: bool) -> tuple[RunState, dict[str,
 
 
 def write_conversations(settings: Settings) -> int:
-    """Rebuild ``conversations.jsonl`` from the ledgers, atomically."""
+    """Rebuild ``conversations.jsonl`` from the ledgers, atomically.
+
+    The answer ledger is indexed by byte offset, not loaded: memory grows by
+    a dict entry per answered turn, not by every row, and each record's rows
+    are read back as it is written."""
     paths = ledger_paths(settings.state_dir)
-    questions = [r for r in iter_ledger(paths["questions"]) if "conv" not in r]
-    answers = read_ledger(paths["answers"])
-    records = build_conversations(
-        questions, answers, settings.conversations.system_prompt, settings.conversations.min_turns
-    )
-    return write_dataset(settings.out_dir / DATASET_NAME, records)
+    questions = (r for r in iter_ledger(paths["questions"]) if "conv" not in r)
+    with _AnswerIndex(paths["answers"]) as latest:
+        records = assemble_conversations(
+            questions, latest, settings.conversations.system_prompt, settings.conversations.min_turns
+        )
+        return write_dataset(settings.out_dir / DATASET_NAME, records)
+
+
+class _AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
+    """``conv -> turn -> latest row`` of an answer ledger, holding only the
+    byte span of each turn's latest row (packed in one int) and reading the
+    row when asked. Rows without a valid conv/turn are left out, as
+    :func:`pipeline.dataset.latest_turns` does."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        # (conv, turn) -> offset << 24 | length. The key is one int when the
+        # conv id is a 16-hex question id (36 bytes against a 90-byte string).
+        self._spans: dict[int | str, int] = {}
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> _AnswerIndex:
+        try:
+            self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
+        except FileNotFoundError:
+            return self
+        spans, loads, pos = self._spans, orjson.loads, 0
+        for line in self._fh:
+            start, pos = pos, pos + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = loads(line)
+            except ValueError:
+                # Let the ledger reader name the file, line and offset.
+                for _ in iter_ledger(self._path):
+                    pass
+                raise
+            conv, turn = row.get("conv"), row.get("turn")
+            if not isinstance(conv, str) or type(turn) is not int or turn < 1 or len(line) >= 1 << 24:
+                continue
+            spans[_span_key(conv, turn)] = start << 24 | len(line)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    def _row(self, conv: str, turn: int) -> dict[str, Any] | None:
+        span = self._spans.get(_span_key(conv, turn))
+        if span is None or self._fh is None:
+            return None
+        row: dict[str, Any] = orjson.loads(os.pread(self._fh.fileno(), span & 0xFFFFFF, span >> 24))
+        return row
+
+    def __getitem__(self, conv: str) -> Mapping[int, Mapping[str, Any]]:
+        if self._row(conv, 1) is None and not any(self._convs_turns(conv)):
+            raise KeyError(conv)
+        return _Turns(self, conv)
+
+    def get(self, conv: str, default: Any = None) -> Any:
+        # Without the membership check of __getitem__: a conversation with no
+        # turn recorded reads as one whose first turn is missing, the same verdict.
+        return _Turns(self, conv)
+
+    def _convs_turns(self, conv: str) -> Iterator[int]:
+        for key in self._spans:
+            c, t = _split_key(key)
+            if c == conv:
+                yield t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(_split_key(k)[0] for k in self._spans))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Turns(Mapping[int, Mapping[str, Any]]):
+    """One conversation's turns in an :class:`_AnswerIndex`, read on demand."""
+
+    __slots__ = ("_conv", "_index")
+
+    def __init__(self, index: _AnswerIndex, conv: str) -> None:
+        self._index, self._conv = index, conv
+
+    def __getitem__(self, turn: int) -> Mapping[str, Any]:
+        row = self._index._row(self._conv, turn)
+        if row is None:
+            raise KeyError(turn)
+        return row
+
+    def __bool__(self) -> bool:
+        return True  # emptiness shows as a missing first turn; no scan of the index
+
+    def __iter__(self) -> Iterator[int]:
+        return self._index._convs_turns(self._conv)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_HEX16 = frozenset("0123456789abcdef")
+
+
+def _span_key(conv: str, turn: int) -> int | str:
+    if len(conv) == 16 and turn < 256 and _HEX16.issuperset(conv):
+        return int(conv, 16) << 8 | turn
+    return f"{conv}\t{turn}"
+
+
+def _split_key(key: int | str) -> tuple[str, int]:
+    if isinstance(key, int):
+        return f"{key >> 8:016x}", key & 0xFF
+    conv, _, turn = key.rpartition("\t")
+    return conv, int(turn)
 
 
 def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
