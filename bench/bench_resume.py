@@ -62,7 +62,7 @@ def startup(tmp: Path, lines: int, pending: int, n_aspects: int) -> dict[str, fl
         data = qa_settings(out, svc, questions=lines, n_aspects=n_aspects)
         settings = parse_settings(data, environ={KEY_ENV: "x"})
         t = time.perf_counter()
-        state, _ = load_state(settings, repair=True)
+        state = load_state(settings, repair=True)
         figures["load_state"] = time.perf_counter() - t
         t = time.perf_counter()
         dedup = Deduper(settings.questions.near_duplicate_threshold)

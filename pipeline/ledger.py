@@ -7,6 +7,13 @@ Three pieces, each small:
     middle of an append) is cut off the file with a warning; a bad line anywhere
     else is corruption and raises :class:`~pipeline.errors.InputError` naming
     the file and line, because dropping it would silently lose a paid answer.
+``iter_answer_heads`` / ``AnswerIndex``
+    The answer ledger is the big one (a row per answer attempt, most of its
+    bytes the answer text). Start-up and the dataset build need only each
+    row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
+    that head with one regular expression per read block and read a whole row
+    back by byte offset when it is needed; lines the pattern does not fit are
+    parsed whole, with the same errors as ``iter_ledger``.
 ``RunLock``
     One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
     open descriptor for the whole run, so a crashed holder's lock dies with its
@@ -37,12 +44,13 @@ import errno
 import gc
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, BinaryIO, Final, Literal, TypeAlias
 
 import orjson
 
@@ -55,10 +63,13 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "AnswerHead",
+    "AnswerIndex",
     "FsyncPolicy",
     "LedgerError",
     "LedgerWriter",
     "RunLock",
+    "iter_answer_heads",
     "iter_ledger",
     "read_ledger",
     "repair_tail",
@@ -265,6 +276,234 @@ def read_ledger(
         for rows in _row_blocks(Path(path), block_size):
             out.extend(rows)
     return out
+
+
+# --------------------------------------------------------------------------- answer heads
+
+AnswerHead: TypeAlias = tuple[str, int, str, int, int]
+"""``(conv, turn, kind, byte offset, byte length)`` of one answer-ledger row."""
+
+# The head of an answer row as pipeline.graph writes it: conv, turn, the
+# question, kind (kind third, question skipped, is read too: a writer that puts
+# the short keys first spares the scan the question text). A JSON string body
+# is [^"\\]*(?:\\.[^"\\]*)*, so this never matches inside a string, and only
+# a match at a line start counts; turn 0 does not match (not a valid turn).
+_HEAD: Final = re.compile(
+    rb'\{"conv":"([^"\\]*)","turn":([1-9][0-9]*),'
+    rb'(?:"question":"[^"\\]*(?:\\.[^"\\]*)*",)?"kind":"([^"\\]*)"'
+)
+
+
+def _head_of_row(row: dict[str, Any]) -> tuple[str, int, str] | None:
+    conv, turn, kind = row.get("conv"), row.get("turn"), row.get("kind", "")
+    if not isinstance(conv, str) or type(turn) is not int or turn < 1:
+        return None
+    return conv, turn, kind if isinstance(kind, str) else ""
+
+
+def _heads_slow(path: Path, block: bytes, end: int, lineno: int, offset: int) -> Iterator[AnswerHead]:
+    """Line by line: the head pattern where it fits, else a full parse that names a bad line."""
+    pos = 0
+    while pos < end:
+        nl = block.index(b"\n", pos, end)
+        line = block[pos:nl]
+        m = _HEAD.match(line)
+        if m is not None:
+            yield m[1].decode(), int(m[2]), m[3].decode(), offset + pos, nl + 1 - pos
+        elif line.strip():
+            row = _parse_slow(path, [line], lineno, offset + pos)[0]
+            head = _head_of_row(row)
+            if head is not None:
+                yield *head, offset + pos, nl + 1 - pos
+        pos = nl + 1
+        lineno += 1
+
+
+def iter_answer_heads(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+) -> Iterator[AnswerHead]:
+    """The head of every answer-ledger row with a string ``conv`` and an
+    integer ``turn`` >= 1, in file order (rows without are skipped; a missing
+    ``kind`` reads as ``""``). Same file rules as :func:`iter_ledger`: the torn
+    tail is cut first, a bad line elsewhere raises
+    :class:`~pipeline.errors.InputError` naming it.
+
+    Rows whose head the pattern reads are not parsed whole, which is what
+    makes this several times faster than :func:`iter_ledger` on a big ledger;
+    a line of corrupt bytes after a well-formed head is therefore only found
+    when that row is read back."""
+    p = Path(path)
+    repair_tail(p)
+    try:
+        fh = open(p, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
+    except FileNotFoundError:
+        return
+    try:
+        remaining = os.fstat(fh.fileno()).st_size
+        leftover = b""
+        lineno, offset = 1, 0  # of the first line of the current block
+        finditer = _HEAD.finditer
+        while remaining > 0:
+            chunk = fh.read(min(block_size, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            block = leftover + chunk
+            end = block.rfind(b"\n") + 1
+            leftover = block[end:]
+            lines = block.count(b"\n", 0, end)
+            starts: list[int] = []
+            heads: list[tuple[bytes, bytes, bytes]] = []
+            for m in finditer(block, 0, end):
+                s = m.start()
+                if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
+                    break
+                starts.append(s)
+                heads.append(m.groups())  # type: ignore[arg-type]
+            if len(starts) == lines:
+                # Every line is a row with a readable head: the next start ends a row.
+                starts.append(end)
+                for i, (conv, turn, kind) in enumerate(heads):
+                    s = starts[i]
+                    yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
+            else:
+                yield from _heads_slow(p, block, end, lineno, offset)
+            lineno += lines
+            offset += end
+        if leftover.strip():
+            raise _corrupt(p, lineno, offset, "has no final newline (is another process writing?)")
+    finally:
+        fh.close()
+
+
+class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
+    """``conv -> turn -> latest row`` of an answer ledger, as
+    :func:`pipeline.dataset.latest_turns` makes it, holding only each turn's
+    latest kind, count of failed rows and byte span, and reading a row back
+    when asked. Use as a context manager (it keeps the file open).
+
+    Memory: one dict entry of two ints per turn (about 100 bytes), where the
+    rows themselves take about 1.5 KB each as dicts."""
+
+    # Packed value: offset << 48 | length << 16 | failed rows << 3 | kind code.
+    _KINDS: Final = ("answered", "skipped", "vetoed", "failed", "rejected")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        # (conv, turn) -> packed; the key is one int when the conv is a
+        # 16-hex question id (36 bytes against a 90-byte tuple of a string).
+        self._turns: dict[int | str, int] = {}
+        self._other_kinds: dict[int | str, str] = {}  # kinds outside _KINDS, rare
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> AnswerIndex:
+        try:
+            self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
+        except FileNotFoundError:
+            return self
+        turns, codes, failed = self._turns, {k: i for i, k in enumerate(self._KINDS)}, 3
+        for conv, turn, kind, offset, length in iter_answer_heads(self._path):
+            key = span_key(conv, turn)
+            code = codes.get(kind, 7)
+            if code == 7:
+                self._other_kinds[key] = kind
+            old = turns.get(key)
+            fails = 0 if old is None else (old >> 3) & 0x1FFF
+            if code == failed and fails < 0x1FFF:
+                fails += 1
+            turns[key] = offset << 48 | min(length, 0xFFFFFFFF) << 16 | fails << 3 | code
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
+        """``(latest kind, failed rows, packed span)`` of one turn, or None
+        when it has no row; the span goes to :meth:`read`."""
+        key = span_key(conv, turn)
+        packed = self._turns.get(key)
+        if packed is None:
+            return None
+        code = packed & 7
+        kind = self._KINDS[code] if code < 5 else self._other_kinds.get(key, "")
+        return kind, (packed >> 3) & 0x1FFF, packed >> 16
+
+    def read(self, span: int) -> dict[str, Any]:
+        """The row at a span of :meth:`turn`."""
+        if self._fh is None:
+            raise ValueError(f"{self._path} is not open")
+        row: dict[str, Any] = orjson.loads(os.pread(self._fh.fileno(), span & 0xFFFFFFFF, span >> 32))
+        return row
+
+    def _row(self, conv: str, turn: int) -> dict[str, Any] | None:
+        found = self.turn(conv, turn)
+        return None if found is None or self._fh is None else self.read(found[2])
+
+    def __getitem__(self, conv: str) -> Mapping[int, Mapping[str, Any]]:
+        if self._row(conv, 1) is None and not any(self._convs_turns(conv)):
+            raise KeyError(conv)
+        return _Turns(self, conv)
+
+    def get(self, conv: str, default: Any = None) -> Any:
+        # Without the membership check of __getitem__: a conversation with no
+        # turn recorded reads as one whose first turn is missing, the same verdict.
+        return _Turns(self, conv)
+
+    def _convs_turns(self, conv: str) -> Iterator[int]:
+        for key in self._turns:
+            c, t = split_key(key)
+            if c == conv:
+                yield t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(split_key(k)[0] for k in self._turns))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Turns(Mapping[int, Mapping[str, Any]]):
+    """One conversation's turns in an :class:`AnswerIndex`, read on demand."""
+
+    __slots__ = ("_conv", "_index")
+
+    def __init__(self, index: AnswerIndex, conv: str) -> None:
+        self._index, self._conv = index, conv
+
+    def __getitem__(self, turn: int) -> Mapping[str, Any]:
+        row = self._index._row(self._conv, turn)
+        if row is None:
+            raise KeyError(turn)
+        return row
+
+    def __bool__(self) -> bool:
+        return True  # emptiness shows as a missing first turn; no scan of the index
+
+    def __iter__(self) -> Iterator[int]:
+        return self._index._convs_turns(self._conv)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_HEX16: Final = frozenset("0123456789abcdef")
+
+
+def span_key(conv: str, turn: int) -> int | str:
+    """A compact dict key for ``(conv, turn)``: one int for a 16-hex id."""
+    if len(conv) == 16 and turn < 256 and _HEX16.issuperset(conv):
+        return int(conv, 16) << 8 | turn
+    return f"{conv}\t{turn}"
+
+
+def split_key(key: int | str) -> tuple[str, int]:
+    """``(conv, turn)`` of a :func:`span_key`."""
+    if isinstance(key, int):
+        return f"{key >> 8:016x}", key & 0xFF
+    conv, _, turn = key.rpartition("\t")
+    return conv, int(turn)
 
 
 # --------------------------------------------------------------------------- run lock

@@ -1,7 +1,7 @@
 """Run state: what the ledgers say was done, and what a run still has to do.
 
-Pure: it takes ledger rows (already read) and settings, and derives the plan a
-resumed run follows. The QA graph, ``status`` and ``qa --dry-run`` all read it,
+Pure: it takes ledger rows (or a lookup into an index of them) and settings,
+and derives the plan a resumed run follows. The QA graph, ``status`` and ``qa --dry-run`` all read it,
 so they cannot disagree about where a run stands.
 
 Ledgers under ``<out_dir>/state/``:
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,10 @@ from typing import Any
 __all__ = [
     "ConvPlan",
     "LEDGERS",
+    "RowOf",
     "RunState",
+    "StateBuilder",
+    "TurnOf",
     "derive_state",
     "ledger_paths",
     "target_turns",
@@ -79,13 +82,6 @@ class RunState:
         return sum(len(v) for v in self.accepted.values())
 
 
-def _latest_per_turn(answer_rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, list[Mapping[str, Any]]]]:
-    by_conv: dict[str, dict[int, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for row in answer_rows:
-        by_conv[row["conv"]][int(row["turn"])].append(row)
-    return by_conv
-
-
 def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, float]]:
     """The last run (start merged with its end, if any) and usage summed over runs.
 
@@ -112,9 +108,122 @@ def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | N
     return last, dict(usage)
 
 
+TurnOf = Callable[[str, int], "tuple[str, int, Any] | Sequence[Any] | None"]
+"""``(conv, turn) -> (latest kind, failed rows, ref)`` of a turn, or None when
+it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
+
+RowOf = Callable[[Any], Mapping[str, Any]]
+
+
+class StateBuilder:
+    """The resume plan, built from question rows streamed in file order
+    against an index of the answer ledger (:data:`TurnOf`).
+
+    Pure given its two callables: ``turn_of`` says where a turn stands and
+    ``row_of`` fetches a latest row, which is only done for what the plan
+    keeps (the history and question of conversations still pending), so a
+    caller can index a big answer ledger by byte offset and never hold it.
+
+    A turn's latest row decides it: ``answered`` moves the conversation on;
+    ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
+    asking again would get the same verdict; ``failed`` is retried until
+    ``max_answer_attempts`` failed rows."""
+
+    def __init__(
+        self,
+        turn_of: TurnOf,
+        row_of: RowOf,
+        *,
+        aspects: Sequence[str],
+        min_turns: int,
+        max_turns: int,
+        max_answer_attempts: int,
+    ) -> None:
+        self._turn_of, self._row_of = turn_of, row_of
+        self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
+        self.accepted: dict[str, list[str]] = {a: [] for a in aspects}
+        self._pending: list[ConvPlan] = []
+        # Plans whose next question is a follow-up that may come later in the ledger.
+        self._deferred: list[ConvPlan] = []
+        self._followups: dict[tuple[str, int], str] = {}
+        self._finished = self._gave_up = self._next_seq = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Take one question-ledger row (a first-turn question or a follow-up)."""
+        if "conv" in row:
+            conv, turn = row["conv"], int(row["turn"])
+            found = self._turn_of(conv, turn)
+            # Only a turn not asked yet (or failed with no question kept) needs its text.
+            if found is None or found[0] == "failed":
+                self._followups[(conv, turn)] = row["text"]
+            return
+        conv, text, seq = row["id"], row["text"], int(row["seq"])
+        aspect = row["aspect"]
+        texts = self.accepted.get(aspect)
+        if texts is None:
+            texts = self.accepted[aspect] = []
+        texts.append(text)
+        if seq >= self._next_seq:
+            self._next_seq = seq + 1
+        target = self._min if self._max <= self._min else target_turns(conv, self._min, self._max)
+        turn_of = self._turn_of
+        answered: list[Any] = []
+        turn = 1
+        while turn <= target:
+            found = turn_of(conv, turn)
+            if found is None:
+                self._pend(conv, aspect, seq, text, target, turn, answered, text if turn == 1 else None, 0)
+                return
+            kind = found[0]
+            if kind == "answered":
+                answered.append(found[2])
+                turn += 1
+                continue
+            if kind == "failed":
+                failures = found[1]
+                if failures < self._attempts:
+                    question = self._row_of(found[2]).get("question") or (text if turn == 1 else None)
+                    self._pend(conv, aspect, seq, text, target, turn, answered, question, failures)
+                    return
+                self._gave_up += 1
+            break
+        self._finished += 1
+
+    def _pend(
+        self, conv: str, aspect: str, seq: int, text: str, target: int, turn: int,
+        answered: list[Any], question: str | None, failures: int,
+    ) -> None:
+        rows = [self._row_of(ref) for ref in answered]
+        plan = ConvPlan(
+            conv=conv, aspect=aspect, seq=seq, first_question=text, target=target,
+            history=[(r["question"], r["answer"]) for r in rows], next_turn=turn,
+            next_question=question, failed_attempts=failures,
+        )
+        self._pending.append(plan)
+        if question is None:
+            self._deferred.append(plan)
+
+    def finish(self, events: Sequence[Mapping[str, Any]]) -> RunState:
+        """The plan, once every question row was added; ``events`` are the event-ledger rows."""
+        for plan in self._deferred:
+            plan.next_question = self._followups.get((plan.conv, plan.next_turn))
+        self._pending.sort(key=lambda p: p.seq)  # stable: ties stay in file order
+        last_run, usage = _merge_runs(events)
+        return RunState(
+            accepted=self.accepted,
+            exhausted={ev["aspect"] for ev in events if ev.get("event") == "aspect_exhausted"},
+            pending=self._pending,
+            finished=self._finished,
+            gave_up=self._gave_up,
+            next_seq=self._next_seq,
+            last_run=last_run,
+            usage=usage,
+        )
+
+
 def derive_state(
-    question_rows: Sequence[Mapping[str, Any]],
-    answer_rows: Sequence[Mapping[str, Any]],
+    question_rows: Iterable[Mapping[str, Any]],
+    answer_rows: Iterable[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     *,
     aspects: Sequence[str],
@@ -122,74 +231,24 @@ def derive_state(
     max_turns: int,
     max_answer_attempts: int,
 ) -> RunState:
-    """Derive the resume plan from the ledgers.
-
-    A turn's latest row decides it: ``answered`` moves the conversation on;
-    ``skipped``, ``vetoed`` and ``rejected`` end it (asking again would get the
-    same verdict); ``failed`` is retried until ``max_answer_attempts`` failed rows.
-    """
-    accepted: dict[str, list[str]] = {a: [] for a in aspects}
-    firsts: list[Mapping[str, Any]] = []
-    followups: dict[tuple[str, int], str] = {}
-    next_seq = 0
-    for row in question_rows:
-        if "conv" in row:
-            followups[(row["conv"], int(row["turn"]))] = row["text"]
-            continue
-        firsts.append(row)
-        accepted.setdefault(row["aspect"], []).append(row["text"])
-        next_seq = max(next_seq, int(row["seq"]) + 1)
-
-    exhausted = {ev["aspect"] for ev in events if ev.get("event") == "aspect_exhausted"}
-    by_conv = _latest_per_turn(answer_rows)
-    pending: list[ConvPlan] = []
-    finished = gave_up = 0
-    for row in sorted(firsts, key=lambda r: int(r["seq"])):
-        conv = row["id"]
-        plan = ConvPlan(
-            conv=conv,
-            aspect=row["aspect"],
-            seq=int(row["seq"]),
-            first_question=row["text"],
-            target=target_turns(conv, min_turns, max_turns),
-        )
-        turns = by_conv.get(conv, {})
-        done = False
-        while plan.next_turn <= plan.target:
-            rows = turns.get(plan.next_turn, [])
-            question = row["text"] if plan.next_turn == 1 else followups.get((conv, plan.next_turn))
-            latest = rows[-1] if rows else None
-            if latest is None:
-                plan.next_question = question
-                break
-            if latest["kind"] == "answered":
-                plan.history.append((latest["question"], latest["answer"]))
-                plan.next_turn += 1
-                continue
-            if latest["kind"] == "failed":
-                failures = sum(1 for r in rows if r["kind"] == "failed")
-                if failures < max_answer_attempts:
-                    plan.next_question = latest["question"] or question
-                    plan.failed_attempts = failures
-                    break
-                gave_up += 1
-            done = True
-            break
-        else:
-            done = True
-        if done:
-            finished += 1
-        else:
-            pending.append(plan)
-
-    last_run, usage = _merge_runs(events)
-    return RunState(
-        accepted=accepted,
-        exhausted=exhausted,
-        pending=pending,
-        finished=finished,
-        gave_up=gave_up,
-        next_seq=next_seq,
-        last_run=last_run,
-        usage=usage,
+    """Derive the resume plan from ledger rows already read (see
+    :class:`StateBuilder`, which ``pipeline.qa.load_state`` feeds from the
+    files without holding them)."""
+    turns: dict[tuple[str, int], list[Any]] = {}
+    for row in answer_rows:
+        key = (row["conv"], int(row["turn"]))
+        kind = row["kind"]
+        entry = turns.get(key)
+        failed = (entry[1] if entry else 0) + (kind == "failed")
+        turns[key] = [kind, failed, row]
+    builder = StateBuilder(
+        lambda conv, turn: turns.get((conv, turn)),
+        lambda row: row,  # type: ignore[no-any-return]
+        aspects=aspects,
+        min_turns=min_turns,
+        max_turns=max_turns,
+        max_answer_attempts=max_answer_attempts,
     )
+    for row in question_rows:
+        builder.add(row)
+    return builder.finish(events)

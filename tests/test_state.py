@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from pipeline.state import derive_state, target_turns
+from pipeline.qa import load_state
+from pipeline.settings import parse_settings
+from pipeline.state import derive_state, ledger_paths, target_turns
 
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:
@@ -104,3 +108,51 @@ def test_a_finished_run_keeps_its_start_time_and_records_its_end() -> None:
     s = derive([], [], events)
     assert s.last_run is not None
     assert (s.last_run["time"], s.last_run["ended"], s.last_run["status"]) == (100.0, 160.0, "complete")
+
+
+# ---- load_state: the same plan streamed from the files as derived from rows in memory
+
+
+def _conv_with_target(n: int, lo: int, hi: int) -> str:
+    return next(c for c in (f"{i:016x}" for i in range(1000)) if target_turns(c, lo, hi) == n)
+
+
+def _load_cases() -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], int, int]]:
+    c3 = _conv_with_target(3, 2, 4)
+    c2 = _conv_with_target(2, 2, 4)
+    return {
+        "single turn: answered, failed, verdicts, unasked, non-hex ids": (
+            [q("0000000000000001", "A", 3), q("0000000000000002", "B", 1), q("天", "A", 0), q("x", "B", 2),
+             q("0000000000000003", "A", 4)],
+            [a("0000000000000001", 1, "failed"), a("天", 1, "answered"), a("0000000000000001", 1, "failed"),
+             a("x", 1, "vetoed"), a("0000000000000003", 1, "failed", question="")] + [a("0000000000000002", 1, "failed")] * 3,
+            1, 1,
+        ),
+        "multi turn: history read back, follow-up written after, retried follow-up": (
+            [q(c3, "A", 0), q(c2, "B", 1),
+             {"id": "f2", "conv": c3, "turn": 2, "text": "追问二？"},
+             {"id": "f3", "conv": c3, "turn": 3, "text": "追问三？"},
+             {"id": "g2", "conv": c2, "turn": 2, "text": "再问？"}],
+            [a(c3, 1, "answered", "Q1", "A1"), a(c3, 2, "answered", "追问二？", "A2"),
+             a(c2, 1, "answered", "问\"一\"\\n", "答一"), a(c2, 2, "failed", "再问？")],
+            2, 4,
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_load_cases()))
+def test_load_state_from_the_files_equals_derive_state_of_the_rows(tmp_path: Path, case: str) -> None:
+    questions, answers, lo, hi = _load_cases()[case]
+    events = [{"event": "run_start", "time": 1.0}, {"event": "aspect_exhausted", "aspect": "B"}]
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["A", "B"]},
+                               "conversations": {"min_turns": lo, "max_turns": hi},
+                               "run": {"max_answer_attempts": 3}}, environ={})
+    settings.state_dir.mkdir(parents=True)
+    for name, rows in ledger_paths(settings.state_dir).items():
+        data = {"questions": questions, "answers": answers, "events": events}[name]
+        rows.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in data))
+    loaded = load_state(settings, repair=True)
+    expected = derive(questions, answers, events, min_turns=lo, max_turns=hi, attempts=3)
+    assert loaded == expected
+    assert loaded.pending, "the case has conversations to resume"
