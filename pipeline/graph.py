@@ -359,11 +359,13 @@ class Graph:
         else:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
+        # conv, turn and kind first: a resume reads them from each line's head
+        # without parsing the texts (pipeline.ledger.iter_answer_heads).
         row = {
             "conv": plan.conv,
             "turn": plan.next_turn,
-            "question": question,
             "kind": kind,
+            "question": question,
             "answer": answer,
             "raw_answer": outcome.answer,
             "refs": list(outcome.refs),
