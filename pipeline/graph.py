@@ -253,15 +253,24 @@ class Graph:
     def _screen(self, items: list[str], need: int) -> list[str]:
         """Keep the new, well-formed questions, at most ``need``; count the rest."""
         qs = self.settings.questions
-        fresh: list[str] = []
+        dropped = self.stats.dropped
+        well_formed: list[str] = []
         for q in items:
-            reason = screen_question(q, qs) or self._dedup.add(q)
+            if (reason := screen_question(q, qs)) is not None:
+                dropped[reason] += 1
+            else:
+                well_formed.append(q)
+        # One call for the batch: the signatures are computed together, and
+        # each question is still checked against the ones before it. Questions
+        # over ``need`` are remembered too, as they were when checked one by one.
+        fresh: list[str] = []
+        for q, reason in zip(well_formed, self._dedup.add_many(well_formed)):
             if reason is not None:
-                self.stats.dropped[reason] += 1
+                dropped[reason] += 1
             elif len(fresh) < need:
                 fresh.append(q)
             else:
-                self.stats.dropped["over_target"] += 1
+                dropped["over_target"] += 1
         return fresh
 
     # ---- answering -----------------------------------------------------------------
