@@ -6,7 +6,7 @@ batch, ``HuixiangdouPool.ask`` per question, nothing else) each in a fresh
 process on the same settings. Figures: CPU seconds (user+sys) of the run per
 question, and their ratio (target <= 1.3). Best of ``--repeat`` each.
 
-    python -m bench.bench_overhead [--questions 20000] [--aspects 20] [--profile OUT.txt]
+    python -m bench.bench_overhead [--questions 20000] [--aspects 20] [--fsync batch|never] [--profile OUT.txt]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--aspects", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--fsync", choices=("line", "batch", "never"), default="batch",
+                   help="the pipeline's ledger fsync policy (run.fsync); 'never' shows what syncing costs")
     p.add_argument("--profile", type=Path, help="also profile a pipeline and a bare run (pyinstrument text, OUT.pipeline.txt / OUT.bare.txt)")
     args = p.parse_args(argv)
     n = args.questions
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     shutil.rmtree(out, ignore_errors=True)
                     settings = qa_settings(out, svc, questions=n, n_aspects=args.aspects,
                                            batch_size=args.batch_size)
+                    settings["run"]["fsync"] = args.fsync
                     fig = run_qa_proc(settings, mode)
                 if mode == "pipeline":
                     answered = fig["stats"]["outcomes"].get("answered", 0)
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 print(f"  {mode} profile written to {where}")
     pipe, bare = best["pipeline"], best["bare"]
     ratio = pipe["cpu"] / bare["cpu"]
-    print(f"overhead: N={n:,} questions, {args.aspects} aspects, zero-latency fakes, best of {args.repeat}")
+    print(f"overhead: N={n:,} questions, {args.aspects} aspects, zero-latency fakes, "
+          f"fsync {args.fsync}, best of {args.repeat}")
     for name, fig in (("pipeline", pipe), ("bare", bare)):
         print(f"  {name:8s} CPU {fig['cpu']:6.2f} s (user {fig['cpu_user']:.2f} + sys {fig['cpu_sys']:.2f}) "
               f"= {fig['cpu'] / n * 1e3:.3f} ms/question; wall {fig['wall']:.1f} s")

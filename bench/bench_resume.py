@@ -3,8 +3,9 @@
 1. Ledgers of ``--lines`` first-turn questions (20 aspects, all accepted) with
    an answer row for all but ``--pending`` of them. Figures: ``load_state``
    (read + derive) in this process; the near-duplicate index seeded with every
-   accepted question (``Deduper.seed``, which ``Graph.run`` does before its
-   first request); and, end to end, a fresh pipeline process from spawn to
+   accepted question (``Deduper.seed``, which ``Graph.run`` runs in a worker
+   thread, only when a producer needs it, while pending conversations are
+   answered; producers wait for it); and, end to end, a fresh pipeline process from spawn to
    the first question a fake HuixiangDou server receives. Target <= 3 s.
 2. A run of ``--kill-questions`` against fakes with latency (4 RAG servers
    0.2-0.4 s, LLM 0.5-2 s) is SIGKILLed after ``--kill-after`` seconds, then

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -59,6 +60,8 @@ StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"
 # writes different ones without the prompt growing with the run.
 _SAMPLE = 20
 _DONE = None  # queue sentinel
+# Questions per worker-thread call when seeding the Deduper at start-up.
+_SEED_CHUNK = 4096
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class Graph:
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
         self._down_since: float | None = None  # when every RAG server was first seen down
+        self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
 
@@ -148,17 +152,30 @@ class Graph:
             have = len(self.state.accepted.get(aspect, ()))
             self.stats.target[aspect] = qs.per_aspect
             self.stats.accepted[aspect] = min(have, qs.per_aspect)
-        for texts in self.state.accepted.values():
-            self._dedup.seed(texts)
 
         async with asyncio.TaskGroup() as tg:
+            # Seeding the near-duplicate index with a large resume takes tens of
+            # seconds; answers of pending conversations need none of it, so it
+            # runs in a thread while they start. Only producers wait for it.
+            self._seeded = tg.create_task(self._seed_dedup())
             work = [tg.create_task(self._answer_worker(i)) for i in range(self.n_workers)]
             feeder = tg.create_task(self._feed())
             tg.create_task(self._watch_stop([*work, feeder]))
             progress = tg.create_task(self._progress())
             await asyncio.gather(*work, feeder, return_exceptions=True)
             progress.cancel()
+            self._seeded.cancel()  # a stop before any producer needed it
         return self.stop_reason
+
+    async def _seed_dedup(self) -> None:
+        """Remember the questions of earlier runs in the Deduper, a chunk per
+        worker-thread call. Until this returns nothing else touches the
+        Deduper: producers await it before their first screening."""
+        if not self._aspects_to_produce():
+            return  # no producer will screen anything: spare the CPU for the answers
+        texts = itertools.chain.from_iterable(self.state.accepted.values())
+        while chunk := list(itertools.islice(texts, _SEED_CHUNK)):
+            await asyncio.to_thread(self._dedup.seed, chunk)
 
     async def _watch_stop(self, tasks: list[asyncio.Task[Any]]) -> None:
         """After a stop, give in-flight work ``grace_s`` to finish, then cancel it."""
@@ -194,14 +211,17 @@ class Graph:
             if self.stopping:
                 break
             await self._queue.put(_Job(plan))
-        qs = self.settings.questions
         async with asyncio.TaskGroup() as tg:
-            for aspect in qs.aspects:
-                if self.stats.accepted[aspect] < qs.per_aspect and aspect not in self.state.exhausted:
-                    tg.create_task(self._produce(aspect))
+            for aspect in self._aspects_to_produce():
+                tg.create_task(self._produce(aspect))
         # Only on a clean finish: after a cancellation the workers are cancelled too.
         for _ in range(self.n_workers):
             await self._queue.put(_DONE)
+
+    def _aspects_to_produce(self) -> list[str]:
+        qs = self.settings.questions
+        return [a for a in qs.aspects
+                if self.stats.accepted[a] < qs.per_aspect and a not in self.state.exhausted]
 
     async def _produce(self, aspect: str) -> None:
         qs = self.settings.questions
@@ -221,6 +241,8 @@ class Graph:
                 stale += 1
                 continue
             self.stats.question_calls += 1
+            if not self._seeded.done():
+                await asyncio.shield(self._seeded)
             fresh = self._screen(parse_question_list(text), need)
             if not fresh:
                 stale += 1
@@ -253,15 +275,24 @@ class Graph:
     def _screen(self, items: list[str], need: int) -> list[str]:
         """Keep the new, well-formed questions, at most ``need``; count the rest."""
         qs = self.settings.questions
-        fresh: list[str] = []
+        dropped = self.stats.dropped
+        well_formed: list[str] = []
         for q in items:
-            reason = screen_question(q, qs) or self._dedup.add(q)
+            if (reason := screen_question(q, qs)) is not None:
+                dropped[reason] += 1
+            else:
+                well_formed.append(q)
+        # One call for the batch: the signatures are computed together, and
+        # each question is still checked against the ones before it. Questions
+        # over ``need`` are remembered too, as they were when checked one by one.
+        fresh: list[str] = []
+        for q, reason in zip(well_formed, self._dedup.add_many(well_formed)):
             if reason is not None:
-                self.stats.dropped[reason] += 1
+                dropped[reason] += 1
             elif len(fresh) < need:
                 fresh.append(q)
             else:
-                self.stats.dropped["over_target"] += 1
+                dropped["over_target"] += 1
         return fresh
 
     # ---- answering -----------------------------------------------------------------

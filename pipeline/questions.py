@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import re
 import unicodedata
@@ -366,8 +367,14 @@ def question_id(q: str) -> str:
 
 # --------------------------------------------------------------------------- dedup
 
-def _identity(x: int) -> int:
-    return x
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, element-wise (uint32, wrapping): the
+    pre-mix datasketch's "affine32" scheme applies to every input hash."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 class _IntTable:
@@ -480,7 +487,10 @@ class Deduper:
         self.num_perm = num_perm
         self.bands = bands
         self._band_bytes = 4 * (num_perm // bands)
-        self._perms = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        # datasketch draws the permutations, so signatures stay those of its
+        # "affine32" scheme; they are applied below, many questions at a time.
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
         self._exact = _IntTable()
         self._buckets = _IntTable()
         self._grams = array("I")
@@ -496,17 +506,28 @@ class Deduper:
         n = self.NGRAM
         return sorted({zlib.crc32(norm[i : i + n].encode("utf-8")) for i in range(len(norm) - n + 1)})
 
-    def _band_keys(self, grams: list[int]) -> list[int]:
-        m = MinHash(
-            num_perm=self.num_perm,
-            hashfunc=_identity,
-            permutations=self._perms,
-            scheme="affine32",
-        )
-        m.update_batch(grams)
-        raw = np.ascontiguousarray(m.hashvalues, dtype="<u4").tobytes()
+    def _signatures(self, grams: Sequence[list[int]]) -> np.ndarray:
+        """MinHash signatures of many gram lists at once, shape (len(grams),
+        num_perm), uint32: the same values datasketch's "affine32" scheme
+        gives (MurmurHash3 fmix32 pre-mix, then ``a * h + b`` wrapping at
+        2^32), without building a MinHash object per question. Every list
+        must be non-empty."""
+        lengths = np.fromiter((len(g) for g in grams), dtype=np.int64, count=len(grams))
+        flat = np.fromiter(itertools.chain.from_iterable(grams), dtype=np.uint32, count=int(lengths.sum()))
+        h = _fmix32(flat)
+        a, b = self._perms
+        phv = h[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
+        starts = np.zeros(len(grams), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return np.minimum.reduceat(phv, starts, axis=0)
+
+    def _band_keys_of(self, signature: np.ndarray) -> list[int]:
+        raw = signature.astype("<u4", copy=False).tobytes()
         w = self._band_bytes
         return [_key64(raw[b * w : (b + 1) * w], b + 1) for b in range(self.bands)]
+
+    def _band_keys(self, grams: list[int]) -> list[int]:
+        return self._band_keys_of(self._signatures([grams])[0])
 
     def _near(self, grams: list[int], keys: list[int]) -> bool:
         mine = set(grams)
@@ -530,35 +551,71 @@ class Deduper:
         for key in keys:
             self._buckets.add(key, idx)
 
-    def _check(self, q: str, *, count: bool) -> str | None:
-        norm = normalise(q)
-        digest = _key64(norm.encode("utf-8"))
-        reason: str | None = None
-        if digest in self._exact:
-            reason = "duplicate"
-        elif len(norm) >= self.NGRAM:
-            grams = self._gram_hashes(norm)
-            keys = self._band_keys(grams)
-            if self._near(grams, keys):
-                reason = "near_duplicate"
-            else:
-                self._insert(grams, keys)
-        if reason is None:
-            self._exact.add(digest, 0)
-            if count:
-                self.accepted += 1
-        elif count:
-            self.rejected[reason] += 1
-        return reason
+    def _check_many(self, questions: Iterable[str], *, count: bool) -> list[str | None]:
+        """Check-and-remember each question in order, as if one at a time:
+        a question is checked against the ones before it in the same call.
+        The MinHash signatures of the whole call are computed in one numpy
+        pass, which is where a per-question MinHash object spent its time."""
+        norms = [normalise(q) for q in questions]
+        digests = [_key64(norm.encode("utf-8")) for norm in norms]
+        n = self.NGRAM
+        grams: list[list[int] | None] = [None] * len(norms)
+        exact = self._exact
+        batch_seen: set[int] = set()
+        for i, (norm, digest) in enumerate(zip(norms, digests)):
+            # No signature for a certain exact duplicate (of the index or of an
+            # earlier question of this call) nor for a text too short for 3-grams.
+            if len(norm) >= n and digest not in batch_seen and digest not in exact:
+                grams[i] = self._gram_hashes(norm)
+            batch_seen.add(digest)
+        wanted = [i for i, g in enumerate(grams) if g is not None]
+        sigs = self._signatures([grams[i] for i in wanted]) if wanted else None  # type: ignore[misc]
+        row_of = {i: r for r, i in enumerate(wanted)}
+        reasons: list[str | None] = []
+        for i, digest in enumerate(digests):
+            reason: str | None = None
+            if digest in exact:
+                reason = "duplicate"
+            elif len(norms[i]) >= n:
+                g = grams[i]
+                if g is None:
+                    # Same text as an earlier question of this call that was
+                    # rejected: rare, and checked on its own like any other.
+                    g = self._gram_hashes(norms[i])
+                    keys = self._band_keys(g)
+                else:
+                    assert sigs is not None
+                    keys = self._band_keys_of(sigs[row_of[i]])
+                if self._near(g, keys):
+                    reason = "near_duplicate"
+                else:
+                    self._insert(g, keys)
+            if reason is None:
+                exact.add(digest, 0)
+                if count:
+                    self.accepted += 1
+            elif count:
+                self.rejected[reason] += 1
+            reasons.append(reason)
+        return reasons
 
     def add(self, q: str) -> str | None:
         """Accept ``q`` (None) or say why not: "duplicate" or "near_duplicate"."""
-        return self._check(q, count=True)
+        return self._check_many((q,), count=True)[0]
 
-    def seed(self, questions: Iterable[str]) -> None:
-        """Remember questions accepted by an earlier run, without counting them."""
-        for q in questions:
-            self._check(q, count=False)
+    def add_many(self, questions: Iterable[str]) -> list[str | None]:
+        """:meth:`add` for each question in order (each one is checked against
+        the questions before it, in the index and in ``questions``), with the
+        signatures of all of them computed at once."""
+        return self._check_many(questions, count=True)
+
+    def seed(self, questions: Iterable[str], *, chunk: int = 4096) -> None:
+        """Remember questions accepted by an earlier run, without counting them.
+        Works through ``questions`` ``chunk`` at a time, so an iterator over a
+        large ledger is never held whole."""
+        it = iter(questions)
+        while batch := list(itertools.islice(it, chunk)):
+            self._check_many(batch, count=False)
 
 
 # --------------------------------------------------------------------------- follow-ups

@@ -125,3 +125,53 @@ def test_near_duplicates_are_found_among_many_accepted_questions() -> None:
     assert all(d.add(q) is None for q in qs)
     variants = [q.replace("？", "呢？") for q in qs]
     assert [d.add(v) for v in variants] == ["near_duplicate"] * len(variants)
+
+
+# --------------------------------------------------------------------------- batches
+
+_BATCH = [
+    "《黑神话：悟空》中天命人的师父是谁？",
+    "《黑神话：悟空》中天命人的师父是谁呢？",  # near duplicate of the one before, same call
+    "战斗系统有几种棍法？",
+    "战斗系统有几种棍法?",  # exact duplicate, same call
+    "谁？",
+    "谁?",  # short: exact check only
+    "游戏中黄风大圣的弱点是什么？",
+    "《黑神话：悟空》中天命人的师父是谁呢？",  # same text as a rejected one: rejected again
+    "游戏的配乐由谁创作？",
+]
+
+
+def test_add_many_gives_what_add_gives_one_question_at_a_time() -> None:
+    one, many = Deduper(0.7), Deduper(0.7)
+    one.add("黑熊精在第一章的哪个地方出现？")
+    many.add("黑熊精在第一章的哪个地方出现？")
+    questions = [*_BATCH, "黑熊精在第一章的哪个地方出现呀？"]
+    expected = [one.add(q) for q in questions]
+    assert expected == [None, "near_duplicate", None, "duplicate", None, "duplicate", None,
+                        "near_duplicate", None, "near_duplicate"]
+    assert many.add_many(questions) == expected
+    assert (many.accepted, many.rejected, len(many)) == (one.accepted, one.rejected, len(one))
+
+
+def test_seed_in_chunks_remembers_every_question_of_an_iterator() -> None:
+    qs = [f"第{i:04d}回里黄风大圣用了哪{i % 7 + 1}件法宝？" for i in range(50)]
+    d = Deduper(0.9)
+    d.seed(iter(qs), chunk=7)
+    assert (len(d), d.accepted) == (50, 0)
+    assert d.add_many(qs[::5]) == ["duplicate"] * 10
+
+
+@pytest.mark.parametrize("text", ["《黑神话：悟空》中天命人的师父是谁？", "How many chapters are there?", "abc"])
+def test_signatures_are_datasketch_affine32_minhashes(text: str) -> None:
+    # The bands are cut from these values: they must stay those of the
+    # MinHash the index was designed with (32 permutations, seed 1).
+    from datasketch import MinHash
+
+    from pipeline.questions import normalise
+
+    d = Deduper(0.7)
+    grams = d._gram_hashes(normalise(text))
+    m = MinHash(num_perm=32, seed=1, scheme="affine32", hashfunc=lambda x: x)
+    m.update_batch(grams)
+    assert d._signatures([grams, grams[:1]])[0].tolist() == m.hashvalues.tolist()

@@ -337,3 +337,50 @@ async def test_on_quota_wait_sleeps_probes_and_goes_on(
     assert result.status == "complete"
     assert len(conversations(settings)) == 12
     assert set(asked(servers).values()) == {1}
+
+
+async def test_a_resume_asks_huixiangdou_while_the_dedup_index_is_still_seeding(
+    tmp_path: Path, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seeding a large resume's index takes tens of seconds; pending answers
+    # must not wait for it, and producers must not screen before it is done.
+    import threading
+
+    from pipeline.questions import Deduper
+
+    async with FakeHuixiangdou(script={}, responder=lambda q: "web_search_fail") as hxd:
+        settings = make_settings(tmp_path, llm, [hxd], questions={"aspects": ["战斗系统"], "per_aspect": 2})
+        assert (await run_qa(settings, install_signals=False)).status == "complete"
+
+        asked_during_seed = threading.Event()
+        order: list[str] = []
+        real_seed, real_add_many = Deduper.seed, Deduper.add_many
+
+        def slow_seed(self: Deduper, questions: Any, **kw: Any) -> None:
+            # The gate opens on the first HuixiangDou request: a seeding that
+            # blocked the answers would wait here in vain until the timeout.
+            order.append("seed_start")
+            released = asked_during_seed.wait(timeout=10)
+            real_seed(self, questions, **kw)
+            order.append("seed_end" if released else "seed_end_without_a_request")
+
+        def add_many(self: Deduper, questions: Any) -> list[str | None]:
+            order.append("add_many")
+            return real_add_many(self, questions)
+
+        def responder(question: str) -> str:
+            asked_during_seed.set()
+            return "answered"
+
+        monkeypatch.setattr(Deduper, "seed", slow_seed)
+        monkeypatch.setattr(Deduper, "add_many", add_many)
+        hxd.responder = responder
+        more = make_settings(tmp_path, llm, [hxd], questions={"aspects": ["战斗系统"], "per_aspect": 4})
+        second = await run_qa(more, install_signals=False)
+
+    assert second.status == "complete"
+    assert order[:2] == ["seed_start", "seed_end"], "HuixiangDou was asked while seeding"
+    assert "add_many" in order[2:], "new questions were screened, after the seeding"
+    texts = [q["text"] for q in rows(more, "questions")]
+    assert len(texts) == 4 == len(set(texts)), "the seeded questions were not written again"
+    assert len(conversations(more)) == 4
