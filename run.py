@@ -194,11 +194,13 @@ def cmd_dry_run(settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print where the QA stage stands, from the ledgers alone: no call, no lock, no write."""
-    from pipeline.report import build_status, lock_holder, read_ledgers, render_status, state_from_rows
+    from pipeline.report import build_status, lock_holder, open_ledgers, render_status, state_from_ledgers
 
-    rows = read_ledgers(settings.state_dir)
-    state = state_from_rows(settings, rows)
-    print(render_status(build_status(settings, rows, state, lock_holder(settings.out_dir))))
+    # Streamed and read-only: a million-row ledger costs a packed int per turn, not its rows.
+    with open_ledgers(settings.state_dir) as ledgers:
+        state = state_from_ledgers(settings, ledgers)
+        status = build_status(settings, ledgers, state, lock_holder(settings.out_dir))
+    print(render_status(status))
     return EXIT_OK
 
 

@@ -1,13 +1,17 @@
 """The run report and ``status``: what the ledgers say, for a person.
 
-Pure transforms (:func:`build_report`, :func:`render_markdown`,
+Transforms (:func:`build_report`, :func:`render_markdown`,
 :func:`build_status`, :func:`render_status`, :func:`last_run_outcome`,
-:func:`percentile`) take rows already read; the I/O is small and separate:
+:func:`percentile`) take ledgers already opened; the I/O is small and separate:
 
-``read_ledgers``   reads ``<out_dir>/state/*.jsonl`` *without* touching them:
+``open_ledgers``   streams ``<out_dir>/state/*.jsonl`` *without* touching them:
                    a torn last line is skipped, never cut (``status`` and
                    ``qa --dry-run`` may run beside a live run, so they must not
-                   write; ``pipeline.ledger``'s readers repair)
+                   write; ``pipeline.ledger``'s readers repair). The answer
+                   ledger becomes an :class:`AnswerTally` (a packed int per
+                   turn, 8 bytes per row), never a list of rows, so the
+                   report at the end of a big run costs little memory
+``read_ledgers``   the same rules, every row in memory (small folders, tests)
 ``lock_holder``    who holds the run lock, from the lock file's content and a
                    signal-0 probe of the pid; the lock itself is never taken
 ``write_report``   ``report.md`` and ``report.json``, each atomically
@@ -26,32 +30,39 @@ import math
 import os
 import socket
 import unicodedata
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, BinaryIO, Final, NamedTuple
 
 import orjson
 
-from pipeline.dataset import ANSWER_KINDS, latest_turns, summarise
+from pipeline.dataset import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
 from pipeline.settings import Settings
-from pipeline.state import RunState, derive_state, ledger_paths
+from pipeline.state import RunState, StateBuilder, derive_state, ledger_paths
 
 __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
+    "AnswerTally",
+    "Ledgers",
     "build_report",
     "build_status",
     "last_run_outcome",
     "lock_holder",
     "percentile",
+    "iter_rows",
+    "open_ledgers",
     "read_ledgers",
     "read_rows",
     "render_markdown",
     "render_status",
     "resume_command",
+    "state_from_ledgers",
     "state_from_rows",
     "write_report",
 ]
@@ -68,6 +79,65 @@ _SNIPPET = 80
 
 # --------------------------------------------------------------------------- reading (read-only)
 
+# Rows are parsed one by one anyway, so a bigger read gains little and would
+# only raise the peak (a block, its copy with the carried-over partial line).
+_READ_BLOCK: Final = 1024 * 1024
+
+
+def _spans(fh: BinaryIO, path: Path, block_size: int = _READ_BLOCK) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """``(row, byte offset, byte length)`` of every row of an open ledger, read-only.
+
+    Reads up to the size the file has now (rows a live run appends meanwhile
+    are not seen). Bytes after the last newline are an append in flight and
+    are skipped; so is an unparsable *last* line (a torn tail the next run
+    cuts). A bad line with any line after it raises :class:`InputError`."""
+    remaining = os.fstat(fh.fileno()).st_size
+    leftover = b""
+    offset = 0  # of the block's first byte
+    lineno = 0
+    bad: int | None = None  # line number of a bad line: fatal once another line follows
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    while remaining > 0:
+        chunk = fh.read(min(block_size, remaining))
+        if not chunk:  # the file shrank under us: nothing more to read
+            break
+        remaining -= len(chunk)
+        block = leftover + chunk if leftover else chunk
+        del chunk  # one block alive at a time, not two
+        end = block.rfind(b"\n") + 1
+        leftover = block[end:]
+        pos = 0
+        while pos < end:
+            nl = block.index(b"\n", pos, end)
+            lineno += 1
+            if bad is not None:
+                raise InputError(f"{path}: line {bad} is not a JSON object; the ledger is damaged")
+            line = block[pos:nl]
+            if line.strip():
+                try:
+                    row = loads(line)
+                except decode_error:
+                    row = None
+                if type(row) is dict:
+                    yield row, offset + pos, nl - pos
+                else:
+                    bad = lineno
+            pos = nl + 1
+        offset += end
+        del block
+
+
+def iter_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Rows of one ledger, streamed without modifying the file (see :func:`read_rows`)."""
+    p = Path(path)
+    try:
+        fh = open(p, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with fh:
+        for row, _, _ in _spans(fh, p):
+            yield row
+
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of one ledger, read without modifying the file.
@@ -75,35 +145,14 @@ def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     A missing file is empty. An unterminated or unparsable *last* line is a
     write in progress (or a torn tail the next run cuts) and is skipped; a bad
     line anywhere else raises :class:`InputError` naming file and line."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        lines.pop()  # no final newline: an append still in flight
-    rows: list[dict[str, Any]] = []
-    last = len(lines) - 1
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            row = None
-        if type(row) is not dict:
-            if i == last:
-                break
-            raise InputError(f"{p}: line {i + 1} is not a JSON object; the ledger is damaged")
-        rows.append(row)
-    return rows
+    return list(iter_rows(path))
 
 
 def read_ledgers(state_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every ledger of ``state_dir`` by name, read-only (see :func:`read_rows`)."""
+    """Every ledger of ``state_dir`` by name, read-only (see :func:`read_rows`).
+
+    Holds every row: fine for a small folder or a test; the report and
+    ``status`` stream instead (:func:`open_ledgers`)."""
     return {name: read_rows(path) for name, path in ledger_paths(state_dir).items()}
 
 
@@ -119,6 +168,309 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Sequence[Mapping[str,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
     )
+
+
+class _Facts(NamedTuple):
+    """What the report and ``status`` need of one answer row, short of its texts.
+
+    Interned: a ledger has a handful of distinct (kind, state, reason)
+    combinations, so every turn shares one of a few of these."""
+
+    kind: str  # for StateBuilder: "" when missing or not a string
+    kind_text: str  # str(row.get("kind", "")): summaries and groups
+    kind_first: str  # str(row.get("kind")): the first-turn table
+    answered: bool
+    rejected: bool
+    state_text: str  # str(row.get("state", ""))
+    state_group: str  # str(row.get("state") or "(none)")
+    reason_text: str | None  # counted in by_reason (not answered, a reason given), else None
+    reason_group: str  # str(row.get("reason") or "(none)")
+
+
+def _facts(row: Mapping[str, Any]) -> _Facts:
+    raw = row.get("kind")
+    kind_text = str(row.get("kind", ""))
+    reason = row.get("reason")
+    return _Facts(
+        raw if isinstance(raw, str) else "",
+        kind_text,
+        str(raw),
+        raw == "answered",
+        raw == "rejected",
+        str(row.get("state", "")),
+        str(row.get("state") or "(none)"),
+        str(reason) if kind_text != "answered" and reason else None,
+        str(reason or "(none)"),
+    )
+
+
+# A turn's latest row, packed into one int: ref << 72 | answer chars << 40 |
+# failed rows << 24 | facts id. ``ref`` (unbounded, so on top) is a byte span
+# for a file, a row index for rows in memory.
+_FID_MASK: Final = (1 << 24) - 1
+_FAILS_SHIFT: Final = 24
+_FAILS_MAX: Final = (1 << 16) - 1
+_CHARS_SHIFT: Final = 40
+_CHARS_MAX: Final = (1 << 32) - 1
+_REF_SHIFT: Final = 72
+_HEX16: Final = frozenset("0123456789abcdef")
+
+
+def _conv_key(conv: str) -> int | str:
+    # A 16-hex question id as one int: 36 bytes against ~65 for the string.
+    return int(conv, 16) if len(conv) == 16 and _HEX16.issuperset(conv) else conv
+
+
+class AnswerTally:
+    """The answer ledger boiled down to what the report and ``status`` show,
+    in one pass, holding no row.
+
+    Kept: the number of rows, every row's RAG seconds (an ``array('d')``, for
+    the percentiles), and per turn one packed int: the latest row's interned
+    facts (kind, state, reason), its answer length, how many of the turn's
+    rows failed, and where the row is, to read back the few rows the report
+    quotes. Conversations and their turns iterate in the order
+    :func:`pipeline.dataset.latest_turns` gives them (first appearance), so
+    "most common first" ties and example questions come out as they did when
+    every row was held. About 150 bytes per turn; rows as dicts took ~3 KB.
+
+    Also a :data:`pipeline.state.TurnOf` / :data:`pipeline.state.RowOf` pair
+    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`."""
+
+    def __init__(self, read: Callable[[int], Mapping[str, Any]], close: Callable[[], None] | None = None) -> None:
+        """``read`` turns a ref given to :meth:`add` back into its row."""
+        self.rows = 0
+        self.ignored = 0  # rows without a valid conv/turn
+        self.rag_seconds = array("d")
+        self.facts: list[_Facts] = []
+        self._ids: dict[_Facts, int] = {}
+        # conv -> packed turn 1 alone (the common case), or (turn, packed, turn, packed, ...)
+        self._convs: dict[int | str, int | tuple[int, ...]] = {}
+        self._read, self._close = read, close
+
+    @classmethod
+    def of_rows(cls, rows: Iterable[Mapping[str, Any]]) -> AnswerTally:
+        """A tally of rows already in memory (they stay referenced, for :meth:`read`)."""
+        held = rows if isinstance(rows, Sequence) else list(rows)
+        tally = cls(held.__getitem__)
+        for i, row in enumerate(held):
+            tally.add(row, i)
+        return tally
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike[str]) -> AnswerTally:
+        """A tally of an answer ledger, streamed read-only (see :func:`read_rows`
+        for the torn-tail rule). Keeps the file open for :meth:`read`: close it."""
+        p = Path(path)
+        try:
+            fh = open(p, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            return cls(_no_row)
+        fd = fh.fileno()
+
+        def read(span: int) -> dict[str, Any]:
+            row: dict[str, Any] = orjson.loads(os.pread(fd, span & 0xFFFFFFFF, span >> 32))
+            return row
+
+        tally = cls(read, fh.close)
+        try:
+            for row, offset, length in _spans(fh, p):
+                tally.add(row, offset << 32 | length)
+        except BaseException:
+            fh.close()
+            raise
+        return tally
+
+    def close(self) -> None:
+        """Close the ledger a file tally reads back from."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> AnswerTally:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def add(self, row: Mapping[str, Any], ref: int) -> None:
+        """Count one row (file order); ``ref`` is what ``read`` turns back into it."""
+        self.rows += 1
+        seconds = row.get("seconds")
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            self.rag_seconds.append(float(seconds))
+        conv, turn = row.get("conv"), row.get("turn")
+        if not isinstance(conv, str) or type(turn) is not int or turn < 1:
+            self.ignored += 1
+            return
+        facts = _facts(row)
+        fid = self._ids.get(facts)
+        if fid is None:
+            fid = self._ids[facts] = len(self.facts)
+            if fid > _FID_MASK:
+                raise InputError("the answer ledger has too many distinct (kind, state, reason) combinations")
+            self.facts.append(facts)
+        chars = min(len(str(row.get("answer", ""))), _CHARS_MAX) if facts.answered else 0
+        key = _conv_key(conv)
+        entry = self._convs.get(key)
+        old = None if entry is None else _turn_in(entry, turn)
+        fails = 0 if old is None else (old >> _FAILS_SHIFT) & _FAILS_MAX
+        if facts.kind == "failed" and fails < _FAILS_MAX:
+            fails += 1
+        packed = ref << _REF_SHIFT | chars << _CHARS_SHIFT | fails << _FAILS_SHIFT | fid
+        if entry is None:
+            self._convs[key] = packed if turn == 1 else (turn, packed)
+        elif type(entry) is int:
+            self._convs[key] = packed if turn == 1 else (1, entry, turn, packed)
+        else:
+            items = list(entry)
+            for i in range(0, len(items), 2):
+                if items[i] == turn:
+                    items[i + 1] = packed
+                    break
+            else:
+                items += (turn, packed)
+            self._convs[key] = tuple(items)
+
+    def latest(self, conv: str, turn: int) -> int | None:
+        """The packed latest row of one turn, or None when it has none."""
+        entry = self._convs.get(_conv_key(conv))
+        return None if entry is None else _turn_in(entry, turn)
+
+    def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
+        """``(latest kind, failed rows, ref)`` of one turn, or None (a :data:`~pipeline.state.TurnOf`)."""
+        packed = self.latest(conv, turn)
+        if packed is None:
+            return None
+        return (self.facts[packed & _FID_MASK].kind, (packed >> _FAILS_SHIFT) & _FAILS_MAX,
+                packed >> _REF_SHIFT)
+
+    def read(self, ref: int) -> Mapping[str, Any]:
+        """The row at a ref of :meth:`turn` or :meth:`packed`."""
+        return self._read(ref)
+
+    def packed(self) -> Iterator[int]:
+        """The packed latest row of every turn, conversation by conversation."""
+        for entry in self._convs.values():
+            if type(entry) is int:
+                yield entry
+            else:
+                yield from entry[1::2]
+
+    def fid_counts(self) -> Counter[int]:
+        """Turns per facts id, ids in order of first appearance."""
+        return Counter(p & _FID_MASK for p in self.packed())
+
+    def answer_chars(self) -> array[int]:
+        """The answer length of every turn whose latest row is answered."""
+        answered = {i for i, f in enumerate(self.facts) if f.answered}
+        return array("q", ((p >> _CHARS_SHIFT) & _CHARS_MAX for p in self.packed()
+                           if p & _FID_MASK in answered))
+
+    def summary(self) -> dict[str, Any]:
+        """What :func:`pipeline.dataset.summarise` says of the same rows."""
+        by_kind: Counter[str] = Counter()
+        by_state: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        turns = 0
+        for fid, n in self.fid_counts().items():
+            f = self.facts[fid]
+            turns += n
+            by_kind[f.kind_text] += n
+            by_state[f.state_text] += n
+            if f.reason_text:
+                by_reason[f.reason_text] += n
+        return {
+            "rows": self.rows,
+            "turns": turns,
+            "conversations": len(self._convs),
+            "by_kind": dict(by_kind.most_common()),
+            "by_state": dict(by_state.most_common()),
+            "by_reason": dict(by_reason.most_common()),
+        }
+
+
+def _turn_in(entry: int | tuple[int, ...], turn: int) -> int | None:
+    if type(entry) is int:
+        return entry if turn == 1 else None
+    for i in range(0, len(entry), 2):  # type: ignore[arg-type]
+        if entry[i] == turn:  # type: ignore[index]
+            return entry[i + 1]  # type: ignore[index]
+    return None
+
+
+def _no_row(ref: int) -> Mapping[str, Any]:
+    raise KeyError(ref)
+
+
+class Ledgers:
+    """An output folder's ledgers for the report and ``status``: the question
+    ledger re-read on demand, the answer ledger as an :class:`AnswerTally`,
+    the (small) event ledger in memory. Use as a context manager."""
+
+    def __init__(self, questions: Callable[[], Iterable[Mapping[str, Any]]], answers: AnswerTally,
+                 events: Sequence[Mapping[str, Any]]) -> None:
+        self._questions = questions
+        self.answers = answers
+        self.events = events
+
+    @classmethod
+    def of_rows(cls, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> Ledgers:
+        """Ledgers already read, by name (as :func:`read_ledgers` returns them)."""
+        questions = list(rows.get("questions", ()))
+        return cls(lambda: questions, AnswerTally.of_rows(rows.get("answers", ())),
+                   list(rows.get("events", ())))
+
+    def questions(self) -> Iterable[Mapping[str, Any]]:
+        """The question-ledger rows, in file order (a fresh pass each call)."""
+        return self._questions()
+
+    def close(self) -> None:
+        """Close the answer ledger."""
+        self.answers.close()
+
+    def __enter__(self) -> Ledgers:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def open_ledgers(state_dir: Path) -> Ledgers:
+    """The ledgers of ``state_dir``, streamed read-only: never cut, never
+    created (a torn tail is skipped, as :func:`read_rows` does), so ``status``
+    may run beside a live run. Memory: an :class:`AnswerTally`, not the rows."""
+    paths = ledger_paths(state_dir)
+    answers = AnswerTally.of_file(paths["answers"])
+    try:
+        events = read_rows(paths["events"])
+    except BaseException:
+        answers.close()
+        raise
+    return Ledgers(lambda: iter_rows(paths["questions"]), answers, events)
+
+
+def _as_ledgers(ledgers: Ledgers | Mapping[str, Iterable[Mapping[str, Any]]]) -> Ledgers:
+    return ledgers if isinstance(ledgers, Ledgers) else Ledgers.of_rows(ledgers)
+
+
+def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
+    """The resume plan (as ``pipeline.qa.load_state`` derives it) from
+    streamed ledgers, without writing anything."""
+    c = settings.conversations
+    builder = StateBuilder(
+        ledgers.answers.turn,
+        ledgers.answers.read,
+        aspects=settings.questions.aspects,
+        min_turns=c.min_turns,
+        max_turns=c.max_turns,
+        max_answer_attempts=settings.run.max_answer_attempts,
+    )
+    for row in ledgers.questions():
+        builder.add(row)
+    return builder.finish(ledgers.events)
 
 
 def lock_holder(out_dir: Path) -> dict[str, Any] | None:
@@ -151,29 +503,35 @@ def lock_holder(out_dir: Path) -> dict[str, Any] | None:
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The ``q``-th percentile (0-100) by nearest rank; None for no values."""
-    if not values:
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: Sequence[Any], q: float) -> Any:
+    """:func:`percentile` of values already sorted (one sort serves every percentile)."""
+    if not ordered:
         return None
-    ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def _latency(values: Sequence[float]) -> dict[str, Any]:
-    p50, p95 = percentile(values, 50), percentile(values, 95)
+def _latency(values: Iterable[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    p50, p95 = _ranked(ordered, 50), _ranked(ordered, 95)
     return {
-        "n": len(values),
+        "n": len(ordered),
         "p50_s": None if p50 is None else round(p50, 3),
         "p95_s": None if p95 is None else round(p95, 3),
     }
 
 
-def _lengths(values: Sequence[int]) -> dict[str, Any]:
+def _lengths(values: Iterable[int]) -> dict[str, Any]:
+    ordered = sorted(values)
     return {
-        "count": len(values),
-        "min": min(values) if values else None,
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "max": max(values) if values else None,
+        "count": len(ordered),
+        "min": ordered[0] if ordered else None,
+        "p50": _ranked(ordered, 50),
+        "p90": _ranked(ordered, 90),
+        "max": ordered[-1] if ordered else None,
     }
 
 
@@ -182,21 +540,40 @@ def _snippet(text: str, limit: int = _SNIPPET) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _grouped(rows: Sequence[Mapping[str, Any]], key: str, top: int, examples: int) -> list[dict[str, Any]]:
-    """Rows grouped by ``row[key]``, most common first, with example questions."""
+def _grouped(
+    tally: AnswerTally, key: Callable[[_Facts], str | None], top: int, examples: int
+) -> list[dict[str, Any]]:
+    """Latest rows grouped by ``key`` (None: not in any group), most common
+    first, with example questions: counted from the interned facts, then the
+    first distinct questions of each top group read back, in ledger order."""
     counts: Counter[str] = Counter()
     kinds: dict[str, Counter[str]] = defaultdict(Counter)
-    seen: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        value = str(row.get(key) or "(none)")
-        counts[value] += 1
-        kinds[value][str(row.get("kind", ""))] += 1
-        question = str(row.get("question", ""))
-        if len(seen[value]) < examples and question and question not in seen[value]:
-            seen[value].append(question)
+    group_of: dict[int, str] = {}
+    for fid, n in tally.fid_counts().items():  # ids in order of first appearance
+        f = tally.facts[fid]
+        value = key(f)
+        if value is not None:
+            group_of[fid] = value
+            counts[value] += n
+            kinds[value][f.kind_text] += n
+    chosen = counts.most_common(top)
+    seen: dict[str, list[str]] = {value: [] for value, _ in chosen}
+    wanting = len(seen) if examples > 0 else 0
+    for packed in tally.packed() if wanting else ():
+        value = group_of.get(packed & _FID_MASK)
+        found = None if value is None else seen.get(value)
+        if found is None or len(found) >= examples:
+            continue
+        question = str(tally.read(packed >> _REF_SHIFT).get("question", ""))
+        if question and question not in found:
+            found.append(question)
+            if len(found) >= examples:
+                wanting -= 1
+                if not wanting:
+                    break
     return [
         {"value": value, "count": n, "kind": kinds[value].most_common(1)[0][0], "examples": seen[value]}
-        for value, n in counts.most_common(top)
+        for value, n in chosen
     ]
 
 
@@ -234,7 +611,7 @@ def _iso(ts: Any) -> str | None:
 
 def build_report(
     settings: Settings,
-    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    ledgers: Ledgers | Mapping[str, Iterable[Mapping[str, Any]]],
     state: RunState,
     run: Mapping[str, Any] | None = None,
     *,
@@ -243,16 +620,16 @@ def build_report(
 ) -> dict[str, Any]:
     """The run report as plain data (what ``report.json`` holds).
 
-    ``rows``: the ledgers by name; ``state``: derived from them; ``run``: the
-    run that just ended: ``{"status", "detail", "seconds", "questions_new",
-    "stats" (RunStats.snapshot()), "usage" (Usage.snapshot()), "llm_seconds",
+    ``ledgers``: :func:`open_ledgers` (streamed: memory is an
+    :class:`AnswerTally`, not the rows), or rows already read, by ledger name;
+    ``state``: derived from them; ``run``: the run that just ended:
+    ``{"status", "detail", "seconds", "questions_new", "stats"
+    (RunStats.snapshot()), "usage" (Usage.snapshot()), "llm_seconds",
     "rag_seconds"}``, or None for a report from the ledgers alone;
     ``conversations``: records written to the dataset, when known."""
-    questions = [r for r in rows.get("questions", []) if "conv" not in r]
-    answers = rows.get("answers", [])
-    events = rows.get("events", [])
-    latest = latest_turns(answers)
-    turn_rows = [row for turns in latest.values() for row in turns.values()]
+    ledgers = _as_ledgers(ledgers)
+    tally = ledgers.answers
+    facts = tally.facts
 
     per_aspect: dict[str, dict[str, Any]] = {}
     qs = settings.questions
@@ -263,21 +640,17 @@ def build_report(
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
-    for q in questions:
+    for q in ledgers.questions():
+        if "conv" in q:
+            continue
         aspect = str(q.get("aspect", ""))
         if aspect not in per_aspect:
             continue
-        first = latest.get(str(q.get("id")), {}).get(1)
-        kind = str(first.get("kind")) if first is not None else "unasked"
+        first = tally.latest(str(q.get("id")), 1)
+        kind = facts[first & _FID_MASK].kind_first if first is not None else "unasked"
         per_aspect[aspect]["first_turn"][kind] = per_aspect[aspect]["first_turn"].get(kind, 0) + 1
 
-    no_answer = [r for r in turn_rows if r.get("kind") not in ("answered", "rejected")]
-    rejected = [r for r in turn_rows if r.get("kind") == "rejected"]
-    lengths = [len(str(r.get("answer", ""))) for r in turn_rows if r.get("kind") == "answered"]
-    rag_all = [float(r["seconds"]) for r in answers
-               if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]
-    summary = summarise(answers)
-
+    summary = tally.summary()
     report: dict[str, Any] = {
         "generated": _iso(now if now is not None else _dt.datetime.now().timestamp()),
         "out_dir": str(settings.out_dir),
@@ -293,15 +666,16 @@ def build_report(
         "answer_rows": summary["rows"],
         "no_answer_states": [
             {"state": g["value"], "kind": g["kind"], "count": g["count"], "examples": g["examples"]}
-            for g in _grouped(no_answer, "state", TOP_STATES, EXAMPLES)
+            for g in _grouped(tally, lambda f: None if f.answered or f.rejected else f.state_group,
+                              TOP_STATES, EXAMPLES)
         ],
         "gate_rejections": [
             {"reason": g["value"], "count": g["count"], "examples": g["examples"]}
-            for g in _grouped(rejected, "reason", TOP_STATES, EXAMPLES)
+            for g in _grouped(tally, lambda f: f.reason_group if f.rejected else None, TOP_STATES, EXAMPLES)
         ],
-        "dropped_questions": _dropped_all_runs(events),
-        "answer_chars": _lengths(lengths),
-        "latency": {"rag_all_runs": _latency(rag_all)},
+        "dropped_questions": _dropped_all_runs(ledgers.events),
+        "answer_chars": _lengths(tally.answer_chars()),
+        "latency": {"rag_all_runs": _latency(tally.rag_seconds)},
         "usage": _usage(state.usage),
         "run": None,
     }
@@ -319,8 +693,8 @@ def build_report(
             "rejected": dict(Counter(stats.get("rejected") or {}).most_common()),
             "usage": _usage(run.get("usage") or {}),
             "latency": {
-                "llm": _latency(list(run.get("llm_seconds") or ())),
-                "rag": _latency(list(run.get("rag_seconds") or ())),
+                "llm": _latency(run.get("llm_seconds") or ()),
+                "rag": _latency(run.get("rag_seconds") or ()),
             },
             "questions_per_hour": _per_hour(int(run.get("questions_new", 0)), seconds),
             "answers_per_hour": _per_hour(sum(outcomes.values()), seconds),
@@ -473,12 +847,14 @@ def resume_command(settings: Settings) -> str:
 
 def build_status(
     settings: Settings,
-    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    ledgers: Ledgers | Mapping[str, Iterable[Mapping[str, Any]]],
     state: RunState,
     holder: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """What ``status`` shows, as plain data (pure; see :func:`render_status`)."""
-    summary = summarise(rows.get("answers", []))
+    """What ``status`` shows, as plain data (see :func:`render_status`);
+    ``ledgers`` as for :func:`build_report`."""
+    ledgers = _as_ledgers(ledgers)
+    summary = ledgers.answers.summary()
     qs = settings.questions
     last = state.last_run
     outcome = last_run_outcome(last, holder)
@@ -510,7 +886,7 @@ def build_status(
         "by_kind": summary["by_kind"],
         "by_state": summary["by_state"],
         "rejections": summary["by_reason"],
-        "dropped": _dropped_all_runs(rows.get("events", [])),
+        "dropped": _dropped_all_runs(ledgers.events),
         "usage": _usage(state.usage),
         "resume": None if done else resume_command(settings),
     }

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from pipeline.dataset import summarise
 from pipeline.qa import run_qa
-from pipeline.report import build_report, percentile, render_markdown, state_from_rows, write_report
+from pipeline.report import (
+    AnswerTally,
+    build_report,
+    open_ledgers,
+    percentile,
+    render_markdown,
+    state_from_ledgers,
+    state_from_rows,
+    write_report,
+)
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY
@@ -166,3 +178,100 @@ async def test_every_run_writes_a_report_even_one_that_stops_early(tmp_path: Pat
     assert report["run"]["latency"]["rag"]["n"] == sum(result.stats["outcomes"].values())
     assert report["conversations"]["in_dataset"] == result.conversations
     assert "ended: **quota**" in (s.out_dir / "report.md").read_text("utf-8")
+
+
+# --------------------------------------------------------------------------- streamed ledgers
+
+
+def write_ledgers(folder: Path, ledgers: dict[str, list[dict[str, Any]]], answers_tail: bytes = b"") -> Path:
+    state = folder / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    for name, rows in ledgers.items():
+        tail = answers_tail if name == "answers" else b""
+        (state / f"{name}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows) + tail)
+    return state
+
+
+def test_report_from_streamed_files_equals_the_report_from_rows(tmp_path: Path, ledgers: dict[str, Any]) -> None:
+    s = settings(tmp_path)
+    state_dir = write_ledgers(tmp_path / "out", ledgers, answers_tail=b'{"conv": "q2", "turn": 1, "ki')
+    before = (state_dir / "answers.jsonl").read_bytes()
+    expected = build_report(s, ledgers, state_from_rows(s, ledgers), now=0.0)
+    with open_ledgers(state_dir) as streamed:
+        report = build_report(s, streamed, state_from_ledgers(s, streamed), now=0.0)
+    assert report == expected, "examples read back by byte offset, torn tail skipped"
+    assert (state_dir / "answers.jsonl").read_bytes() == before, "the torn tail is skipped, not cut"
+
+
+def test_ties_and_examples_follow_conversation_order_like_latest_turns(tmp_path: Path) -> None:
+    # Turns interleave across conversations in the ledger; the report groups
+    # a conversation's turns together (as latest_turns does), so "X" (q0's
+    # turn 2) comes before "Y" (q1's turn 1) although its row is later.
+    s = settings(tmp_path)
+    t2 = {**a(0, "skipped", state="X"), "turn": 2, "question": "追问0？"}
+    rows = {"questions": [q(0, "战斗"), q(1, "战斗")],
+            "answers": [a(0, "answered", answer="x" * 30), a(1, "skipped", state="Y"), t2]}
+    report = build_report(s, rows, state_from_rows(s, rows))
+    assert [(g["state"], g["examples"]) for g in report["no_answer_states"]] == [
+        ("X", ["追问0？"]), ("Y", ["问题1？"])]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [],
+        [a(0, "answered", answer="x"), a(1, "skipped", state="s1"), a(2, "skipped", state="s2")],
+        # retries, a later turn, a row with no valid conv/turn, odd kinds and states
+        [a(0, "failed", state="down", reason="x"), a(0, "answered", answer="y"),
+         {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q9", "turn": True, "kind": "answered"},
+         {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
+         a(5, "rejected", reason="refusal"), a(6, "vetoed", state="")],
+        # 16-hex question ids take the compact key path
+        [{**a(0, "answered", answer="z"), "conv": "0123456789abcdef"},
+         {**a(0, "skipped", state="s"), "conv": "0123456789abcdef", "turn": 3},
+         {**a(0, "failed", state="f"), "conv": "0123456789abcdef", "turn": 3}],
+    ],
+)
+def test_tally_summary_matches_summarise(answers: list[dict[str, Any]]) -> None:
+    assert AnswerTally.of_rows(answers).summary() == summarise(answers)
+
+
+def test_tally_turns_count_failed_rows_and_read_back_the_latest(tmp_path: Path) -> None:
+    path = tmp_path / "answers.jsonl"
+    rows = [a(0, "failed", state="down"), a(1, "answered", answer="甲" * 5), a(0, "failed", state="down"),
+            {**a(0, "answered", answer="乙" * 7), "turn": 2}]
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    with AnswerTally.of_file(path) as tally:
+        kind, failed, ref = tally.turn("q0", 1) or ("", 0, 0)
+        assert (kind, failed) == ("failed", 2)
+        assert tally.read(ref) == rows[2]
+        assert tally.turn("q0", 2) is not None and tally.read(tally.turn("q0", 2)[2]) == rows[3]  # type: ignore[index]
+        assert tally.turn("q1", 2) is None
+        assert list(tally.answer_chars()) == [7, 5], "latest answered turns, conversation by conversation"
+        assert tally.rows == 4 and list(tally.rag_seconds) == [1.0] * 4
+
+
+def report_peak(tmp_path: Path, n: int) -> int:
+    """Peak traced bytes of reading ``n`` answered questions' ledgers and building their report."""
+    s = settings(tmp_path)
+    text = "答" * 600
+    rows = {"questions": [q(i, "战斗") for i in range(n)],
+            "answers": [{**a(i, "answered", answer=text), "raw_answer": text} for i in range(n)]}
+    state_dir = write_ledgers(tmp_path / f"out{n}", rows)
+    del rows
+    tracemalloc.start()
+    try:
+        with open_ledgers(state_dir) as ledgers:
+            build_report(s, ledgers, state_from_ledgers(s, ledgers))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_report_holds_no_answer_rows(tmp_path: Path) -> None:
+    # Rows of 600-character answers take ~3 KB each as dicts; the streamed
+    # report keeps a packed int per turn and a float per row. Growth between
+    # two sizes leaves out the fixed cost (the read block).
+    small, large = 3000, 6000
+    growth = (report_peak(tmp_path, large) - report_peak(tmp_path, small)) / (large - small)
+    assert growth < 1024, f"{growth:.0f} B per answered question while building the report"
