@@ -173,9 +173,10 @@ async def _qa_with_progress(settings: Settings, live: bool, console: Any) -> Any
 def cmd_dry_run(settings: Settings) -> int:
     """Print what ``qa`` would do, from the ledgers alone: no call, no lock, no write."""
     from pipeline.plan import plan_run
-    from pipeline.report import read_ledgers, state_from_rows
+    from pipeline.report import open_ledgers, state_from_ledgers, state_from_rows
 
-    state = state_from_rows(settings, read_ledgers(settings.state_dir))
+    with open_ledgers(settings.state_dir) as ledgers:
+        state = state_from_ledgers(settings, ledgers)
     print(f"dry run: nothing is called; output folder {settings.out_dir}")
     fresh = state_from_rows(settings, {})
     if state.total_questions() or state.pending or state.finished:
