@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class RunStats:
     in_flight: int = 0
     question_calls: int = 0
     followup_calls: int = 0
-    rag_seconds: list[float] = field(default_factory=list)
+    rag_seconds: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes an answer
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -176,6 +177,12 @@ class Graph:
         texts = itertools.chain.from_iterable(self.state.accepted.values())
         while chunk := list(itertools.islice(texts, _SEED_CHUNK)):
             await asyncio.to_thread(self._dedup.seed, chunk)
+
+    def release(self) -> None:
+        """Drop the run-long indexes (the near-duplicate index above all) once the
+        run is over, so the dataset and report built next do not add their
+        memory on top of it."""
+        self._dedup = Deduper(self.settings.questions.near_duplicate_threshold)
 
     async def _watch_stop(self, tasks: list[asyncio.Task[Any]]) -> None:
         """After a stop, give in-flight work ``grace_s`` to finish, then cancel it."""

@@ -191,6 +191,7 @@ async def _run_graph(
             main.uncancel()
     finally:
         restore()
+        graph.release()
         end = {
             "event": "run_end",
             "status": status,
@@ -249,7 +250,7 @@ def _run_summary(
         "stats": end["stats"],
         "usage": end["usage"],
         "llm_seconds": list(llm.usage.latencies),
-        "rag_seconds": list(stats.rag_seconds),
+        "rag_seconds": stats.rag_seconds,
     }
 
 
