@@ -99,3 +99,27 @@ def test_language_preset_fills_empty_prompts(tmp_path: Path) -> None:
 def test_explicit_prompt_wins_over_preset(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, "[questions]\nuser_prompt = 'Give {n}'\n"), environ={})
     assert s.questions.user_prompt == "Give {n}"
+
+
+def test_shipped_file_sets_and_comments_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    from pipeline.settings import _INTERNAL, _SECTIONS
+
+    text = (ROOT / "settings.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    for section, cls in _SECTIONS.items():
+        keys = {f.name for f in dataclasses.fields(cls)} - {k for s, k in _INTERNAL if s == section}
+        assert keys == set(data[section]), section
+    # Every key line carries a comment, or belongs to a run of lines that a comment opens.
+    under_comment = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("["):
+            under_comment = False
+        elif stripped.startswith("#"):
+            under_comment = True
+        elif line[0].isalpha() and "=" in line:
+            key = line.split("=")[0].strip()
+            assert "#" in line or under_comment, f"{key} has no comment"
