@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ REFUSAL_WINDOW = 100
 
 Gate = Callable[[str], tuple[str, str | None]]
 
+_HEX16 = frozenset("0123456789abcdef")
 _SPACES = re.compile(r"[ \t\u3000\xa0]+")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -188,18 +190,35 @@ def assemble_conversations(
     indexed (``conv -> turn -> row``, as :func:`latest_turns` makes), so a
     caller can index the answer ledger by file offset and fetch rows lazily
     instead of holding them all."""
-    order: list[tuple[int, int, str]] = []
-    seen: set[str] = set()
+    # Held compactly, as this runs at the end of a run on top of what the run
+    # left: a 16-hex id as one int in an array (8 bytes; a (seq, n, str)
+    # tuple cost ~200), other ids by position, seqs in a second array.
+    ids, seqs = array("Q"), array("q")
+    odd_ids: dict[int, str] = {}
+    seen: set[int | str] = set()
     for n, row in enumerate(question_rows):
         qid = row.get("id")
-        seq = row.get("seq", n)
-        if not isinstance(qid, str) or qid in seen:
+        if not isinstance(qid, str):
             continue
-        seen.add(qid)
-        order.append((seq if isinstance(seq, int) else n, n, qid))
+        key: int | str = int(qid, 16) if len(qid) == 16 and _HEX16.issuperset(qid) else qid
+        if key in seen:
+            continue
+        seen.add(key)
+        seq = row.get("seq", n)
+        seq = seq if isinstance(seq, int) and -(2**63) <= seq < 2**63 else n
+        if isinstance(key, str):
+            odd_ids[len(ids)] = qid
+            key = 0
+        ids.append(key)
+        seqs.append(seq)
     del seen
-    order.sort()
-    for _, _, qid in order:
+    count = len(ids)
+    # The ledger is written in seq order, so the sort is usually skipped; when
+    # it is not, the stable sort keeps file order among equal seqs.
+    in_order = all(seqs[i] <= seqs[i + 1] for i in range(count - 1))
+    positions: Iterable[int] = range(count) if in_order else sorted(range(count), key=seqs.__getitem__)
+    for i in positions:
+        qid = odd_ids.get(i) or format(ids[i], "016x")
         turns = latest.get(qid)
         if not turns:
             continue

@@ -388,8 +388,11 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
     # Packed value: offset << 48 | length << 16 | failed rows << 3 | kind code.
     _KINDS: Final = ("answered", "skipped", "vetoed", "failed", "rejected")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK) -> None:
         self._path = Path(path)
+        # A caller building the index late in a run (the dataset) passes a small
+        # block: the block and its copy are transient, but they add to the peak.
+        self._block_size = block_size
         # (conv, turn) -> packed; the key is one int when the conv is a
         # 16-hex question id (36 bytes against a 90-byte tuple of a string).
         self._turns: dict[int | str, int] = {}
@@ -402,7 +405,7 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
         except FileNotFoundError:
             return self
         turns, codes, failed = self._turns, {k: i for i, k in enumerate(self._KINDS)}, 3
-        for conv, turn, kind, offset, length in iter_answer_heads(self._path):
+        for conv, turn, kind, offset, length in iter_answer_heads(self._path, block_size=self._block_size):
             key = span_key(conv, turn)
             code = codes.get(kind, 7)
             if code == 7:

@@ -200,6 +200,30 @@ def test_questions_without_answers_and_malformed_rows_are_skipped() -> None:
     assert turns_of(recs) == [[("a-q1？", "a-a1")]]
 
 
+HEX_A, HEX_B, HEX_C = "00000000000000ff", "0123456789abcdef", "fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    ("questions", "expected"),
+    [
+        # 16-hex ids (held as ints) come back exactly, leading zeros included.
+        ([q(HEX_B, 2), q(HEX_A, 1), q(HEX_C, 3)], [HEX_A, HEX_B, HEX_C]),
+        # Mixed with other ids; a repeated hex id keeps its first row.
+        ([q(HEX_C, 3), q("x", 1), q(HEX_C, 0), q(HEX_A, 2)], ["x", HEX_A, HEX_C]),
+        # Equal seqs keep file order; a row without seq sorts by its position.
+        ([q(HEX_C, 5), q(HEX_A, 5), {"id": "y", "text": "y？"}, q(HEX_B, 0)], [HEX_B, "y", HEX_C, HEX_A]),
+        # Uppercase hex is another id, not the same one as its lowercase twin.
+        ([q(HEX_B.upper(), 1), q(HEX_B, 2)], [HEX_B.upper(), HEX_B]),
+    ],
+)
+def test_build_orders_by_seq_and_keeps_every_kind_of_id(
+    questions: list[dict[str, Any]], expected: list[str]
+) -> None:
+    answers = [a(str(row["id"]), 1) for row in questions]
+    recs = list(build_conversations(questions, answers, "", 1))
+    assert [r["conversation"][0]["input"] for r in recs] == [f"{qid}-q1？" for qid in expected]
+
+
 def test_write_dataset_writes_utf8_jsonl_and_counts(tmp_path: Path) -> None:
     path = tmp_path / "out" / "conversations.jsonl"
     records = list(build_conversations([q("天", 1)], [a("天", 1, answer="悟空")], "系统", 1))
