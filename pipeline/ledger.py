@@ -208,8 +208,11 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
-    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
+def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """``path`` read a block at a time, after cutting a torn tail: each item is
+    ``(block, end, lineno, offset)`` where ``block[:end]`` holds whole lines only,
+    ``lineno`` is the number of its first line and ``offset`` its byte offset.
+    A missing file yields nothing."""
     repair_tail(path)
     try:
         fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
@@ -218,35 +221,44 @@ def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
     try:
         remaining = os.fstat(fh.fileno()).st_size
         leftover = b""
-        lineno = 1  # number of the first line in the current block
-        offset = 0  # byte offset of the first line in the current block
-        loads = orjson.loads
+        lineno, offset = 1, 0
         while remaining > 0:
-            block = fh.read(min(block_size, remaining))
-            if not block:  # the file shrank under us; the lock should prevent it
+            chunk = fh.read(min(block_size, remaining))
+            if not chunk:  # the file shrank under us; the lock should prevent it
                 break
-            remaining -= len(block)
-            lines = (leftover + block).split(b"\n")
-            leftover = lines.pop()
-            # Paused per block only, so the GC is back on whenever a caller's
-            # code runs between blocks.
-            with _gc_paused():
-                try:
-                    # Fast path: one C-level loop per block. Blank or bad lines
-                    # fall through to the slow path, which names the culprit.
-                    rows = list(map(loads, lines))
-                    if not all(type(r) is dict for r in rows):
-                        raise ValueError
-                except ValueError:  # orjson.JSONDecodeError is a ValueError
-                    rows = _parse_slow(path, lines, lineno, offset)
-            yield rows
-            lineno += len(lines)
-            offset += sum(map(len, lines)) + len(lines)
+            remaining -= len(chunk)
+            block = leftover + chunk
+            end = block.rfind(b"\n") + 1
+            leftover = block[end:]
+            yield block, end, lineno, offset
+            lineno += block.count(b"\n", 0, end)
+            offset += end
         if leftover.strip():
             # Unreachable after repair_tail unless someone appends concurrently.
             raise _corrupt(path, lineno, offset, "has no final newline (is another process writing?)")
     finally:
         fh.close()
+
+
+def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
+    loads = orjson.loads
+    for block, end, lineno, offset in _line_blocks(path, block_size):
+        if not end:
+            continue
+        lines = block[: end - 1].split(b"\n")
+        # Paused per block only, so the GC is back on whenever a caller's
+        # code runs between blocks.
+        with _gc_paused():
+            try:
+                # Fast path: one C-level loop per block. Blank or bad lines
+                # fall through to the slow path, which names the culprit.
+                rows = list(map(loads, lines))
+                if not all(type(r) is dict for r in rows):
+                    raise ValueError
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
+                rows = _parse_slow(path, lines, lineno, offset)
+        yield rows
 
 
 def iter_ledger(
@@ -333,47 +345,25 @@ def iter_answer_heads(
     a line of corrupt bytes after a well-formed head is therefore only found
     when that row is read back."""
     p = Path(path)
-    repair_tail(p)
-    try:
-        fh = open(p, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
-    except FileNotFoundError:
-        return
-    try:
-        remaining = os.fstat(fh.fileno()).st_size
-        leftover = b""
-        lineno, offset = 1, 0  # of the first line of the current block
-        finditer = _HEAD.finditer
-        while remaining > 0:
-            chunk = fh.read(min(block_size, remaining))
-            if not chunk:
+    finditer = _HEAD.finditer
+    for block, end, lineno, offset in _line_blocks(p, block_size):
+        lines = block.count(b"\n", 0, end)
+        starts: list[int] = []
+        heads: list[tuple[bytes, bytes, bytes]] = []
+        for m in finditer(block, 0, end):
+            s = m.start()
+            if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
                 break
-            remaining -= len(chunk)
-            block = leftover + chunk
-            end = block.rfind(b"\n") + 1
-            leftover = block[end:]
-            lines = block.count(b"\n", 0, end)
-            starts: list[int] = []
-            heads: list[tuple[bytes, bytes, bytes]] = []
-            for m in finditer(block, 0, end):
-                s = m.start()
-                if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
-                    break
-                starts.append(s)
-                heads.append(m.groups())  # type: ignore[arg-type]
-            if len(starts) == lines:
-                # Every line is a row with a readable head: the next start ends a row.
-                starts.append(end)
-                for i, (conv, turn, kind) in enumerate(heads):
-                    s = starts[i]
-                    yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
-            else:
-                yield from _heads_slow(p, block, end, lineno, offset)
-            lineno += lines
-            offset += end
-        if leftover.strip():
-            raise _corrupt(p, lineno, offset, "has no final newline (is another process writing?)")
-    finally:
-        fh.close()
+            starts.append(s)
+            heads.append(m.groups())  # type: ignore[arg-type]
+        if len(starts) == lines:
+            # Every line is a row with a readable head: the next start ends a row.
+            starts.append(end)
+            for i, (conv, turn, kind) in enumerate(heads):
+                s = starts[i]
+                yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
+        else:
+            yield from _heads_slow(p, block, end, lineno, offset)
 
 
 class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
