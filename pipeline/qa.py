@@ -174,7 +174,8 @@ async def _run_graph(
     described = await answerer.probe()
     log.info("%s", described)
 
-    writer = LedgerWriter(ledger_paths(settings.state_dir), fsync=settings.run.fsync)
+    writer = LedgerWriter(ledger_paths(settings.state_dir), fsync=settings.run.fsync,
+                          fsync_interval_s=settings.run.fsync_interval_s)
     writer_task = asyncio.create_task(writer.run())
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress)
     if on_graph is not None:

@@ -407,15 +407,162 @@ async def test_fsync_policy_sets_how_often_the_disk_is_synced(
     assert len(_lines(paths["a"])) == 3
 
 
-async def test_batch_policy_syncs_once_per_drained_batch(tmp_path: Path) -> None:
+async def test_batch_policy_without_an_interval_syncs_once_per_drained_batch(tmp_path: Path) -> None:
     spy = FsyncSpy()
-    writer = LedgerWriter({"a": tmp_path / "a.jsonl"}, "batch", fsync_fn=spy)
+    writer = LedgerWriter({"a": tmp_path / "a.jsonl"}, "batch", fsync_interval_s=0, fsync_fn=spy)
     run = asyncio.create_task(writer.run())
     for batch in range(3):
         await asyncio.gather(*(writer.record("a", {"b": batch, "i": i}) for i in range(10)))
     writer.close()
     await run
     assert len(spy.calls) == 3
+
+
+class FakeTime:
+    """Clock and sleep seams: time moves only when the test says, and a sleep
+    ends only when the test has moved the clock past its deadline."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0  # tests move it by binary fractions, so sums are exact
+        self.sleeps: list[float] = []
+        self.asleep = asyncio.Event()
+        self._waiters: list[tuple[float, asyncio.Future[None]]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((self.now + seconds, fut))
+        self.asleep.set()
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for deadline, fut in self._waiters:
+            if deadline <= self.now and not fut.done():
+                fut.set_result(None)
+
+
+class WriteCounter:
+    """A write seam that lets a test wait until the writer has written n times."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        self.count += 1
+        self._changed.set()
+        return os.write(fd, data)
+
+    async def reach(self, n: int) -> None:
+        while self.count < n:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+def _interval_writer(path: Path, spy: FsyncSpy, fake: FakeTime, **kw: Any) -> LedgerWriter:
+    return LedgerWriter({"a": path}, "batch", fsync_interval_s=0.25, fsync_fn=spy,
+                        clock=fake.clock, sleep=fake.sleep, **kw)
+
+
+async def test_rows_within_the_interval_are_written_at_once_but_recorded_at_the_next_sync(
+    tmp_path: Path,
+) -> None:
+    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
+    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"i": 0})  # nothing synced yet: synced at once
+    assert len(spy.calls) == 1 and fake.sleeps == []
+    fake.advance(0.0625)
+    later = [writer.record("a", {"b": b, "i": i}) for b in range(3) for i in range(2)]
+    await writes.reach(2)
+    # On disk (a process crash loses nothing) but not synced, so not recorded;
+    # the sync waits out what is left of the interval.
+    assert len(_lines(path)) == 7
+    assert not any(asyncio.ensure_future(w).done() for w in later)
+    assert len(spy.calls) == 1 and writer.rows_written == {"a": 1}
+    await fake.asleep.wait()
+    assert fake.sleeps == [0.1875]
+    fake.advance(0.1875)
+    await asyncio.gather(*later)
+    assert len(spy.calls) == 2 and writer.rows_written == {"a": 7}
+    writer.close()
+    await run
+
+
+async def test_batches_arriving_within_one_interval_share_one_sync(tmp_path: Path) -> None:
+    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
+    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"first": True})
+    later = []
+    for batch in range(3):  # three drained batches, each written on its own
+        later += [writer.record("a", {"b": batch, "i": i}) for i in range(10)]
+        await writes.reach(2 + batch)
+    await fake.asleep.wait()
+    assert len(spy.calls) == 1
+    assert len(fake.sleeps) == 1, "one timer covers every batch in the interval"
+    fake.advance(0.25)
+    await asyncio.gather(*later)
+    assert len(spy.calls) == 2
+    assert len(_lines(path)) == 31
+    writer.close()
+    await run
+
+
+async def test_a_batch_after_the_interval_has_passed_is_synced_without_waiting(tmp_path: Path) -> None:
+    path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
+    writer = _interval_writer(path, spy, fake)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"i": 0})
+    fake.advance(0.25)
+    await writer.record("a", {"i": 1})
+    assert len(spy.calls) == 2 and fake.sleeps == []
+    writer.close()
+    await run
+
+
+async def test_close_syncs_rows_waiting_for_the_interval_at_once(tmp_path: Path) -> None:
+    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
+    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"i": 0})
+    pending = writer.record("a", {"i": 1})
+    await writes.reach(2)
+    writer.close()
+    await run  # the clock never moved: close does not wait out the interval
+    await pending
+    assert len(spy.calls) == 2 and writer.rows_written == {"a": 2}
+
+
+async def test_a_failed_write_fails_the_rows_still_waiting_for_a_sync_not_the_synced_ones(
+    tmp_path: Path,
+) -> None:
+    path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
+    first = len(orjson.dumps({"i": 0})) + 1
+    writes = _full_disk_after(2 * first)  # room for two rows
+    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"i": 0})  # synced: durable
+    waiting = writer.record("a", {"i": 1})  # written, waiting for the interval
+    await fake.asleep.wait()
+    doomed = writer.record("a", {"i": 2})  # the disk is full now
+    with pytest.raises(LedgerError, match="No space left on device"):
+        await run
+    for pending in (waiting, doomed):
+        with pytest.raises(LedgerError):
+            await pending
+    assert writer.rows_written == {"a": 1}
+    assert _lines(path) == [{"i": 0}, {"i": 1}]  # clean JSONL: the partial row was cut back
+
+
+@pytest.mark.parametrize("interval", [-0.1, float("nan")])
+def test_a_negative_fsync_interval_is_refused(tmp_path: Path, interval: float) -> None:
+    with pytest.raises(ValueError, match="fsync_interval_s must be >= 0"):
+        LedgerWriter({"a": tmp_path / "a.jsonl"}, "batch", fsync_interval_s=interval)
 
 
 def _full_disk_after(good_bytes: int) -> Any:
