@@ -21,12 +21,22 @@ from pipeline.dataset import assemble_conversations, write_dataset
 from pipeline.errors import PipelineError
 from pipeline.graph import Graph, RunStats, StopReason
 from pipeline.huixiangdou import HuixiangdouPool
-from pipeline.ledger import AnswerIndex, LedgerWriter, RunLock, iter_ledger, read_ledger, repair_tail
+from pipeline.ledger import (
+    AnswerIndex,
+    LedgerWriter,
+    RunLock,
+    gc_paused,
+    iter_ledger,
+    iter_line_blocks,
+    read_ledger,
+    repair_tail,
+    rows_of_block,
+)
 from pipeline.llm import LLMClient
 from pipeline.outcome import Answerer
 from pipeline.report import build_report, open_ledgers, state_from_ledgers, write_report
 from pipeline.settings import Settings
-from pipeline.state import RunState, StateBuilder, ledger_paths
+from pipeline.state import RunState, StateBuilder, ledger_paths, question_block
 
 __all__ = ["EXIT_CODES", "OutputError", "QAResult", "load_state", "run_qa", "write_conversations"]
 
@@ -95,7 +105,9 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
         for path in paths.values():
             repair_tail(path)
     c = settings.conversations
-    with AnswerIndex(paths["answers"]) as answers:
+    # The GC is paused throughout: the scans allocate millions of short-lived
+    # tuples, each pass of it walks them all, and nothing here makes a cycle.
+    with gc_paused(), AnswerIndex(paths["answers"]) as answers:
         builder = StateBuilder(
             answers.turn,
             answers.read,
@@ -103,9 +115,15 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
             min_turns=c.min_turns,
             max_turns=c.max_turns,
             max_answer_attempts=settings.run.max_answer_attempts,
+            answered_of=answers.answered,
         )
-        for row in iter_ledger(paths["questions"]):
-            builder.add(row)
+        for block, end, lineno, offset in iter_line_blocks(paths["questions"]):
+            columns = question_block(block, end)
+            if columns is not None:
+                builder.add_questions(columns)
+            else:
+                for row in rows_of_block(paths["questions"], block, end, lineno, offset):
+                    builder.add(row)
         return builder.finish(read_ledger(paths["events"]))
 
 
