@@ -48,9 +48,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from itertools import accumulate, repeat
-from operator import and_, lshift, not_, or_
+from operator import add, and_, lshift, not_, or_
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final, Literal, TypeAlias
@@ -80,6 +80,8 @@ __all__ = [
     "read_ledger",
     "repair_tail",
     "rows_of_block",
+    "split_turn_key",
+    "turn_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -183,25 +185,42 @@ def repair_tail(path: str | os.PathLike[str]) -> int:
         os.close(fd)
 
 
-def _corrupt(path: Path, lineno: int, offset: int, why: str) -> InputError:
+def _line_number(path: Path, offset: int) -> int | str:
+    """The number of the line starting at byte ``offset``: counted only for an
+    error message, so the readers need not count lines as they go."""
+    try:
+        with open(path, "rb") as fh:
+            newlines, pos = 0, 0
+            while pos < offset:
+                chunk = fh.read(min(_READ_BLOCK, offset - pos))
+                if not chunk:
+                    break
+                newlines += chunk.count(b"\n")
+                pos += len(chunk)
+        return newlines + 1
+    except OSError:
+        return "?"
+
+
+def _corrupt(path: Path, offset: int, why: str) -> InputError:
     return InputError(
-        f"{path}: line {lineno} (byte offset {offset}) {why}. The ledger is damaged in "
+        f"{path}: line {_line_number(path, offset)} (byte offset {offset}) {why}. The ledger is damaged in "
         "the middle, not just torn at the end, so nothing was dropped: fix or delete "
         "that line (or move the file aside to start that ledger over), then run again"
     )
 
 
-def _parse_slow(path: Path, lines: list[bytes], first_lineno: int, offset: int) -> list[dict[str, Any]]:
+def _parse_slow(path: Path, lines: list[bytes], offset: int) -> list[dict[str, Any]]:
     """Line-by-line parse of one block: skips blank lines, names the first bad one."""
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
+    for line in lines:
         if line.strip():
             try:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise _corrupt(path, first_lineno + i, offset, f"is not valid JSON ({exc})") from None
+                raise _corrupt(path, offset, f"is not valid JSON ({exc})") from None
             if type(row) is not dict:
-                raise _corrupt(path, first_lineno + i, offset, f"is a JSON {type(row).__name__}, not an object")
+                raise _corrupt(path, offset, f"is a JSON {type(row).__name__}, not an object")
             rows.append(row)
         offset += len(line) + 1
     return rows
@@ -223,57 +242,58 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int]]:
     """``path`` read a block at a time, after cutting a torn tail: each item is
-    ``(block, end, lineno, offset)`` where ``block[:end]`` holds whole lines only,
-    ``lineno`` is the number of its first line and ``offset`` its byte offset.
-    A missing file yields nothing."""
+    ``(block, end, offset)`` where ``block[:end]`` holds whole lines only (at
+    least one) and ``offset`` is its byte offset. A missing file yields nothing.
+
+    Each block is read at the offset where the previous one's whole lines
+    ended, so the partial line at a block's end is read again rather than
+    glued onto the next block by a copy."""
     repair_tail(path)
     try:
-        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        remaining = os.fstat(fh.fileno()).st_size
-        leftover = b""
-        lineno, offset = 1, 0
-        while remaining > 0:
-            chunk = fh.read(min(block_size, remaining))
-            if not chunk:  # the file shrank under us; the lock should prevent it
+        size = os.fstat(fd).st_size  # rows appended meanwhile are not read
+        offset, want = 0, block_size
+        while offset < size:
+            block = os.pread(fd, min(want, size - offset), offset)
+            if not block:  # the file shrank under us; the lock should prevent it
                 break
-            remaining -= len(chunk)
-            block = leftover + chunk
             end = block.rfind(b"\n") + 1
-            leftover = block[end:]
-            yield block, end, lineno, offset
-            lineno += block.count(b"\n", 0, end)
-            offset += end
-        if leftover.strip():
-            # Unreachable after repair_tail unless someone appends concurrently.
-            raise _corrupt(path, lineno, offset, "has no final newline (is another process writing?)")
+            if end:
+                yield block, end, offset
+                offset, want = offset + end, block_size
+            elif offset + len(block) < size:
+                want *= 2  # a line longer than a block: read more of it at once
+            else:
+                if block.strip():
+                    # Unreachable after repair_tail unless someone appends concurrently.
+                    raise _corrupt(path, offset, "has no final newline (is another process writing?)")
+                break
     finally:
-        fh.close()
+        os.close(fd)
 
 
 def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
     """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
-    for block, end, lineno, offset in _line_blocks(path, block_size):
-        if end:
-            yield rows_of_block(path, block, end, lineno, offset)
+    for block, end, offset in _line_blocks(path, block_size):
+        yield rows_of_block(path, block, end, offset)
 
 
 def iter_line_blocks(
     path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
-) -> Iterator[tuple[bytes, int, int, int]]:
+) -> Iterator[tuple[bytes, int, int]]:
     """A ledger a read block at a time, for a reader that scans the raw bytes:
-    ``(block, end, lineno, offset)``, where ``block[:end]`` is whole lines,
-    ``lineno`` the number of the first and ``offset`` its byte offset. Same
+    ``(block, end, offset)``, where ``block[:end]`` is whole lines and
+    ``offset`` its byte offset. Same
     file rules as :func:`iter_ledger`; :func:`rows_of_block` parses a block."""
     return _line_blocks(Path(path), block_size)
 
 
-def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, lineno: int,
-                  offset: int) -> list[dict[str, Any]]:
+def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, offset: int) -> list[dict[str, Any]]:
     """The rows of one block of :func:`iter_line_blocks`, with the errors of
     :func:`iter_ledger` (``path`` only names the file in them)."""
     if not end:
@@ -289,7 +309,7 @@ def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, lineno: 
             if not all(type(r) is dict for r in rows):
                 raise ValueError
         except ValueError:  # orjson.JSONDecodeError is a ValueError
-            rows = _parse_slow(Path(path), lines, lineno, offset)
+            rows = _parse_slow(Path(path), lines, offset)
     return rows
 
 
@@ -345,7 +365,7 @@ def _head_of_row(row: dict[str, Any]) -> tuple[str, int, str] | None:
     return conv, turn, kind if isinstance(kind, str) else ""
 
 
-def _heads_slow(path: Path, block: bytes, end: int, lineno: int, offset: int) -> Iterator[AnswerHead]:
+def _heads_slow(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
     """Line by line: the head pattern where it fits, else a full parse that names a bad line."""
     pos = 0
     while pos < end:
@@ -355,12 +375,11 @@ def _heads_slow(path: Path, block: bytes, end: int, lineno: int, offset: int) ->
         if m is not None:
             yield m[1].decode(), int(m[2]), m[3].decode(), offset + pos, nl + 1 - pos
         elif line.strip():
-            row = _parse_slow(path, [line], lineno, offset + pos)[0]
+            row = _parse_slow(path, [line], offset + pos)[0]
             head = _head_of_row(row)
             if head is not None:
                 yield *head, offset + pos, nl + 1 - pos
         pos = nl + 1
-        lineno += 1
 
 
 def iter_answer_heads(
@@ -377,11 +396,11 @@ def iter_answer_heads(
     a line of corrupt bytes after a well-formed head is therefore only found
     when that row is read back."""
     p = Path(path)
-    for block, end, lineno, offset in _line_blocks(p, block_size):
-        yield from _heads_of_block(p, block, end, lineno, offset)
+    for block, end, offset in _line_blocks(p, block_size):
+        yield from _heads_of_block(p, block, end, offset)
 
 
-def _heads_of_block(path: Path, block: bytes, end: int, lineno: int, offset: int) -> Iterator[AnswerHead]:
+def _heads_of_block(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
     """The heads of the whole lines ``block[:end]`` (see :func:`_line_blocks`)."""
     lines = block.count(b"\n", 0, end)
     starts: list[int] = []
@@ -393,7 +412,7 @@ def _heads_of_block(path: Path, block: bytes, end: int, lineno: int, offset: int
         starts.append(s)
         heads.append(m.groups())  # type: ignore[arg-type]
     if len(starts) != lines:
-        yield from _heads_slow(path, block, end, lineno, offset)
+        yield from _heads_slow(path, block, end, offset)
         return
     # Every line is a row with a readable head: the next start ends a row.
     starts.append(end)
@@ -402,15 +421,31 @@ def _heads_of_block(path: Path, block: bytes, end: int, lineno: int, offset: int
         yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
 
 
-# A whole answer-ledger line as pipeline.graph writes it, in the form the
-# common case takes: a 16-hex conv, a turn of 1-255 and one of the kinds
-# AnswerIndex packs (anything else goes by _HEAD, row by row). Every group
-# stops at a raw newline, so a match is one whole line, the first capture.
-_HEX_LINE: Final = re.compile(
-    rb'(\{"conv":"([0-9a-f]{16})","turn":([1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5]),'
+# A whole answer-ledger line in the form pipeline.graph writes it: a conv of
+# printable ASCII but quote and backslash (so its bytes are its UTF-8), a turn and one of the kinds AnswerIndex packs (anything
+# else goes by _HEAD, row by row). Captured: the line, its turn key (see
+# turn_key) and the kind. No group crosses a raw newline, so a match is one
+# line from its first byte to its newline; the turn is JSON's spelling.
+_PLAIN_LINE: Final = re.compile(
+    rb'(\{"conv":"([\x20\x21\x23-\x5b\x5d-\x7e]*","turn":[1-9][0-9]{0,17}),'
     rb'(?:"question":"[^"\\\n]*(?:\\.[^"\\\n]*)*",)?"kind":"(answered|skipped|vetoed|failed|rejected)"'
     rb'[^\n]*\n)'
 )
+_TURN_SEP: Final = b'","turn":'
+
+
+def turn_key(conv: str, turn: int) -> bytes:
+    """The :class:`AnswerIndex` key of ``(conv, turn)``: the bytes between
+    ``{"conv":"`` and the comma after the turn in a row's line, when the conv
+    needs no escape, so a scan takes it from the line as is. One-to-one: a
+    turn has no quote in it, so the last separator splits a key back."""
+    return conv.encode("utf-8", "surrogatepass") + _TURN_SEP + str(turn).encode()
+
+
+def split_turn_key(key: bytes) -> tuple[str, int]:
+    """``(conv, turn)`` of a :func:`turn_key`."""
+    conv, _, turn = key.rpartition(_TURN_SEP)
+    return conv.decode("utf-8", "surrogatepass"), int(turn)
 
 
 class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
@@ -420,13 +455,14 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
     turns with any), and reading a row back when asked. Use as a context
     manager (it keeps the file open).
 
-    Memory: one dict entry of two ints per turn (about 100 bytes), where the
-    rows themselves take about 1.5 KB each as dicts.
+    Memory: one dict entry per turn, a 26-byte key and an int (about 130
+    bytes), where the rows themselves take about 1.5 KB each as dicts.
 
     Speed: a read block whose every line has the usual shape
-    (:data:`_HEX_LINE`) is indexed with one regular-expression pass and
-    C-level maps, with no Python code per row; that is most of what makes a
-    resume on a million answers take about a second, not three."""
+    (:data:`_PLAIN_LINE`) is indexed with one regular-expression pass and
+    C-level maps, with no Python code per row, and the key is a slice of the
+    line as the pass returns it; that is most of what makes a resume on a
+    million answers take about a second, not three."""
 
     # Packed value: offset << 35 | length << 3 | kind code.
     _KINDS: Final = ("answered", "skipped", "vetoed", "failed", "rejected")
@@ -439,11 +475,9 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
         # A caller building the index late in a run (the dataset) passes a small
         # block: the block and its copy are transient, but they add to the peak.
         self._block_size = block_size
-        # (conv, turn) -> packed; the key is one int when the conv is a
-        # 16-hex question id (36 bytes against a 90-byte tuple of a string).
-        self._turns: dict[int | str, int] = {}
-        self._fails: dict[int | str, int] = {}  # failed rows of a turn, for turns with any
-        self._other_kinds: dict[int | str, str] = {}  # kinds outside _KINDS, rare
+        self._turns: dict[bytes, int] = {}  # turn_key -> packed
+        self._fails: dict[bytes, int] = {}  # failed rows of a turn, for turns with any
+        self._other_kinds: dict[bytes, str] = {}  # kinds outside _KINDS, rare
         self._fh: BinaryIO | None = None
 
     def __enter__(self) -> AnswerIndex:
@@ -451,36 +485,36 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
             self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
         except FileNotFoundError:
             return self
-        for block, end, lineno, offset in _line_blocks(self._path, self._block_size):
-            if end and not self._add_hex_block(block, end, offset):
-                for head in _heads_of_block(self._path, block, end, lineno, offset):
+        for block, end, offset in _line_blocks(self._path, self._block_size):
+            if not self._add_plain_block(block, end, offset):
+                for head in _heads_of_block(self._path, block, end, offset):
                     self._add_head(*head)
         return self
 
-    def _add_hex_block(self, block: bytes, end: int, offset: int) -> bool:
-        """Index a block whose lines all match :data:`_HEX_LINE`, all at once;
+    def _add_plain_block(self, block: bytes, end: int, offset: int) -> bool:
+        """Index a block whose lines all match :data:`_PLAIN_LINE`, all at once;
         False (and nothing indexed) when one does not."""
-        if end > 0xFFFFFFFF:  # a line could outgrow its 32 bits of length
+        if offset + end > 1 << 60:  # past what a packed value was sized for
             return False
-        found = _HEX_LINE.findall(block, 0, end)
+        found = _PLAIN_LINE.findall(block, 0, end)
         if not found:
             return False
-        lines, convs, turns, kinds = zip(*found)
+        lines, keys, kinds = zip(*found)
         lengths = list(map(len, lines))
         # Matches never overlap and each ends a line, so covering the block
         # byte for byte means every line matched from its first byte.
         if sum(lengths) != end:
             return False
-        keys = list(map(or_, map(lshift, map(int, convs, repeat(16)), repeat(8)), map(int, turns)))
         starts = accumulate(lengths, initial=offset)  # one more than needed; zip stops
-        packed = map(or_, map(or_, map(lshift, starts, repeat(35)), map(lshift, lengths, repeat(3))),
-                     map(self._CODES.__getitem__, kinds))
+        packed = map(or_, map(lshift, starts, repeat(35)), map(lshift, lengths, repeat(3)))
+        if kinds.count(b"answered") != len(kinds):  # code 0 needs no or-ing
+            packed = map(or_, packed, map(self._CODES.__getitem__, kinds))
         self._turns.update(zip(keys, packed))
         if b"failed" in kinds:
             self._count_failed(keys, kinds)
         return True
 
-    def _count_failed(self, keys: list[int], kinds: tuple[bytes, ...]) -> None:
+    def _count_failed(self, keys: tuple[bytes, ...], kinds: tuple[bytes, ...]) -> None:
         fails, i = self._fails, -1
         with contextlib.suppress(ValueError):  # index() raises past the last one
             while True:
@@ -488,7 +522,7 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
                 fails[keys[i]] = fails.get(keys[i], 0) + 1
 
     def _add_head(self, conv: str, turn: int, kind: str, offset: int, length: int) -> None:
-        key = span_key(conv, turn)
+        key = turn_key(conv, turn)
         code = self._CODES.get(kind.encode(), self._OTHER)
         if code == self._OTHER:
             self._other_kinds[key] = kind
@@ -504,7 +538,7 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
     def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
         """``(latest kind, failed rows, packed span)`` of one turn, or None
         when it has no row; the span goes to :meth:`read`."""
-        key = span_key(conv, turn)
+        key = turn_key(conv, turn)
         packed = self._turns.get(key)
         if packed is None:
             return None
@@ -512,15 +546,13 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
         kind = self._KINDS[code] if code < 5 else self._other_kinds.get(key, "")
         return kind, self._fails.get(key, 0), packed >> 3
 
-    def answered(self, convs: Sequence[str], turn: int) -> list[bool]:
-        """Whether the latest row of each conversation's ``turn`` is
-        "answered": :meth:`turn` for many at once, with no Python code per
-        conversation when all are 16-hex ids (a :data:`pipeline.state.AnsweredOf`)."""
-        if turn < 256 and set(map(len, convs)) <= {16} and _HEX_RUN.fullmatch("".join(convs)):
-            keys = map(or_, map(lshift, map(int, convs, repeat(16)), repeat(8)), repeat(turn))
-            codes = map(and_, map(self._turns.get, keys, repeat(self._OTHER)), repeat(7))
-            return list(map(not_, codes))  # code 0 is "answered"
-        return [(found := self.turn(conv, turn)) is not None and found[0] == "answered" for conv in convs]
+    def answered(self, convs: Iterable[bytes], turn: int) -> list[bool]:
+        """Whether the latest row of ``turn`` of each conversation (its id as
+        UTF-8 bytes) is "answered": :meth:`turn` for many at once, with no
+        Python code per conversation (a :data:`pipeline.state.AnsweredOf`)."""
+        keys = map(add, convs, repeat(_TURN_SEP + str(turn).encode()))
+        codes = map(and_, map(self._turns.get, keys, repeat(self._OTHER)), repeat(7))
+        return list(map(not_, codes))  # code 0 is "answered"
 
     def read(self, span: int) -> dict[str, Any]:
         """The row at a span of :meth:`turn`."""
@@ -545,12 +577,12 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
 
     def _convs_turns(self, conv: str) -> Iterator[int]:
         for key in self._turns:
-            c, t = split_key(key)
+            c, t = split_turn_key(key)
             if c == conv:
                 yield t
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(split_key(k)[0] for k in self._turns))
+        return iter(dict.fromkeys(split_turn_key(k)[0] for k in self._turns))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -578,25 +610,6 @@ class _Turns(Mapping[int, Mapping[str, Any]]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-_HEX16: Final = frozenset("0123456789abcdef")
-_HEX_RUN: Final = re.compile("[0-9a-f]*")
-
-
-def span_key(conv: str, turn: int) -> int | str:
-    """A compact dict key for ``(conv, turn)``: one int for a 16-hex id."""
-    if len(conv) == 16 and turn < 256 and _HEX16.issuperset(conv):
-        return int(conv, 16) << 8 | turn
-    return f"{conv}\t{turn}"
-
-
-def split_key(key: int | str) -> tuple[str, int]:
-    """``(conv, turn)`` of a :func:`span_key`."""
-    if isinstance(key, int):
-        return f"{key >> 8:016x}", key & 0xFF
-    conv, _, turn = key.rpartition("\t")
-    return conv, int(turn)
 
 
 # --------------------------------------------------------------------------- run lock

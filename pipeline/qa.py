@@ -117,12 +117,12 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
             max_answer_attempts=settings.run.max_answer_attempts,
             answered_of=answers.answered,
         )
-        for block, end, lineno, offset in iter_line_blocks(paths["questions"]):
+        for block, end, offset in iter_line_blocks(paths["questions"]):
             columns = question_block(block, end)
             if columns is not None:
                 builder.add_questions(columns)
             else:
-                for row in rows_of_block(paths["questions"], block, end, lineno, offset):
+                for row in rows_of_block(paths["questions"], block, end, offset):
                     builder.add(row)
         return builder.finish(read_ledger(paths["events"]))
 

@@ -122,10 +122,10 @@ it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
 
 RowOf = Callable[[Any], Mapping[str, Any]]
 
-AnsweredOf = Callable[[Sequence[str], int], Sequence[bool]]
-"""``(convs, turn) -> [whether that turn's latest row is "answered", per conv]``:
-the bulk form of a :data:`TurnOf` question that most conversations of a
-resumed run answer yes to."""
+AnsweredOf = Callable[[Sequence[bytes], int], Sequence[bool]]
+"""``(conv ids as UTF-8, turn) -> [whether that turn's latest row is
+"answered", per conv]``: the bulk form of the :data:`TurnOf` question that
+most conversations of a resumed run answer yes to."""
 
 
 class StateBuilder:
@@ -198,11 +198,11 @@ class StateBuilder:
         if seqs and max(seqs) >= self._next_seq:
             self._next_seq = max(seqs) + 1
         for i in self._unfinished(ids):
-            self._plan(ids[i], aspects[i], seqs[i], texts[i])
+            self._plan(ids[i].decode(), aspects[i], seqs[i], texts[i])
         for conv, turn, text in block.followups:
             self.add_followup(conv, turn, text)
 
-    def _unfinished(self, ids: Sequence[str]) -> list[int]:
+    def _unfinished(self, ids: Sequence[bytes]) -> list[int]:
         """Indices (ascending) of the conversations ``ids`` that :meth:`_plan`
         must look at; the others have every turn answered and are counted
         finished here. Without ``answered_of``, or when targets vary, a
@@ -285,9 +285,10 @@ class StateBuilder:
 @dataclass(slots=True)
 class QuestionBlock:
     """Question-ledger rows as columns: first turns (``id``, ``aspect``,
-    ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``."""
+    ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
+    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need them as text."""
 
-    ids: list[str]
+    ids: Sequence[bytes]
     aspects: list[str]
     texts: list[str]
     seqs: list[int]
@@ -335,7 +336,7 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
         names = {a: _json_strings([a])[0] for a in dict.fromkeys(aspects)}
         convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
         return QuestionBlock(
-            ids=list(map(bytes.decode, ids)),
+            ids=ids,
             aspects=list(map(names.__getitem__, aspects)),
             texts=_json_strings(texts),
             seqs=list(map(int, seqs)),
