@@ -439,7 +439,7 @@ def turn_key(conv: str, turn: int) -> bytes:
     ``{"conv":"`` and the comma after the turn in a row's line, when the conv
     needs no escape, so a scan takes it from the line as is. One-to-one: a
     turn has no quote in it, so the last separator splits a key back."""
-    return conv.encode("utf-8", "surrogatepass") + _TURN_SEP + str(turn).encode()
+    return f'{conv}","turn":{turn}'.encode("utf-8", "surrogatepass")
 
 
 def split_turn_key(key: bytes) -> tuple[str, int]:

@@ -53,6 +53,9 @@ EXIT_CODES: dict[str, int] = {
 
 DATASET_NAME = "conversations.jsonl"
 
+# Read block of the ledgers at start-up: big reads amortise the per-block work.
+_READ_BLOCK = 8 * 1024 * 1024
+
 # Read block of the ledgers when the dataset is built at the end of a run. An
 # 8 MiB block of question rows parsed at once is ~40 MB of dicts on top of
 # what the run left behind, which set the run's peak RSS; 1 MiB costs
@@ -91,7 +94,7 @@ class QAResult:
         return text
 
 
-def load_state(settings: Settings, *, repair: bool) -> RunState:
+def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOCK) -> RunState:
     """Derive the resume plan from the ledgers (cutting a torn last line when
     ``repair``; the readers cut one anyway, as the next append would glue onto it).
 
@@ -99,7 +102,13 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
     (:class:`~pipeline.ledger.AnswerIndex`), question rows pass through one
     at a time, and only what the plan keeps is read back: the history of
     conversations still pending. Rows held as dicts cost ~1.5 GB and 14 s
-    for a million questions and answers."""
+    for a million questions and answers.
+
+    Blocks of rows in the form the pipeline writes them are scanned as raw
+    bytes (:class:`~pipeline.ledger.AnswerIndex`,
+    :func:`~pipeline.state.question_block`) and the rest parsed whole, so the
+    plan is :func:`~pipeline.state.derive_state`'s either way. ``block_size``
+    is the read block (a seam for tests: small blocks mix the two paths)."""
     paths = ledger_paths(settings.state_dir)
     if repair:
         for path in paths.values():
@@ -107,7 +116,7 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
     c = settings.conversations
     # The GC is paused throughout: the scans allocate millions of short-lived
     # tuples, each pass of it walks them all, and nothing here makes a cycle.
-    with gc_paused(), AnswerIndex(paths["answers"]) as answers:
+    with gc_paused(), AnswerIndex(paths["answers"], block_size=block_size) as answers:
         builder = StateBuilder(
             answers.turn,
             answers.read,
@@ -117,7 +126,7 @@ def load_state(settings: Settings, *, repair: bool) -> RunState:
             max_answer_attempts=settings.run.max_answer_attempts,
             answered_of=answers.answered,
         )
-        for block, end, offset in iter_line_blocks(paths["questions"]):
+        for block, end, offset in iter_line_blocks(paths["questions"], block_size=block_size):
             columns = question_block(block, end)
             if columns is not None:
                 builder.add_questions(columns)

@@ -122,7 +122,7 @@ it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
 
 RowOf = Callable[[Any], Mapping[str, Any]]
 
-AnsweredOf = Callable[[Sequence[bytes], int], Sequence[bool]]
+AnsweredOf = Callable[[Sequence[bytes], int], list[bool]]
 """``(conv ids as UTF-8, turn) -> [whether that turn's latest row is
 "answered", per conv]``: the bulk form of the :data:`TurnOf` question that
 most conversations of a resumed run answer yes to."""
@@ -195,8 +195,8 @@ class StateBuilder:
             if aspect not in accepted:
                 accepted[aspect] = []
         deque(map(list.append, map(accepted.__getitem__, aspects), texts), maxlen=0)
-        if seqs and max(seqs) >= self._next_seq:
-            self._next_seq = max(seqs) + 1
+        if seqs:
+            self._next_seq = max(self._next_seq, max(seqs) + 1)
         for i in self._unfinished(ids):
             self._plan(ids[i].decode(), aspects[i], seqs[i], texts[i])
         for conv, turn, text in block.followups:
@@ -209,18 +209,20 @@ class StateBuilder:
         conversation answered through ``min_turns`` still needs its target."""
         if self._answered_of is None:
             return list(range(len(ids)))
-        alive, rest = list(range(len(ids))), []
+        alive: Sequence[int] = range(len(ids))
+        rest: list[int] = []
         for turn in range(1, self._min + 1):
             if not alive:
                 break
             asked = ids if turn == 1 else [ids[i] for i in alive]
             answered = self._answered_of(asked, turn)
             rest.extend(compress(alive, map(not_, answered)))
-            alive = list(compress(alive, answered))
-        if self._max > self._min:
-            rest.extend(alive)
-        else:
-            self._finished += len(alive)
+            if turn == self._min and self._max <= self._min:  # the last turn: count, no list
+                self._finished += answered.count(True)
+                alive = ()
+            else:
+                alive = list(compress(alive, answered))
+        rest.extend(alive)
         rest.sort()
         return rest
 
@@ -311,10 +313,11 @@ _FOLLOWUP_ROW: Final = re.compile(
 )
 
 
-def _json_strings(raw: Sequence[bytes]) -> list[str]:
-    """The string values of JSON string bodies (quotes stripped); raises
-    ``ValueError`` on bad UTF-8 or a bad escape, as orjson would on the line."""
-    if not any(b"\\" in r for r in raw):
+def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
+    """The string values of JSON string bodies (quotes stripped), where
+    ``escaped`` says whether any has a backslash; raises ``ValueError`` on bad
+    UTF-8 or a bad escape, as orjson would on the line."""
+    if not escaped:
         return list(map(bytes.decode, raw))
     return [orjson.loads(b'"' + r + b'"') if b"\\" in r else r.decode() for r in raw]
 
@@ -332,15 +335,17 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
     if len(firsts) + len(follows) != lines:
         return None
     ids, aspects, texts, seqs = zip(*firsts) if firsts else ((), (), (), ())
+    escaped = block.find(b"\\", 0, end) >= 0
     try:
-        names = {a: _json_strings([a])[0] for a in dict.fromkeys(aspects)}
+        names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
         convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
         return QuestionBlock(
             ids=ids,
             aspects=list(map(names.__getitem__, aspects)),
-            texts=_json_strings(texts),
+            texts=_json_strings(texts, escaped),
             seqs=list(map(int, seqs)),
-            followups=list(zip(_json_strings(convs), map(int, turns), _json_strings(follow_texts))),
+            followups=list(zip(_json_strings(convs, escaped), map(int, turns),
+                               _json_strings(follow_texts, escaped))),
         )
     except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
         return None
