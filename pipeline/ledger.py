@@ -13,7 +13,11 @@ Three pieces, each small:
     row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
     that head with one regular expression per read block and read a whole row
     back by byte offset when it is needed; lines the pattern does not fit are
-    parsed whole, with the same errors as ``iter_ledger``.
+    parsed whole, with the same errors as ``iter_ledger``. ``AnswerIndex``
+    indexes a block of rows in the usual shape with no Python code per row.
+``iter_line_blocks`` / ``rows_of_block``
+    The same blocks for a reader of its own (``pipeline.state.question_block``
+    scans the question ledger's raw bytes), and the row parser to fall back on.
 ``RunLock``
     One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
     open descriptor for the whole run, so a crashed holder's lock dies with its
@@ -204,8 +208,8 @@ def _line_number(path: Path, offset: int) -> int | str:
 
 def _corrupt(path: Path, offset: int, why: str) -> InputError:
     return InputError(
-        f"{path}: line {_line_number(path, offset)} (byte offset {offset}) {why}. The ledger is damaged in "
-        "the middle, not just torn at the end, so nothing was dropped: fix or delete "
+        f"{path}: line {_line_number(path, offset)} (byte offset {offset}) {why}. The ledger is "
+        "damaged in the middle, not just torn at the end, so nothing was dropped: fix or delete "
         "that line (or move the file aside to start that ledger over), then run again"
     )
 

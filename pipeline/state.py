@@ -1,8 +1,9 @@
 """Run state: what the ledgers say was done, and what a run still has to do.
 
-Pure: it takes ledger rows (or a lookup into an index of them) and settings,
-and derives the plan a resumed run follows. The QA graph, ``status`` and ``qa --dry-run`` all read it,
-so they cannot disagree about where a run stands.
+Pure: it takes ledger rows (or a lookup into an index of them, or blocks of
+their raw bytes) and settings, and derives the plan a resumed run follows.
+The QA graph, ``status`` and ``qa --dry-run`` all read it, so they cannot
+disagree about where a run stands.
 
 Ledgers under ``<out_dir>/state/``:
 
@@ -36,8 +37,8 @@ __all__ = [
     "StateBuilder",
     "TurnOf",
     "derive_state",
-    "question_block",
     "ledger_paths",
+    "question_block",
     "target_turns",
 ]
 
@@ -136,6 +137,10 @@ class StateBuilder:
     ``row_of`` fetches a latest row, which is only done for what the plan
     keeps (the history and question of conversations still pending), so a
     caller can index a big answer ledger by byte offset and never hold it.
+
+    Rows come one at a time (:meth:`add`) or a block of columns at a time
+    (:meth:`add_questions`, with ``answered_of`` asking the index about a
+    whole block at once); the plan is the same either way.
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
