@@ -13,7 +13,11 @@ Three pieces, each small:
     row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
     that head with one regular expression per read block and read a whole row
     back by byte offset when it is needed; lines the pattern does not fit are
-    parsed whole, with the same errors as ``iter_ledger``.
+    parsed whole, with the same errors as ``iter_ledger``. ``AnswerIndex``
+    indexes a block of rows in the usual shape with no Python code per row.
+``iter_line_blocks`` / ``rows_of_block``
+    The same blocks for a reader of its own (``pipeline.state.question_block``
+    scans the question ledger's raw bytes), and the row parser to fall back on.
 ``RunLock``
     One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
     open descriptor for the whole run, so a crashed holder's lock dies with its
@@ -48,7 +52,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from itertools import accumulate, repeat
+from operator import add, and_, lshift, not_, or_
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final, Literal, TypeAlias
@@ -71,10 +77,15 @@ __all__ = [
     "LedgerError",
     "LedgerWriter",
     "RunLock",
+    "gc_paused",
     "iter_answer_heads",
     "iter_ledger",
+    "iter_line_blocks",
     "read_ledger",
     "repair_tail",
+    "rows_of_block",
+    "split_turn_key",
+    "turn_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -178,32 +189,51 @@ def repair_tail(path: str | os.PathLike[str]) -> int:
         os.close(fd)
 
 
-def _corrupt(path: Path, lineno: int, offset: int, why: str) -> InputError:
+def _line_number(path: Path, offset: int) -> int | str:
+    """The number of the line starting at byte ``offset``: counted only for an
+    error message, so the readers need not count lines as they go."""
+    try:
+        with open(path, "rb") as fh:
+            newlines, pos = 0, 0
+            while pos < offset:
+                chunk = fh.read(min(_READ_BLOCK, offset - pos))
+                if not chunk:
+                    break
+                newlines += chunk.count(b"\n")
+                pos += len(chunk)
+        return newlines + 1
+    except OSError:
+        return "?"
+
+
+def _corrupt(path: Path, offset: int, why: str) -> InputError:
     return InputError(
-        f"{path}: line {lineno} (byte offset {offset}) {why}. The ledger is damaged in "
-        "the middle, not just torn at the end, so nothing was dropped: fix or delete "
+        f"{path}: line {_line_number(path, offset)} (byte offset {offset}) {why}. The ledger is "
+        "damaged in the middle, not just torn at the end, so nothing was dropped: fix or delete "
         "that line (or move the file aside to start that ledger over), then run again"
     )
 
 
-def _parse_slow(path: Path, lines: list[bytes], first_lineno: int, offset: int) -> list[dict[str, Any]]:
+def _parse_slow(path: Path, lines: list[bytes], offset: int) -> list[dict[str, Any]]:
     """Line-by-line parse of one block: skips blank lines, names the first bad one."""
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
+    for line in lines:
         if line.strip():
             try:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise _corrupt(path, first_lineno + i, offset, f"is not valid JSON ({exc})") from None
+                raise _corrupt(path, offset, f"is not valid JSON ({exc})") from None
             if type(row) is not dict:
-                raise _corrupt(path, first_lineno + i, offset, f"is a JSON {type(row).__name__}, not an object")
+                raise _corrupt(path, offset, f"is a JSON {type(row).__name__}, not an object")
             rows.append(row)
         offset += len(line) + 1
     return rows
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
+    """The cyclic GC off inside (and back as it was after), for code that
+    builds millions of acyclic objects."""
     # Building millions of fresh, acyclic row dicts with the cyclic GC on costs
     # repeated passes over all of them: loading a million lines took 2-5x
     # longer. Nothing here creates cycles, so pausing it is safe.
@@ -216,57 +246,75 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int]]:
     """``path`` read a block at a time, after cutting a torn tail: each item is
-    ``(block, end, lineno, offset)`` where ``block[:end]`` holds whole lines only,
-    ``lineno`` is the number of its first line and ``offset`` its byte offset.
-    A missing file yields nothing."""
+    ``(block, end, offset)`` where ``block[:end]`` holds whole lines only (at
+    least one) and ``offset`` is its byte offset. A missing file yields nothing.
+
+    Each block is read at the offset where the previous one's whole lines
+    ended, so the partial line at a block's end is read again rather than
+    glued onto the next block by a copy."""
     repair_tail(path)
     try:
-        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        remaining = os.fstat(fh.fileno()).st_size
-        leftover = b""
-        lineno, offset = 1, 0
-        while remaining > 0:
-            chunk = fh.read(min(block_size, remaining))
-            if not chunk:  # the file shrank under us; the lock should prevent it
+        size = os.fstat(fd).st_size  # rows appended meanwhile are not read
+        offset, want = 0, block_size
+        while offset < size:
+            block = os.pread(fd, min(want, size - offset), offset)
+            if not block:  # the file shrank under us; the lock should prevent it
                 break
-            remaining -= len(chunk)
-            block = leftover + chunk
             end = block.rfind(b"\n") + 1
-            leftover = block[end:]
-            yield block, end, lineno, offset
-            lineno += block.count(b"\n", 0, end)
-            offset += end
-        if leftover.strip():
-            # Unreachable after repair_tail unless someone appends concurrently.
-            raise _corrupt(path, lineno, offset, "has no final newline (is another process writing?)")
+            if end:
+                yield block, end, offset
+                offset, want = offset + end, block_size
+            elif offset + len(block) < size:
+                want *= 2  # a line longer than a block: read more of it at once
+            else:
+                if block.strip():
+                    # Unreachable after repair_tail unless someone appends concurrently.
+                    raise _corrupt(path, offset, "has no final newline (is another process writing?)")
+                break
     finally:
-        fh.close()
+        os.close(fd)
 
 
 def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
     """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
-    loads = orjson.loads
-    for block, end, lineno, offset in _line_blocks(path, block_size):
-        if not end:
-            continue
-        lines = block[: end - 1].split(b"\n")
-        # Paused per block only, so the GC is back on whenever a caller's
-        # code runs between blocks.
-        with _gc_paused():
-            try:
-                # Fast path: one C-level loop per block. Blank or bad lines
-                # fall through to the slow path, which names the culprit.
-                rows = list(map(loads, lines))
-                if not all(type(r) is dict for r in rows):
-                    raise ValueError
-            except ValueError:  # orjson.JSONDecodeError is a ValueError
-                rows = _parse_slow(path, lines, lineno, offset)
-        yield rows
+    for block, end, offset in _line_blocks(path, block_size):
+        yield rows_of_block(path, block, end, offset)
+
+
+def iter_line_blocks(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+) -> Iterator[tuple[bytes, int, int]]:
+    """A ledger a read block at a time, for a reader that scans the raw bytes:
+    ``(block, end, offset)``, where ``block[:end]`` is whole lines and
+    ``offset`` its byte offset. Same
+    file rules as :func:`iter_ledger`; :func:`rows_of_block` parses a block."""
+    return _line_blocks(Path(path), block_size)
+
+
+def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, offset: int) -> list[dict[str, Any]]:
+    """The rows of one block of :func:`iter_line_blocks`, with the errors of
+    :func:`iter_ledger` (``path`` only names the file in them)."""
+    if not end:
+        return []
+    lines = block[: end - 1].split(b"\n")
+    # Paused per block only, so the GC is back on whenever a caller's
+    # code runs between blocks.
+    with gc_paused():
+        try:
+            # Fast path: one C-level loop per block. Blank or bad lines
+            # fall through to the slow path, which names the culprit.
+            rows = list(map(orjson.loads, lines))
+            if not all(type(r) is dict for r in rows):
+                raise ValueError
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            rows = _parse_slow(Path(path), lines, offset)
+    return rows
 
 
 def iter_ledger(
@@ -292,7 +340,7 @@ def read_ledger(
     Same rules as :func:`iter_ledger`: a torn tail is cut off the file with a
     warning, a bad line elsewhere raises :class:`~pipeline.errors.InputError`."""
     out: list[dict[str, Any]] = []
-    with _gc_paused():  # no caller code runs inside, so pause it throughout
+    with gc_paused():  # no caller code runs inside, so pause it throughout
         for rows in _row_blocks(Path(path), block_size):
             out.extend(rows)
     return out
@@ -321,7 +369,7 @@ def _head_of_row(row: dict[str, Any]) -> tuple[str, int, str] | None:
     return conv, turn, kind if isinstance(kind, str) else ""
 
 
-def _heads_slow(path: Path, block: bytes, end: int, lineno: int, offset: int) -> Iterator[AnswerHead]:
+def _heads_slow(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
     """Line by line: the head pattern where it fits, else a full parse that names a bad line."""
     pos = 0
     while pos < end:
@@ -331,12 +379,11 @@ def _heads_slow(path: Path, block: bytes, end: int, lineno: int, offset: int) ->
         if m is not None:
             yield m[1].decode(), int(m[2]), m[3].decode(), offset + pos, nl + 1 - pos
         elif line.strip():
-            row = _parse_slow(path, [line], lineno, offset + pos)[0]
+            row = _parse_slow(path, [line], offset + pos)[0]
             head = _head_of_row(row)
             if head is not None:
                 yield *head, offset + pos, nl + 1 - pos
         pos = nl + 1
-        lineno += 1
 
 
 def iter_answer_heads(
@@ -353,48 +400,88 @@ def iter_answer_heads(
     a line of corrupt bytes after a well-formed head is therefore only found
     when that row is read back."""
     p = Path(path)
-    finditer = _HEAD.finditer
-    for block, end, lineno, offset in _line_blocks(p, block_size):
-        lines = block.count(b"\n", 0, end)
-        starts: list[int] = []
-        heads: list[tuple[bytes, bytes, bytes]] = []
-        for m in finditer(block, 0, end):
-            s = m.start()
-            if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
-                break
-            starts.append(s)
-            heads.append(m.groups())  # type: ignore[arg-type]
-        if len(starts) == lines:
-            # Every line is a row with a readable head: the next start ends a row.
-            starts.append(end)
-            for i, (conv, turn, kind) in enumerate(heads):
-                s = starts[i]
-                yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
-        else:
-            yield from _heads_slow(p, block, end, lineno, offset)
+    for block, end, offset in _line_blocks(p, block_size):
+        yield from _heads_of_block(p, block, end, offset)
+
+
+def _heads_of_block(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
+    """The heads of the whole lines ``block[:end]`` (see :func:`_line_blocks`)."""
+    lines = block.count(b"\n", 0, end)
+    starts: list[int] = []
+    heads: list[tuple[bytes, bytes, bytes]] = []
+    for m in _HEAD.finditer(block, 0, end):
+        s = m.start()
+        if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
+            break
+        starts.append(s)
+        heads.append(m.groups())  # type: ignore[arg-type]
+    if len(starts) != lines:
+        yield from _heads_slow(path, block, end, offset)
+        return
+    # Every line is a row with a readable head: the next start ends a row.
+    starts.append(end)
+    for i, (conv, turn, kind) in enumerate(heads):
+        s = starts[i]
+        yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
+
+
+# A whole answer-ledger line in the form pipeline.graph writes it: a conv of
+# printable ASCII but quote and backslash (so its bytes are its UTF-8), a turn and one of the kinds AnswerIndex packs (anything
+# else goes by _HEAD, row by row). Captured: the line, its turn key (see
+# turn_key) and the kind. No group crosses a raw newline, so a match is one
+# line from its first byte to its newline; the turn is JSON's spelling.
+_PLAIN_LINE: Final = re.compile(
+    rb'(\{"conv":"([\x20\x21\x23-\x5b\x5d-\x7e]*","turn":[1-9][0-9]{0,17}),'
+    rb'(?:"question":"[^"\\\n]*(?:\\.[^"\\\n]*)*",)?"kind":"(answered|skipped|vetoed|failed|rejected)"'
+    rb'[^\n]*\n)'
+)
+_TURN_SEP: Final = b'","turn":'
+
+
+def turn_key(conv: str, turn: int) -> bytes:
+    """The :class:`AnswerIndex` key of ``(conv, turn)``: the bytes between
+    ``{"conv":"`` and the comma after the turn in a row's line, when the conv
+    needs no escape, so a scan takes it from the line as is. One-to-one: a
+    turn has no quote in it, so the last separator splits a key back."""
+    return f'{conv}","turn":{turn}'.encode("utf-8", "surrogatepass")
+
+
+def split_turn_key(key: bytes) -> tuple[str, int]:
+    """``(conv, turn)`` of a :func:`turn_key`."""
+    conv, _, turn = key.rpartition(_TURN_SEP)
+    return conv.decode("utf-8", "surrogatepass"), int(turn)
 
 
 class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
     """``conv -> turn -> latest row`` of an answer ledger, as
     :func:`pipeline.dataset.latest_turns` makes it, holding only each turn's
-    latest kind, count of failed rows and byte span, and reading a row back
-    when asked. Use as a context manager (it keeps the file open).
+    latest kind and byte span (and how many of its rows failed, for the few
+    turns with any), and reading a row back when asked. Use as a context
+    manager (it keeps the file open).
 
-    Memory: one dict entry of two ints per turn (about 100 bytes), where the
-    rows themselves take about 1.5 KB each as dicts."""
+    Memory: one dict entry per turn, a 26-byte key and an int (about 130
+    bytes), where the rows themselves take about 1.5 KB each as dicts.
 
-    # Packed value: offset << 48 | length << 16 | failed rows << 3 | kind code.
+    Speed: a read block whose every line has the usual shape
+    (:data:`_PLAIN_LINE`) is indexed with one regular-expression pass and
+    C-level maps, with no Python code per row, and the key is a slice of the
+    line as the pass returns it; that is most of what makes a resume on a
+    million answers take about a second, not three."""
+
+    # Packed value: offset << 35 | length << 3 | kind code.
     _KINDS: Final = ("answered", "skipped", "vetoed", "failed", "rejected")
+    _CODES: Final = {k.encode(): i for i, k in enumerate(_KINDS)}
+    _FAILED: Final = 3
+    _OTHER: Final = 7  # a kind outside _KINDS, kept in _other_kinds
 
     def __init__(self, path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK) -> None:
         self._path = Path(path)
         # A caller building the index late in a run (the dataset) passes a small
         # block: the block and its copy are transient, but they add to the peak.
         self._block_size = block_size
-        # (conv, turn) -> packed; the key is one int when the conv is a
-        # 16-hex question id (36 bytes against a 90-byte tuple of a string).
-        self._turns: dict[int | str, int] = {}
-        self._other_kinds: dict[int | str, str] = {}  # kinds outside _KINDS, rare
+        self._turns: dict[bytes, int] = {}  # turn_key -> packed
+        self._fails: dict[bytes, int] = {}  # failed rows of a turn, for turns with any
+        self._other_kinds: dict[bytes, str] = {}  # kinds outside _KINDS, rare
         self._fh: BinaryIO | None = None
 
     def __enter__(self) -> AnswerIndex:
@@ -402,18 +489,50 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
             self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
         except FileNotFoundError:
             return self
-        turns, codes, failed = self._turns, {k: i for i, k in enumerate(self._KINDS)}, 3
-        for conv, turn, kind, offset, length in iter_answer_heads(self._path, block_size=self._block_size):
-            key = span_key(conv, turn)
-            code = codes.get(kind, 7)
-            if code == 7:
-                self._other_kinds[key] = kind
-            old = turns.get(key)
-            fails = 0 if old is None else (old >> 3) & 0x1FFF
-            if code == failed and fails < 0x1FFF:
-                fails += 1
-            turns[key] = offset << 48 | min(length, 0xFFFFFFFF) << 16 | fails << 3 | code
+        for block, end, offset in _line_blocks(self._path, self._block_size):
+            if not self._add_plain_block(block, end, offset):
+                for head in _heads_of_block(self._path, block, end, offset):
+                    self._add_head(*head)
         return self
+
+    def _add_plain_block(self, block: bytes, end: int, offset: int) -> bool:
+        """Index a block whose lines all match :data:`_PLAIN_LINE`, all at once;
+        False (and nothing indexed) when one does not."""
+        if offset + end > 1 << 60:  # past what a packed value was sized for
+            return False
+        found = _PLAIN_LINE.findall(block, 0, end)
+        if not found:
+            return False
+        lines, keys, kinds = zip(*found)
+        lengths = list(map(len, lines))
+        # Matches never overlap and each ends a line, so covering the block
+        # byte for byte means every line matched from its first byte.
+        if sum(lengths) != end:
+            return False
+        starts = accumulate(lengths, initial=offset)  # one more than needed; zip stops
+        packed = map(or_, map(lshift, starts, repeat(35)), map(lshift, lengths, repeat(3)))
+        if kinds.count(b"answered") != len(kinds):  # code 0 needs no or-ing
+            packed = map(or_, packed, map(self._CODES.__getitem__, kinds))
+        self._turns.update(zip(keys, packed))
+        if b"failed" in kinds:
+            self._count_failed(keys, kinds)
+        return True
+
+    def _count_failed(self, keys: tuple[bytes, ...], kinds: tuple[bytes, ...]) -> None:
+        fails, i = self._fails, -1
+        with contextlib.suppress(ValueError):  # index() raises past the last one
+            while True:
+                i = kinds.index(b"failed", i + 1)
+                fails[keys[i]] = fails.get(keys[i], 0) + 1
+
+    def _add_head(self, conv: str, turn: int, kind: str, offset: int, length: int) -> None:
+        key = turn_key(conv, turn)
+        code = self._CODES.get(kind.encode(), self._OTHER)
+        if code == self._OTHER:
+            self._other_kinds[key] = kind
+        elif code == self._FAILED:
+            self._fails[key] = self._fails.get(key, 0) + 1
+        self._turns[key] = offset << 35 | min(length, 0xFFFFFFFF) << 3 | code
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
@@ -423,13 +542,21 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
     def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
         """``(latest kind, failed rows, packed span)`` of one turn, or None
         when it has no row; the span goes to :meth:`read`."""
-        key = span_key(conv, turn)
+        key = turn_key(conv, turn)
         packed = self._turns.get(key)
         if packed is None:
             return None
         code = packed & 7
         kind = self._KINDS[code] if code < 5 else self._other_kinds.get(key, "")
-        return kind, (packed >> 3) & 0x1FFF, packed >> 16
+        return kind, self._fails.get(key, 0), packed >> 3
+
+    def answered(self, convs: Iterable[bytes], turn: int) -> list[bool]:
+        """Whether the latest row of ``turn`` of each conversation (its id as
+        UTF-8 bytes) is "answered": :meth:`turn` for many at once, with no
+        Python code per conversation (a :data:`pipeline.state.AnsweredOf`)."""
+        keys = map(add, convs, repeat(_TURN_SEP + str(turn).encode()))
+        codes = map(and_, map(self._turns.get, keys, repeat(self._OTHER)), repeat(7))
+        return list(map(not_, codes))  # code 0 is "answered"
 
     def read(self, span: int) -> dict[str, Any]:
         """The row at a span of :meth:`turn`."""
@@ -454,12 +581,12 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
 
     def _convs_turns(self, conv: str) -> Iterator[int]:
         for key in self._turns:
-            c, t = split_key(key)
+            c, t = split_turn_key(key)
             if c == conv:
                 yield t
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(split_key(k)[0] for k in self._turns))
+        return iter(dict.fromkeys(split_turn_key(k)[0] for k in self._turns))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -487,24 +614,6 @@ class _Turns(Mapping[int, Mapping[str, Any]]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-_HEX16: Final = frozenset("0123456789abcdef")
-
-
-def span_key(conv: str, turn: int) -> int | str:
-    """A compact dict key for ``(conv, turn)``: one int for a 16-hex id."""
-    if len(conv) == 16 and turn < 256 and _HEX16.issuperset(conv):
-        return int(conv, 16) << 8 | turn
-    return f"{conv}\t{turn}"
-
-
-def split_key(key: int | str) -> tuple[str, int]:
-    """``(conv, turn)`` of a :func:`span_key`."""
-    if isinstance(key, int):
-        return f"{key >> 8:016x}", key & 0xFF
-    conv, _, turn = key.rpartition("\t")
-    return conv, int(turn)
 
 
 # --------------------------------------------------------------------------- run lock

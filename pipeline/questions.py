@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from datasketch import MinHash
 
 from pipeline.presets import PRESETS
 from pipeline.settings import ConversationSettings, QuestionSettings
@@ -487,10 +486,8 @@ class Deduper:
         self.num_perm = num_perm
         self.bands = bands
         self._band_bytes = 4 * (num_perm // bands)
-        # datasketch draws the permutations, so signatures stay those of its
-        # "affine32" scheme; they are applied below, many questions at a time.
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
+        self._seed = seed
+        self._perms: tuple[np.ndarray, np.ndarray] | None = None  # see _permutations
         self._exact = _IntTable()
         self._buckets = _IntTable()
         self._grams = array("I")
@@ -506,6 +503,19 @@ class Deduper:
         n = self.NGRAM
         return sorted({zlib.crc32(norm[i : i + n].encode("utf-8")) for i in range(len(norm) - n + 1)})
 
+    def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        """datasketch's "affine32" permutations, so signatures stay those of
+        that scheme; they are applied in :meth:`_signatures`, many questions at
+        a time. Drawn on first use: importing datasketch (it pulls in scipy)
+        took ~0.3 s of every start, and a resumed run with all its questions
+        accepted never needs it."""
+        if self._perms is None:
+            from datasketch import MinHash
+
+            a, b = MinHash(num_perm=self.num_perm, seed=self._seed, scheme="affine32").permutations
+            self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
+        return self._perms
+
     def _signatures(self, grams: Sequence[list[int]]) -> np.ndarray:
         """MinHash signatures of many gram lists at once, shape (len(grams),
         num_perm), uint32: the same values datasketch's "affine32" scheme
@@ -515,7 +525,7 @@ class Deduper:
         lengths = np.fromiter((len(g) for g in grams), dtype=np.int64, count=len(grams))
         flat = np.fromiter(itertools.chain.from_iterable(grams), dtype=np.uint32, count=int(lengths.sum()))
         h = _fmix32(flat)
-        a, b = self._perms
+        a, b = self._permutations()
         phv = h[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
         starts = np.zeros(len(grams), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])

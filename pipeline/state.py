@@ -1,8 +1,9 @@
 """Run state: what the ledgers say was done, and what a run still has to do.
 
-Pure: it takes ledger rows (or a lookup into an index of them) and settings,
-and derives the plan a resumed run follows. The QA graph, ``status`` and ``qa --dry-run`` all read it,
-so they cannot disagree about where a run stands.
+Pure: it takes ledger rows (or a lookup into an index of them, or blocks of
+their raw bytes) and settings, and derives the plan a resumed run follows.
+The QA graph, ``status`` and ``qa --dry-run`` all read it, so they cannot
+disagree about where a run stands.
 
 Ledgers under ``<out_dir>/state/``:
 
@@ -15,21 +16,29 @@ Ledgers under ``<out_dir>/state/``:
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+import re
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import not_
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 __all__ = [
+    "AnsweredOf",
     "ConvPlan",
     "LEDGERS",
+    "QuestionBlock",
     "RowOf",
     "RunState",
     "StateBuilder",
     "TurnOf",
     "derive_state",
     "ledger_paths",
+    "question_block",
     "target_turns",
 ]
 
@@ -114,6 +123,11 @@ it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
 
 RowOf = Callable[[Any], Mapping[str, Any]]
 
+AnsweredOf = Callable[[Sequence[bytes], int], list[bool]]
+"""``(conv ids as UTF-8, turn) -> [whether that turn's latest row is
+"answered", per conv]``: the bulk form of the :data:`TurnOf` question that
+most conversations of a resumed run answer yes to."""
+
 
 class StateBuilder:
     """The resume plan, built from question rows streamed in file order
@@ -123,6 +137,10 @@ class StateBuilder:
     ``row_of`` fetches a latest row, which is only done for what the plan
     keeps (the history and question of conversations still pending), so a
     caller can index a big answer ledger by byte offset and never hold it.
+
+    Rows come one at a time (:meth:`add`) or a block of columns at a time
+    (:meth:`add_questions`, with ``answered_of`` asking the index about a
+    whole block at once); the plan is the same either way.
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
@@ -138,8 +156,9 @@ class StateBuilder:
         min_turns: int,
         max_turns: int,
         max_answer_attempts: int,
+        answered_of: AnsweredOf | None = None,
     ) -> None:
-        self._turn_of, self._row_of = turn_of, row_of
+        self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, list[str]] = {a: [] for a in aspects}
         self._pending: list[ConvPlan] = []
@@ -151,11 +170,7 @@ class StateBuilder:
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
         if "conv" in row:
-            conv, turn = row["conv"], int(row["turn"])
-            found = self._turn_of(conv, turn)
-            # Only a turn not asked yet (or failed with no question kept) needs its text.
-            if found is None or found[0] == "failed":
-                self._followups[(conv, turn)] = row["text"]
+            self.add_followup(row["conv"], int(row["turn"]), row["text"])
             return
         conv, text, seq = row["id"], row["text"], int(row["seq"])
         aspect = row["aspect"]
@@ -165,6 +180,59 @@ class StateBuilder:
         texts.append(text)
         if seq >= self._next_seq:
             self._next_seq = seq + 1
+        self._plan(conv, aspect, seq, text)
+
+    def add_followup(self, conv: str, turn: int, text: str) -> None:
+        """Take one follow-up row: kept only if its turn still needs asking."""
+        found = self._turn_of(conv, turn)
+        # Only a turn not asked yet (or failed with no question kept) needs its text.
+        if found is None or found[0] == "failed":
+            self._followups[(conv, turn)] = text
+
+    def add_questions(self, block: QuestionBlock) -> None:
+        """Take a block of rows at once: the same as :meth:`add` of each in
+        file order (follow-ups and first turns touch disjoint state, so they
+        may go in any order between them), with no Python code per first-turn
+        row that ``answered_of`` says is finished."""
+        ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
+        accepted = self.accepted
+        for aspect in dict.fromkeys(aspects):  # new aspects in order of first appearance
+            if aspect not in accepted:
+                accepted[aspect] = []
+        deque(map(list.append, map(accepted.__getitem__, aspects), texts), maxlen=0)
+        if seqs:
+            self._next_seq = max(self._next_seq, max(seqs) + 1)
+        for i in self._unfinished(ids):
+            self._plan(ids[i].decode(), aspects[i], seqs[i], texts[i])
+        for conv, turn, text in block.followups:
+            self.add_followup(conv, turn, text)
+
+    def _unfinished(self, ids: Sequence[bytes]) -> list[int]:
+        """Indices (ascending) of the conversations ``ids`` that :meth:`_plan`
+        must look at; the others have every turn answered and are counted
+        finished here. Without ``answered_of``, or when targets vary, a
+        conversation answered through ``min_turns`` still needs its target."""
+        if self._answered_of is None:
+            return list(range(len(ids)))
+        alive: Sequence[int] = range(len(ids))
+        rest: list[int] = []
+        for turn in range(1, self._min + 1):
+            if not alive:
+                break
+            asked = ids if turn == 1 else [ids[i] for i in alive]
+            answered = self._answered_of(asked, turn)
+            rest.extend(compress(alive, map(not_, answered)))
+            if turn == self._min and self._max <= self._min:  # the last turn: count, no list
+                self._finished += answered.count(True)
+                alive = ()
+            else:
+                alive = list(compress(alive, answered))
+        rest.extend(alive)
+        rest.sort()
+        return rest
+
+    def _plan(self, conv: str, aspect: str, seq: int, text: str) -> None:
+        """Walk one conversation's turns: count it finished or given up, or pend its next turn."""
         target = self._min if self._max <= self._min else target_turns(conv, self._min, self._max)
         turn_of = self._turn_of
         answered: list[Any] = []
@@ -219,6 +287,73 @@ class StateBuilder:
             last_run=last_run,
             usage=usage,
         )
+
+
+@dataclass(slots=True)
+class QuestionBlock:
+    """Question-ledger rows as columns: first turns (``id``, ``aspect``,
+    ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
+    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need them as text."""
+
+    ids: Sequence[bytes]
+    aspects: list[str]
+    texts: list[str]
+    seqs: list[int]
+    followups: list[tuple[str, int, str]]
+
+
+# A question-ledger line, whole, as pipeline.graph writes it: a first turn, or
+# a follow-up. A JSON string is [^"\\\x00-\x1f] (raw control characters are
+# invalid) or an escape; a match starts a line and ends one, so it is one line.
+_BODY: Final = rb'[^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*'
+_STRING: Final = rb'"(' + _BODY + rb')"'  # captured
+_INT: Final = rb'(0|-?[1-9][0-9]{0,17})'  # what orjson reads as an int, leading zeros refused
+_FIRST_ROW: Final = re.compile(
+    rb'(?<![^\n])\{"id":"([0-9a-f]{16})","aspect":' + _STRING + rb',"text":' + _STRING
+    + rb',"seq":' + _INT + rb'\}\n'
+)
+_FOLLOWUP_ROW: Final = re.compile(
+    rb'(?<![^\n])\{"id":"' + _BODY + rb'","conv":' + _STRING + rb',"turn":' + _INT
+    + rb',"text":' + _STRING + rb'\}\n'
+)
+
+
+def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
+    """The string values of JSON string bodies (quotes stripped), where
+    ``escaped`` says whether any has a backslash; raises ``ValueError`` on bad
+    UTF-8 or a bad escape, as orjson would on the line."""
+    if not escaped:
+        return list(map(bytes.decode, raw))
+    return [orjson.loads(b'"' + r + b'"') if b"\\" in r else r.decode() for r in raw]
+
+
+def question_block(block: bytes, end: int) -> QuestionBlock | None:
+    """The rows of the whole lines ``block[:end]`` of a question ledger as
+    columns, or None unless every line is a row in the form pipeline.graph
+    writes it (then parse the rows whole, which also names a bad line).
+
+    Pure. This is what a resume spends its time on (a million rows), and one
+    regular-expression pass per block costs a fraction of a dict per row."""
+    lines = block.count(b"\n", 0, end)
+    firsts = _FIRST_ROW.findall(block, 0, end)
+    follows = _FOLLOWUP_ROW.findall(block, 0, end) if len(firsts) < lines else []
+    if len(firsts) + len(follows) != lines:
+        return None
+    ids, aspects, texts, seqs = zip(*firsts) if firsts else ((), (), (), ())
+    escaped = block.find(b"\\", 0, end) >= 0
+    try:
+        names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
+        convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
+        return QuestionBlock(
+            ids=ids,
+            aspects=list(map(names.__getitem__, aspects)),
+            texts=_json_strings(texts, escaped),
+            seqs=list(map(int, seqs)),
+            followups=list(zip(_json_strings(convs, escaped), map(int, turns),
+                               _json_strings(follow_texts, escaped))),
+        )
+    except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
+        return None
 
 
 def derive_state(

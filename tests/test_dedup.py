@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline.questions import Deduper
@@ -175,3 +179,15 @@ def test_signatures_are_datasketch_affine32_minhashes(text: str) -> None:
     m = MinHash(num_perm=32, seed=1, scheme="affine32", hashfunc=lambda x: x)
     m.update_batch(grams)
     assert d._signatures([grams, grams[:1]])[0].tolist() == m.hashvalues.tolist()
+
+
+def test_the_qa_stage_starts_without_datasketch_until_a_question_is_checked() -> None:
+    # datasketch pulls in scipy: ~0.3 s of every start, which a resume with
+    # all its questions accepted never needs.
+    code = ("import sys, pipeline.qa\n"
+            "from pipeline.questions import Deduper\n"
+            "d = Deduper(0.7)\n"
+            "assert 'datasketch' not in sys.modules\n"
+            "d.add('《黑神话：悟空》的主角是谁？')\n"
+            "assert 'datasketch' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

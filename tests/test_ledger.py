@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -198,6 +199,34 @@ def test_answer_index_keeps_the_latest_row_and_counts_failed_rows(tmp_path: Path
         assert index.turn("天", 1)[:2] == ("odd-kind", 0)  # type: ignore[index]
         assert index.turn("00000000000000ab", 2) is None
         assert dict(index["天"]) == {1: rows[1]}
+
+
+@pytest.mark.parametrize("block_size", [64, 500, 1 << 20])
+def test_answer_index_gives_the_latest_row_of_every_turn_whatever_the_row_shape(
+        tmp_path: Path, block_size: int) -> None:
+    # Blocks of the usual shape are scanned whole, others row by row: the
+    # answers must not depend on which, nor on where the blocks break.
+    rnd = random.Random(block_size)
+    convs = [f"{rnd.getrandbits(64):016x}" for _ in range(12)] + ["天", "x", 'q"1', "ABCDEF0123456789"]
+    rows: list[dict[str, Any]] = []
+    for i in range(300):
+        conv, turn = rnd.choice(convs), rnd.choice([1, 1, 2, 3, 300])
+        kind = rnd.choice(["answered", "answered", "failed", "vetoed", "skipped", "rejected", "odd"])
+        rows.append(_answer(conv, turn, kind, rnd.choice(["问一", 'a "q" \\', "两\n行"]),
+                            kind_first=rnd.random() < 0.5))
+    path = _write(tmp_path, b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    failed: dict[tuple[str, int], int] = {}
+    for r in rows:
+        latest[(r["conv"], r["turn"])] = r
+        failed[(r["conv"], r["turn"])] = failed.get((r["conv"], r["turn"]), 0) + (r["kind"] == "failed")
+    with AnswerIndex(path, block_size=block_size) as index:
+        for (conv, turn), row in latest.items():
+            kind, fails, span = index.turn(conv, turn)  # type: ignore[misc]
+            assert (kind, fails, index.read(span)) == (row["kind"], failed[(conv, turn)], row)
+            assert index.answered([conv.encode()], turn) == [row["kind"] == "answered"]
+            assert index.get(conv)[turn] == row
+        assert index.turn(convs[0], 4) is None and index.answered([b"nope"], 1) == [False]
 
 
 # --------------------------------------------------------------------------- run lock

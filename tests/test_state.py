@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from pipeline.qa import load_state
 from pipeline.settings import parse_settings
-from pipeline.state import derive_state, ledger_paths, target_turns
+from pipeline.state import derive_state, ledger_paths, question_block, target_turns
 
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:
@@ -156,3 +157,96 @@ def test_load_state_from_the_files_equals_derive_state_of_the_rows(tmp_path: Pat
     expected = derive(questions, answers, events, min_turns=lo, max_turns=hi, attempts=3)
     assert loaded == expected
     assert loaded.pending, "the case has conversations to resume"
+
+
+# ---- load_state on random ledgers: the raw-byte scans and the row parser agree with derive_state
+
+_KINDS = ["answered", "answered", "answered", "failed", "failed", "vetoed", "skipped", "rejected", "odd-kind"]
+_ODD_TEXTS = ['说"引号"', "back\\slash", "两行\n文本", "tab\there", "\u2028sep", "é"]
+
+
+def _random_ledgers(rnd: random.Random, lo: int, hi: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """First-turn questions, follow-ups and answer rows in the shapes the
+    pipeline writes (graph order, bench order) and in others (other key
+    orders, odd ids, escapes), several attempts per turn, shuffled."""
+    questions: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
+    for k in range(rnd.randint(0, 40)):
+        conv = rnd.choice([f"{rnd.getrandbits(64):016x}"] * 6 + ["天", f"x{k}", f'q"{k}', f"ABCDEF{k:010d}"])
+        text = f"问题{k}" + (rnd.choice(_ODD_TEXTS) if rnd.random() < 0.15 else "")
+        first = {"id": conv, "aspect": rnd.choice("AABC"), "text": text, "seq": rnd.choice([k, k, 0, 7])}
+        if rnd.random() < 0.1:
+            first = {"seq": first["seq"], "id": conv, "text": text, "aspect": first["aspect"]}  # other order
+        questions.append(first)
+        for turn in range(1, hi + 2):
+            if turn > 1 and rnd.random() < 0.7:
+                questions.append({"id": f"f{k}-{turn}", "conv": conv, "turn": turn,
+                                  "text": f"追问{turn}" + (rnd.choice(_ODD_TEXTS) if rnd.random() < 0.2 else "")})
+            for _ in range(rnd.choice([0, 1, 1, 1, 2, 3])):
+                kind = rnd.choice(_KINDS)
+                row: dict[str, Any] = {"conv": conv, "turn": turn}
+                question = rnd.choice([text, f"q{turn}", "", '带"引号"的问题'])
+                if rnd.random() < 0.5:
+                    row.update(kind=kind, question=question)  # graph order
+                else:
+                    row.update(question=question, kind=kind)  # bench order
+                row.update(answer=f"答{k}-{turn}\n" if kind == "answered" else "", state="", seconds=0.1)
+                if rnd.random() < 0.05:
+                    row = {"turn": turn, **row}  # another key order
+                answers.append(row)
+            if rnd.random() < 0.3:
+                break
+    rnd.shuffle(answers)
+    # Follow-ups come after their conversation's first turn, anywhere later.
+    rnd.shuffle(questions)
+    questions.sort(key=lambda r: "conv" in r)
+    return questions, answers
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_load_state_on_random_ledgers_equals_derive_state(tmp_path: Path, seed: int) -> None:
+    rnd = random.Random(seed)
+    lo, hi = rnd.choice([(1, 1), (1, 1), (2, 2), (1, 3), (2, 4)])
+    questions, answers = _random_ledgers(rnd, lo, hi)
+    events = [{"event": "run_start", "time": 1.0}]
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["A", "B"]},
+                               "conversations": {"min_turns": lo, "max_turns": hi},
+                               "run": {"max_answer_attempts": rnd.choice([1, 2, 3])}}, environ={})
+    settings.state_dir.mkdir(parents=True)
+    for name, path in ledger_paths(settings.state_dir).items():
+        rows = {"questions": questions, "answers": answers, "events": events}[name]
+        data = b"".join(orjson.dumps(r) + (b"\n\n" if rnd.random() < 0.02 else b"\n") for r in rows)
+        torn = rnd.choice([b"", b"", b'{"conv":"', b'{"id":"0123'])  # a torn last line is cut
+        path.write_bytes(data + torn)
+    loaded = load_state(settings, repair=rnd.random() < 0.5, block_size=rnd.choice([64, 300, 1 << 20]))
+    expected = derive_state(questions, answers, events, aspects=["A", "B"], min_turns=lo, max_turns=hi,
+                            max_answer_attempts=settings.run.max_answer_attempts)
+    assert loaded == expected
+
+
+def test_question_block_reads_the_rows_the_pipeline_writes_as_columns() -> None:
+    rows = [{"id": "00000000000000a1", "aspect": "甲", "text": '说"引号"\\和\n换行\u2028', "seq": 3},
+            {"id": "f1", "conv": "00000000000000a1", "turn": 2, "text": "追问\t？"},
+            {"id": "00000000000000b2", "aspect": "A", "text": "问", "seq": 0}]
+    data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    block = question_block(data + b'{"id":"torn', len(data))
+    assert block is not None
+    assert (list(block.ids), block.aspects, block.texts, block.seqs) == (
+        [b"00000000000000a1", b"00000000000000b2"], ["甲", "A"], [rows[0]["text"], "问"], [3, 0])
+    assert block.followups == [("00000000000000a1", 2, "追问\t？")]
+
+
+@pytest.mark.parametrize("line", [
+    b'{"aspect":"A","id":"00000000000000a1","text":"t","seq":1}',  # another key order
+    b'{"id":"00000000000000a1","aspect":"A","text":"t","seq":01}',  # not JSON
+    b'{"id":"00000000000000a1","aspect":"A","text":"\xff","seq":1}',  # not UTF-8
+    b'{"id":"00000000000000a1","aspect":"A","text":"\\x","seq":1}',  # a bad escape
+    b'{"id":"00000000000000a1","aspect":"A","text":"t","seq":1,"x":2}',  # another key
+    b"",  # a blank line
+])
+def test_question_block_leaves_any_other_line_to_the_row_parser(line: bytes) -> None:
+    good = orjson.dumps({"id": "00000000000000b2", "aspect": "A", "text": "问", "seq": 0}) + b"\n"
+    data = good + line + b"\n" + good
+    assert question_block(data, len(data)) is None
+    assert question_block(good, len(good)) is not None
