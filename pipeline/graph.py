@@ -259,10 +259,7 @@ class Graph:
             for q in fresh:
                 rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
                 self._seq += 1
-            # Every row is on file once record() returns; then wait for each
-            # as the fsync policy says (under "line" they share one sync).
-            for pending in [self.writer.record("questions", r) for r in rows]:
-                await pending
+            await self.writer.record_many("questions", rows)
             sample.extend(fresh)
             have += len(fresh)
             self.stats.accepted[aspect] += len(fresh)

@@ -48,7 +48,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final, Literal, TypeAlias
@@ -719,6 +719,11 @@ class LedgerWriter:
         Raises :class:`LedgerError` when the row cannot be written (the writer
         is closed, the disk is full, the row is not JSON) and ``KeyError`` for
         a ledger it does not know."""
+        return self.record_many(name, (row,))
+
+    def record_many(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Awaitable[None]:
+        """:meth:`record` for several rows at once, in one write: all of them are
+        on file, or (bad JSON, full disk) none."""
         if self._closed:
             why = f" after an error: {self._error}" if self._error else ""
             raise LedgerError(f"ledger writer is closed{why}; row for {name!r} not recorded")
@@ -728,11 +733,13 @@ class LedgerWriter:
                 raise KeyError(f"unknown ledger {name!r}; known: {', '.join(sorted(self.paths))}")
             fd = self._guard(self._open, name)
         try:
-            line = dumps_line(row)
+            lines = [dumps_line(row) for row in rows]
         except TypeError as exc:  # orjson.JSONEncodeError
             raise LedgerError(f"row for ledger {name!r} cannot be written as JSON: {exc}") from exc
-        self._guard(self._write, name, fd, line)
-        self.rows_written[name] += 1
+        if not lines:
+            return _WRITTEN
+        self._guard(self._write, name, fd, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
+        self.rows_written[name] += len(lines)
         if self.fsync == "never":
             return _WRITTEN
         if not self._dirty:
@@ -853,7 +860,7 @@ class LedgerWriter:
         self._sizes[name] = os.fstat(fd).st_size
         return fd
 
-    def _write(self, name: str, fd: int, data: bytes) -> None:
+    def _write(self, name: str, fd: int, data: bytes, rows: int) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -867,7 +874,8 @@ class LedgerWriter:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._sizes[name])
             raise LedgerError(
-                f"cannot append to ledger {self.paths[name]}: {exc.strerror or exc}; row not recorded"
+                f"cannot append to ledger {self.paths[name]}: {exc.strerror or exc}; "
+                f"{rows} row(s) not recorded"
             ) from exc
         self._sizes[name] += len(data)
 

@@ -597,7 +597,7 @@ async def test_full_disk_is_a_clear_error_and_nothing_unwritten_is_reported_reco
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
 async def test_a_real_enospc_from_dev_full_surfaces_naming_the_file() -> None:
     writer = LedgerWriter({"a": "/dev/full"}, "never")
-    with pytest.raises(LedgerError, match=r"/dev/full: No space left on device; row not recorded"):
+    with pytest.raises(LedgerError, match=r"/dev/full: No space left on device; 1 row\(s\) not recorded"):
         writer.record("a", {"id": "x"})
     with pytest.raises(LedgerError):
         await writer.run()
@@ -676,3 +676,23 @@ async def test_cancelling_the_writer_cancels_rows_it_did_not_sync(tmp_path: Path
 def test_unknown_fsync_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fsync must be one of line, batch, never"):
         LedgerWriter({"a": tmp_path / "a.jsonl"}, "sometimes")  # type: ignore[arg-type]
+
+
+async def test_record_many_writes_all_rows_in_one_write_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    writes: list[int] = []
+
+    def counting_write(fd: int, data: memoryview) -> int:
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    writer = LedgerWriter({"a": path}, "never", write_fn=counting_write)
+    await writer.record_many("a", [{"i": i, "q": f"问题{i}"} for i in range(10)])
+    assert len(writes) == 1, "one batch of questions is one write"
+    with pytest.raises(LedgerError, match="cannot be written as JSON"):
+        writer.record_many("a", [{"i": 10}, {"bad": object()}])
+    await writer.record_many("a", [])
+    writer.close()
+    await writer.run()
+    assert _lines(path) == [{"i": i, "q": f"问题{i}"} for i in range(10)], "none of a failed batch"
+    assert len(writes) == 1 and writer.rows_written == {"a": 10}
