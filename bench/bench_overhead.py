@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     out = Path(tmp) / f"prof-{mode}"
                     settings = qa_settings(out, svc, questions=n, n_aspects=args.aspects,
                                            batch_size=args.batch_size)
+                    settings["run"]["fsync"] = args.fsync
                     where = args.profile.with_suffix(f".{mode}{args.profile.suffix}")
                     run_qa_proc(settings, mode, profile=where)
                 print(f"  {mode} profile written to {where}")

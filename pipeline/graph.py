@@ -259,7 +259,7 @@ class Graph:
             for q in fresh:
                 rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
                 self._seq += 1
-            await asyncio.gather(*(self.writer.record("questions", r) for r in rows))
+            await self.writer.record_many("questions", rows)
             sample.extend(fresh)
             have += len(fresh)
             self.stats.accepted[aspect] += len(fresh)

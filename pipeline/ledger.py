@@ -52,7 +52,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from itertools import accumulate, repeat
 from operator import add, and_, lshift, not_, or_
 from pathlib import Path
@@ -98,15 +98,10 @@ _POLICIES: Final = ("line", "batch", "never")
 _READ_BLOCK: Final = 8 * 1024 * 1024
 # Backwards scans for the last lines only need a little of the file.
 _TAIL_BLOCK: Final = 64 * 1024
-# A bound on one drained batch keeps the latency of a single fsync bounded
-# even when thousands of rows arrive at once.
-_MAX_BATCH: Final = 4096
-# The "batch" policy's default gap between the end of one sync and the start of
-# the next. Every answer worker awaits its own record(), so this is latency
-# added to a worker's cycle: small next to a RAG call (0.2-0.4 s), large next
-# to an fsync that the page cache answers in well under a millisecond. 2 ms
-# measured best on the overhead bench (10 ms starved its 4 answer workers).
-DEFAULT_FSYNC_INTERVAL_S: Final = 0.002
+# The "batch" policy's least gap between syncs: how many seconds of rows a
+# power cut can cost (a process crash costs none). A row counts as recorded
+# once written, so nothing waits for it; a sync a second is noise on any disk.
+DEFAULT_FSYNC_INTERVAL_S: Final = 1.0
 
 
 class LedgerError(PipelineError):
@@ -718,13 +713,23 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- writer
 
-_Item: TypeAlias = tuple[str, Any, "asyncio.Future[None] | None"]
-_CLOSE: Final = ("", None, None)  # sentinel; compared by identity
-_TICK: Final = ("<tick>", None, None)  # the group-commit timer is due; compared by identity
+
+class _Written:
+    """What :meth:`LedgerWriter.record` returns when the row needs no sync to
+    count as recorded: awaiting it returns at once, without a loop round trip."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator; never reached
+
+
+_WRITTEN: Final = _Written()
 
 
 def _retrieve(fut: asyncio.Future[None]) -> None:
-    # A caller cancelled while its row was being written no longer awaits the
+    # A caller cancelled while its row waited for a sync no longer awaits the
     # future; fetch any exception so asyncio does not log it as unretrieved.
     # The error itself still surfaces from LedgerWriter.run().
     if not fut.cancelled():
@@ -735,31 +740,34 @@ class LedgerWriter:
     """The single writer of the run's ledgers.
 
     ``paths`` maps ledger names (``"questions"``, ``"answers"``, ...) to files.
-    Start :meth:`run` as a task, hand it rows with :meth:`record` (await
-    durability) or :meth:`append` (fire and forget), and stop it with
-    :meth:`close`, after which :meth:`run` writes what is queued and returns.
+    :meth:`record` appends a row at once: one ``os.write`` of one line
+    (:func:`pipeline.jsonl.dumps_line`) on an ``O_APPEND`` descriptor, in the
+    caller's own step, so nothing can come between an answer received and its
+    row on file, and a process crash (SIGKILL, OOM, Ctrl-C) loses nothing
+    :meth:`record` accepted. What the returned awaitable waits for is the
+    ``fsync`` policy, i.e. how much a power cut or OS crash can lose:
 
-    Each row is one line (:func:`pipeline.jsonl.dumps_line`). ``fsync``:
-    ``"line"`` syncs after every row; ``"batch"`` is a group commit: rows are
-    written as soon as they are drained, and one sync covers everything written
-    since the last, but a sync starts no sooner than ``fsync_interval_s`` after
-    the previous one ended (rows written meanwhile wait for it; ``close`` syncs
-    at once); ``"never"`` leaves it to the OS (survives a process crash, not a
-    power loss). Every row reaches the file at once under every policy, so a
-    process crash loses nothing acknowledged or not; a row's future resolves
-    only once it is written and synced per the policy.
+    ``"line"``   it resolves after a sync that began after the write: nothing
+                 acknowledged is lost. Rows written while one sync runs share
+                 the next (group commit), so syncs never queue up behind rows.
+    ``"batch"``  it resolves at once; :meth:`run` syncs everything written
+                 since the last sync, no sooner than ``fsync_interval_s`` after
+                 it: a power cut loses at most that many seconds of rows, which
+                 a resume asks again.
+    ``"never"``  it resolves at once; the OS writes back when it likes.
 
-    Why an interval: under load with a fast disk each drained batch holds a row
-    or two, so syncing per batch meant one fsync (and thread hop) per row or
-    two, most of the process's system time. The interval caps syncs at about
-    ``1 / fsync_interval_s`` a second whatever the load, at the cost of up to
-    that much latency on a ``record``.
+    Why the caller writes and no writer task does: under load every row cost a
+    queue hand-off, a future, a shield and a wake-up of the writer and then of
+    the caller, more than appending a short line to the page cache takes. Why
+    plain ``os.write`` and not aiofiles: aiofiles sends every call to a thread,
+    for the same reason. Only ``fsync`` can block for long (milliseconds to
+    seconds on slow disks), so it alone runs in a worker thread, in :meth:`run`.
 
-    Why plain ``os.write`` on an ``O_APPEND`` descriptor and not aiofiles:
-    aiofiles sends every call to a thread, which costs more than appending a
-    short line to the page cache takes, and one syscall per batch keeps each
-    line whole. Only ``fsync`` can block for long (milliseconds to seconds on
-    slow disks), so that alone runs in a worker thread.
+    Start :meth:`run` as a task and stop it with :meth:`close`, after which it
+    makes a last sync of what is unsynced and returns. A row that cannot be
+    written raises :class:`LedgerError` from :meth:`record` and closes the
+    writer (a full disk stays full); :meth:`run` raises it too, and fails every
+    row still waiting for a sync. A row that is not JSON fails alone.
 
     ``fsync_fn``, ``write_fn``, ``clock`` and ``sleep`` are seams for tests
     (count syncs, fake a full disk, drive the interval without waiting); they
@@ -784,114 +792,172 @@ class LedgerWriter:
             raise ValueError(f"fsync_interval_s must be >= 0, not {fsync_interval_s!r}")
         self.paths: dict[str, Path] = {name: Path(p) for name, p in paths.items()}
         self.fsync = fsync
-        self.rows_written: dict[str, int] = dict.fromkeys(self.paths, 0)
         self.fsync_interval_s = fsync_interval_s
+        # Rows on file per ledger, and how many syncs covered them.
+        self.rows_written: dict[str, int] = dict.fromkeys(self.paths, 0)
+        self.syncs = 0
         self._fsync_fn = fsync_fn
         self._write_fn = write_fn
         self._clock = clock
         self._sleep = sleep
-        # "batch": rows written but not yet synced, and when a sync may start.
-        self._unsynced: list[asyncio.Future[None] | None] = []
-        self._unsynced_rows: dict[str, int] = {}
+        # Written since the last sync began: which ledgers, and (policy
+        # "line") the futures of the rows waiting for it.
+        self._dirty: set[str] = set()
+        self._waiting: list[asyncio.Future[None]] = []
         self._next_sync = float("-inf")
-        self._timer: asyncio.Task[None] | None = None
-        # Unbounded on purpose: every producer awaits its own record(), so the
-        # queue never holds more than one row per producer task, and put_nowait
-        # lets record() enqueue synchronously, before any cancellation can land.
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._wake = asyncio.Event()
         self._closed = False
         self._started = False
-        self._error: BaseException | None = None
+        self._error: LedgerError | None = None
         self._fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._fd_lock = threading.Lock()
-
-    @property
-    def queue(self) -> asyncio.Queue[_Item]:
-        """The input queue of ``(ledger_name, row, done_future | None)``."""
-        return self._queue
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called or the writer failed."""
         return self._closed
 
-    def _check(self, name: str) -> None:
+    def record(self, name: str, row: Mapping[str, Any]) -> Awaitable[None]:
+        """Append ``row`` to ledger ``name`` now; the returned awaitable resolves
+        when the row counts as recorded under the fsync policy (see the class).
+
+        A plain function, so the row is on file before the caller can be
+        cancelled; under ``"line"`` the awaitable is shielded, so cancelling
+        the awaiting task (Ctrl-C) does not take the row out of the next sync.
+        Raises :class:`LedgerError` when the row cannot be written (the writer
+        is closed, the disk is full, the row is not JSON) and ``KeyError`` for
+        a ledger it does not know."""
+        return self.record_many(name, (row,))
+
+    def record_many(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Awaitable[None]:
+        """:meth:`record` for several rows at once, in one write: all of them are
+        on file, or (bad JSON, full disk) none."""
         if self._closed:
             why = f" after an error: {self._error}" if self._error else ""
             raise LedgerError(f"ledger writer is closed{why}; row for {name!r} not recorded")
-        if name not in self.paths:
-            raise KeyError(f"unknown ledger {name!r}; known: {', '.join(sorted(self.paths))}")
-
-    def record(self, name: str, row: Mapping[str, Any]) -> Awaitable[None]:
-        """Queue ``row`` for ledger ``name`` now; the returned awaitable resolves
-        when it is durable per the fsync policy, or raises :class:`LedgerError`
-        (``CancelledError`` if the writer itself is cancelled first).
-
-        This is a plain function, so the row is queued before the caller can be
-        cancelled, and the awaitable is shielded: cancelling the awaiting task
-        (Ctrl-C) does not stop the row from being written."""
-        self._check(name)
+        fd = self._fds.get(name)
+        if fd is None:
+            if name not in self.paths:
+                raise KeyError(f"unknown ledger {name!r}; known: {', '.join(sorted(self.paths))}")
+            fd = self._guard(self._open, name)
+        try:
+            lines = [dumps_line(row) for row in rows]
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise LedgerError(f"row for ledger {name!r} cannot be written as JSON: {exc}") from exc
+        if not lines:
+            return _WRITTEN
+        self._guard(self._write, name, fd, lines[0] if len(lines) == 1 else b"".join(lines), len(lines))
+        self.rows_written[name] += len(lines)
+        if self.fsync == "never":
+            return _WRITTEN
+        if not self._dirty:
+            self._wake.set()
+        self._dirty.add(name)
+        if self.fsync == "batch":
+            return _WRITTEN
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)
-        self._queue.put_nowait((name, row, fut))
+        self._waiting.append(fut)
         return asyncio.shield(fut)
 
-    def append(self, name: str, row: Mapping[str, Any]) -> None:
-        """Queue ``row`` without waiting; a failure to write it surfaces from :meth:`run`."""
-        self._check(name)
-        self._queue.put_nowait((name, row, None))
-
     def close(self) -> None:
-        """Stop taking rows; :meth:`run` writes everything queued so far and returns."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(_CLOSE)
+        """Take no more rows; :meth:`run` syncs what is unsynced and returns."""
+        self._closed = True
+        self._wake.set()
 
     async def run(self) -> None:
-        """Consume the queue until :meth:`close`; raise :class:`LedgerError` on a
-        failed open, write or sync (after failing every row still pending)."""
+        """Sync per the policy until :meth:`close`; raise :class:`LedgerError` when
+        a row could not be written or a sync failed (after failing every row
+        still waiting for a sync)."""
         if self._started:
             raise RuntimeError("LedgerWriter.run() can only run once")
         self._started = True
-        batch: list[_Item] = []
         try:
-            for name, path in self.paths.items():
-                self._open(name, path)
             while True:
-                batch = [await self._queue.get()]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except asyncio.QueueEmpty:
-                        break
-                if await self._write_batch(batch):
+                await self._wake.wait()
+                self._wake.clear()
+                if self._error is not None:
+                    raise self._error
+                if self.fsync == "batch" and not self._closed:
+                    await self._wait_for_interval()
+                if self._dirty and self.fsync != "never":
+                    await self._sync_dirty()
+                if self._closed and not self._dirty:
+                    if self._error is not None:
+                        raise self._error
                     return
         except BaseException as exc:
             self._closed = True
-            self._error = exc
             failure = _as_row_failure(exc)
-            for _, _, fut in batch:  # settled ones are skipped
+            waiting, self._waiting = self._waiting, []
+            for fut in waiting:  # written but not synced: not durable
                 _settle(fut, failure)
-            for fut in self._unsynced:  # written but not synced: not durable
-                _settle(fut, failure)
-            self._fail_queued(failure)
             raise
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
             self._close_fds()
 
-    def _close_fds(self) -> None:
-        # If run() was cancelled during a sync, the thread may still be inside
-        # fsync on these descriptors; the lock makes us wait for it (one fsync
-        # at most) rather than close a descriptor under it.
-        with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+    async def _wait_for_interval(self) -> None:
+        """Sleep until a sync may start again, or until :meth:`close`."""
+        delay = self._next_sync - self._clock()
+        if delay <= 0:
+            return
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        closing = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            closing.cancel()
+        self._wake.clear()  # rows written meanwhile are in this sync
 
-    def _open(self, name: str, path: Path) -> None:
+    async def _sync_dirty(self) -> None:
+        """One sync over every ledger written since the last began; then resolve
+        the rows it covers. Rows written during it wait for the next."""
+        names, self._dirty = self._dirty, set()
+        waiting, self._waiting = self._waiting, []
+        fds = [self._fds[n] for n in names]
+        try:
+            await self._sync(fds, ", ".join(sorted(names)), len(waiting))
+        except BaseException:
+            self._waiting = waiting + self._waiting  # run() fails them all
+            raise
+        self.syncs += 1
+        # Measured from the end of the sync, so a slow disk is not asked again
+        # at once: the interval bounds syncs per second however long each takes.
+        self._next_sync = self._clock() + self.fsync_interval_s
+        for fut in waiting:
+            _settle(fut)
+        if self._dirty:  # written during the sync: go round again
+            self._wake.set()
+
+    async def _sync(self, fds: list[int], names: str, rows: int) -> None:
+        # One thread hop per sync keeps the event loop free during a slow fsync.
+        def sync_all() -> None:
+            with self._fd_lock:
+                for fd in fds:
+                    self._fsync_fn(fd)
+
+        try:
+            await asyncio.to_thread(sync_all)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot sync ledger {names} to disk: {exc.strerror or exc}; {rows} row(s) not recorded"
+            ) from exc
+
+    def _guard(self, action: Callable[..., Any], *args: Any) -> Any:
+        """Run ``action``; a :class:`LedgerError` from it closes the writer and
+        wakes :meth:`run` to raise it."""
+        try:
+            return action(*args)
+        except LedgerError as exc:
+            self._error = exc
+            self._closed = True
+            self._wake.set()
+            raise
+
+    def _open(self, name: str) -> int:
+        path = self.paths[name]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # A fragment left by an earlier crash would glue onto our first line.
@@ -901,63 +967,9 @@ class LedgerWriter:
             raise LedgerError(f"cannot open ledger {path}: {exc.strerror or exc}") from exc
         self._fds[name] = fd
         self._sizes[name] = os.fstat(fd).st_size
+        return fd
 
-    async def _write_batch(self, batch: list[_Item]) -> bool:
-        """Write one drained batch; return True when it held the close sentinel."""
-        closing = False
-        bad_row: LedgerError | None = None
-        # name -> [(line, future)] in queue order; per-file order is what matters.
-        groups: dict[str, list[tuple[bytes, asyncio.Future[None] | None]]] = {}
-        for item in batch:
-            if item is _CLOSE:
-                closing = True
-                continue
-            if item is _TICK:  # only wakes the loop; the sync check below runs anyway
-                continue
-            name, row, fut = item
-            if closing:  # only reachable if someone bypassed record()/append()
-                _settle(fut, LedgerError(f"row for {name!r} arrived after close; not recorded"))
-                continue
-            try:
-                line = dumps_line(row)
-            except TypeError as exc:  # orjson.JSONEncodeError
-                err = LedgerError(f"row for ledger {name!r} cannot be written as JSON: {exc}")
-                if fut is None:
-                    bad_row = bad_row or err  # nobody to tell but run()'s caller
-                _settle(fut, err)
-                continue
-            groups.setdefault(name, []).append((line, fut))
-
-        if self.fsync == "line":
-            for name, entries in groups.items():
-                for i, (line, fut) in enumerate(entries):
-                    self._write(name, line, len(entries) - i)
-                    await self._sync([self._fds[name]], name, len(entries) - i)
-                    self.rows_written[name] += 1
-                    _settle(fut)
-        elif self.fsync == "batch":
-            unsynced, counts = self._unsynced, self._unsynced_rows
-            for name, entries in groups.items():
-                self._write(name, b"".join(line for line, _ in entries), len(entries))
-                counts[name] = counts.get(name, 0) + len(entries)
-                unsynced.extend(fut for _, fut in entries if fut is not None)
-            if counts:
-                if closing or self._clock() >= self._next_sync:
-                    await self._sync_unsynced()
-                elif self._timer is None or self._timer.done():
-                    self._timer = asyncio.create_task(self._wake_at_next_sync())
-        else:
-            for name, entries in groups.items():
-                self._write(name, b"".join(line for line, _ in entries), len(entries))
-                self.rows_written[name] += len(entries)
-                for _, fut in entries:
-                    _settle(fut)
-        if bad_row is not None:
-            raise bad_row
-        return closing
-
-    def _write(self, name: str, data: bytes, rows: int) -> None:
-        fd = self._fds[name]
+    def _write(self, name: str, fd: int, data: bytes, rows: int) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -976,58 +988,25 @@ class LedgerWriter:
             ) from exc
         self._sizes[name] += len(data)
 
-    async def _sync_unsynced(self) -> None:
-        """One sync over every ledger written since the last; then settle those rows."""
-        counts = self._unsynced_rows
-        await self._sync([self._fds[n] for n in counts], ", ".join(counts), sum(counts.values()))
-        # Measured from the end of the sync, so a slow disk is not asked again
-        # at once: the interval bounds syncs per second however long each takes.
-        self._next_sync = self._clock() + self.fsync_interval_s
-        for name, n in counts.items():
-            self.rows_written[name] += n
-        futs, self._unsynced, self._unsynced_rows = self._unsynced, [], {}
-        for fut in futs:
-            _settle(fut)
-
-    async def _wake_at_next_sync(self) -> None:
-        # A task, not a timeout on the queue read, so the writer keeps draining
-        # and writing rows at once while the sync waits; the tick re-enters the
-        # loop, which syncs if the interval has passed by then (or re-arms).
-        await self._sleep(max(0.0, self._next_sync - self._clock()))
-        self._queue.put_nowait(_TICK)
-
-    async def _sync(self, fds: list[int], names: str, rows: int) -> None:
-        # One thread hop per batch keeps the event loop free during a slow fsync.
-        def sync_all() -> None:
-            with self._fd_lock:
-                for fd in fds:
-                    self._fsync_fn(fd)
-
-        try:
-            await asyncio.to_thread(sync_all)
-        except OSError as exc:
-            raise LedgerError(
-                f"cannot sync ledger {names} to disk: {exc.strerror or exc}; {rows} row(s) not recorded"
-            ) from exc
-
-    def _fail_queued(self, err: BaseException) -> None:
-        while True:
-            try:
-                _, _, fut = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            _settle(fut, err)
+    def _close_fds(self) -> None:
+        # If run() was cancelled during a sync, the thread may still be inside
+        # fsync on these descriptors; the lock makes us wait for it (one fsync
+        # at most) rather than close a descriptor under it.
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 def _as_row_failure(exc: BaseException) -> BaseException:
-    """What a pending row's future gets when the writer stops on ``exc``."""
+    """What a row waiting for a sync gets when the writer stops on ``exc``."""
     if isinstance(exc, (asyncio.CancelledError, LedgerError)):
         return exc
     return LedgerError(f"ledger writer stopped ({type(exc).__name__}: {exc}); row not recorded")
 
 
-def _settle(fut: asyncio.Future[None] | None, exc: BaseException | None = None) -> None:
-    if fut is None or fut.done():
+def _settle(fut: asyncio.Future[None], exc: BaseException | None = None) -> None:
+    if fut.done():
         return
     if exc is None:
         fut.set_result(None)

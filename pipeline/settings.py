@@ -250,7 +250,7 @@ class RunSettings:
         default="batch", metadata=_meta("'line', 'batch' or 'never'")
     )
     fsync_interval_s: float = field(
-        default=0.002, metadata=_meta("with fsync 'batch': least seconds between ledger syncs", ge=0)
+        default=1.0, metadata=_meta("with fsync 'batch': least seconds between ledger syncs", ge=0)
     )
     max_answer_attempts: int = field(
         default=3, metadata=_meta("runs that may retry a failed question", ge=1)

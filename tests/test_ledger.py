@@ -353,22 +353,46 @@ async def test_a_torn_tail_from_an_earlier_crash_is_cut_before_appending(tmp_pat
     assert _lines(path) == [*GOOD_ROWS, {"id": "c", "n": 3}]
 
 
-async def test_record_resolves_only_after_the_row_is_written_and_synced(tmp_path: Path) -> None:
+async def _until(what: Any) -> None:
+    """Let the loop (and the sync thread) run until ``what()`` holds."""
+    for _ in range(5000):
+        if what():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+async def test_line_policy_resolves_only_after_a_sync_that_began_after_the_write(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "batch", fsync_fn=spy)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
     done = writer.record("a", {"x": 1})
+    # On file at once: a process crash from here on loses nothing.
+    assert _lines(path) == [{"x": 1}]
     await asyncio.sleep(0)
-    assert not asyncio.ensure_future(done).done(), "nothing can be recorded before run() starts"
+    assert not asyncio.ensure_future(done).done(), "nothing is synced before run() starts"
     task = asyncio.create_task(writer.run())
     await asyncio.to_thread(spy.entered.wait)
-    # Written, now inside fsync: the caller must still be waiting.
-    assert _lines(path) == [{"x": 1}]
-    assert not asyncio.ensure_future(done).done()
+    assert not asyncio.ensure_future(done).done(), "inside fsync: still not durable"
     spy.release.set()
     await done
     writer.close()
     await task
+
+
+@pytest.mark.parametrize("policy", ["batch", "never"])
+async def test_batch_and_never_count_a_row_recorded_once_it_is_on_file(tmp_path: Path, policy: str) -> None:
+    path = tmp_path / "a.jsonl"
+    spy = FsyncSpy(hold=True)
+    writer = LedgerWriter({"a": path}, policy, fsync_fn=spy)  # type: ignore[arg-type]
+    task = asyncio.create_task(writer.run())
+    await writer.record("a", {"x": 1})  # no sync has finished, and none has to
+    assert _lines(path) == [{"x": 1}]
+    assert writer.syncs == 0
+    spy.release.set()
+    writer.close()
+    await task
+    assert writer.syncs == (1 if policy == "batch" else 0)
 
 
 async def test_cancelling_the_caller_does_not_stop_its_row_being_written(tmp_path: Path) -> None:
@@ -394,13 +418,13 @@ async def test_cancelling_the_caller_does_not_stop_its_row_being_written(tmp_pat
     writer.close()
     await run
     assert _lines(path) == [{"answer": "天命人"}]
-    assert writer.rows_written == {"a": 1}
+    assert writer.rows_written == {"a": 1} and writer.syncs == 1
 
 
 async def test_cancelling_the_caller_mid_sync_still_records_the_row(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "batch", fsync_fn=spy)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
     run = asyncio.create_task(writer.run())
 
     async def worker() -> None:
@@ -415,36 +439,44 @@ async def test_cancelling_the_caller_mid_sync_still_records_the_row(tmp_path: Pa
     writer.close()
     await run
     assert _lines(path) == [{"answer": "金箍棒"}]
-    assert writer.rows_written == {"a": 1}
+    assert writer.syncs == 1
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("line", 8), ("batch", 2), ("never", 0)])
-async def test_fsync_policy_sets_how_often_the_disk_is_synced(
-    tmp_path: Path, policy: str, expected: int
+@pytest.mark.parametrize(("policy", "syncs", "fsyncs"), [("line", 1, 2), ("batch", 1, 2), ("never", 0, 0)])
+async def test_one_sync_covers_every_ledger_written_since_the_last(
+    tmp_path: Path, policy: str, syncs: int, fsyncs: int
 ) -> None:
     paths = {"q": tmp_path / "q.jsonl", "a": tmp_path / "a.jsonl"}
     spy = FsyncSpy()
     writer = LedgerWriter(paths, policy, fsync_fn=spy)  # type: ignore[arg-type]
-    # All queued before run() starts, so they form one drained batch.
     waits = [writer.record("q", {"i": i}) for i in range(5)]
     waits += [writer.record("a", {"i": i}) for i in range(3)]
     writer.close()
     await writer.run()
     await asyncio.gather(*waits)
-    assert len(spy.calls) == expected
+    assert writer.syncs == syncs
+    assert len(spy.calls) == len(set(spy.calls)) == fsyncs, "each ledger's file synced once"
     assert len(_lines(paths["q"])) == 5
     assert len(_lines(paths["a"])) == 3
 
 
-async def test_batch_policy_without_an_interval_syncs_once_per_drained_batch(tmp_path: Path) -> None:
-    spy = FsyncSpy()
-    writer = LedgerWriter({"a": tmp_path / "a.jsonl"}, "batch", fsync_interval_s=0, fsync_fn=spy)
+async def test_line_policy_is_a_group_commit_rows_written_during_a_sync_share_the_next(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.jsonl"
+    spy = FsyncSpy(hold=True)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
     run = asyncio.create_task(writer.run())
-    for batch in range(3):
-        await asyncio.gather(*(writer.record("a", {"b": batch, "i": i}) for i in range(10)))
+    first = writer.record("a", {"i": 0})
+    await asyncio.to_thread(spy.entered.wait)
+    later = [writer.record("a", {"i": i}) for i in range(1, 11)]
+    spy.release.set()
+    await first
+    await asyncio.gather(*later)
+    assert writer.syncs == 2, "ten rows written during one sync wait for one more, not ten"
     writer.close()
     await run
-    assert len(spy.calls) == 3
+    assert len(_lines(path)) == 11
 
 
 class FakeTime:
@@ -474,117 +506,81 @@ class FakeTime:
                 fut.set_result(None)
 
 
-class WriteCounter:
-    """A write seam that lets a test wait until the writer has written n times."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._changed = asyncio.Event()
-
-    def __call__(self, fd: int, data: memoryview) -> int:
-        self.count += 1
-        self._changed.set()
-        return os.write(fd, data)
-
-    async def reach(self, n: int) -> None:
-        while self.count < n:
-            self._changed.clear()
-            await self._changed.wait()
-
-
 def _interval_writer(path: Path, spy: FsyncSpy, fake: FakeTime, **kw: Any) -> LedgerWriter:
     return LedgerWriter({"a": path}, "batch", fsync_interval_s=0.25, fsync_fn=spy,
                         clock=fake.clock, sleep=fake.sleep, **kw)
 
 
-async def test_rows_within_the_interval_are_written_at_once_but_recorded_at_the_next_sync(
-    tmp_path: Path,
-) -> None:
-    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
-    writer = _interval_writer(path, spy, fake, write_fn=writes)
-    run = asyncio.create_task(writer.run())
-    await writer.record("a", {"i": 0})  # nothing synced yet: synced at once
-    assert len(spy.calls) == 1 and fake.sleeps == []
-    fake.advance(0.0625)
-    later = [writer.record("a", {"b": b, "i": i}) for b in range(3) for i in range(2)]
-    await writes.reach(2)
-    # On disk (a process crash loses nothing) but not synced, so not recorded;
-    # the sync waits out what is left of the interval.
-    assert len(_lines(path)) == 7
-    assert not any(asyncio.ensure_future(w).done() for w in later)
-    assert len(spy.calls) == 1 and writer.rows_written == {"a": 1}
-    await fake.asleep.wait()
-    assert fake.sleeps == [0.1875]
-    fake.advance(0.1875)
-    await asyncio.gather(*later)
-    assert len(spy.calls) == 2 and writer.rows_written == {"a": 7}
-    writer.close()
-    await run
-
-
-async def test_batches_arriving_within_one_interval_share_one_sync(tmp_path: Path) -> None:
-    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
-    writer = _interval_writer(path, spy, fake, write_fn=writes)
-    run = asyncio.create_task(writer.run())
-    await writer.record("a", {"first": True})
-    later = []
-    for batch in range(3):  # three drained batches, each written on its own
-        later += [writer.record("a", {"b": batch, "i": i}) for i in range(10)]
-        await writes.reach(2 + batch)
-    await fake.asleep.wait()
-    assert len(spy.calls) == 1
-    assert len(fake.sleeps) == 1, "one timer covers every batch in the interval"
-    fake.advance(0.25)
-    await asyncio.gather(*later)
-    assert len(spy.calls) == 2
-    assert len(_lines(path)) == 31
-    writer.close()
-    await run
-
-
-async def test_a_batch_after_the_interval_has_passed_is_synced_without_waiting(tmp_path: Path) -> None:
+async def test_batch_syncs_at_once_then_no_sooner_than_the_interval_after(tmp_path: Path) -> None:
     path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
     writer = _interval_writer(path, spy, fake)
     run = asyncio.create_task(writer.run())
     await writer.record("a", {"i": 0})
+    await _until(lambda: writer.syncs == 1)  # nothing synced yet: synced at once
+    assert fake.sleeps == []
+    fake.advance(0.0625)
+    for b in range(3):
+        for i in range(2):
+            await writer.record("a", {"b": b, "i": i})  # recorded at once, unsynced
+    assert len(_lines(path)) == 7
+    await fake.asleep.wait()
+    assert fake.sleeps == [0.1875], "the sync waits out what is left of the interval"
+    assert writer.syncs == 1
+    fake.advance(0.1875)
+    await _until(lambda: writer.syncs == 2)
+    assert len(fake.sleeps) == 1, "one wait covers every row written in the interval"
+    writer.close()
+    await run
+    assert writer.syncs == 2, "close has nothing left to sync"
+
+
+async def test_a_row_after_the_interval_has_passed_is_synced_without_waiting(tmp_path: Path) -> None:
+    path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
+    writer = _interval_writer(path, spy, fake)
+    run = asyncio.create_task(writer.run())
+    await writer.record("a", {"i": 0})
+    await _until(lambda: writer.syncs == 1)
     fake.advance(0.25)
     await writer.record("a", {"i": 1})
-    assert len(spy.calls) == 2 and fake.sleeps == []
+    await _until(lambda: writer.syncs == 2)
+    assert fake.sleeps == []
     writer.close()
     await run
 
 
 async def test_close_syncs_rows_waiting_for_the_interval_at_once(tmp_path: Path) -> None:
-    path, spy, fake, writes = tmp_path / "a.jsonl", FsyncSpy(), FakeTime(), WriteCounter()
-    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
+    writer = _interval_writer(path, spy, fake)
     run = asyncio.create_task(writer.run())
     await writer.record("a", {"i": 0})
-    pending = writer.record("a", {"i": 1})
-    await writes.reach(2)
+    await _until(lambda: writer.syncs == 1)
+    await writer.record("a", {"i": 1})
+    await fake.asleep.wait()
     writer.close()
     await run  # the clock never moved: close does not wait out the interval
-    await pending
-    assert len(spy.calls) == 2 and writer.rows_written == {"a": 2}
+    assert writer.syncs == 2 and writer.rows_written == {"a": 2}
 
 
 async def test_a_failed_write_fails_the_rows_still_waiting_for_a_sync_not_the_synced_ones(
     tmp_path: Path,
 ) -> None:
-    path, spy, fake = tmp_path / "a.jsonl", FsyncSpy(), FakeTime()
+    path = tmp_path / "a.jsonl"
+    spy = FsyncSpy(hold=True)
     first = len(orjson.dumps({"i": 0})) + 1
-    writes = _full_disk_after(2 * first)  # room for two rows
-    writer = _interval_writer(path, spy, fake, write_fn=writes)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy, write_fn=_full_disk_after(2 * first))
     run = asyncio.create_task(writer.run())
-    await writer.record("a", {"i": 0})  # synced: durable
-    waiting = writer.record("a", {"i": 1})  # written, waiting for the interval
-    await fake.asleep.wait()
-    doomed = writer.record("a", {"i": 2})  # the disk is full now
+    synced = writer.record("a", {"i": 0})
+    await asyncio.to_thread(spy.entered.wait)
+    waiting = writer.record("a", {"i": 1})  # on file, waiting for the next sync
+    with pytest.raises(LedgerError, match="No space left on device"):
+        writer.record("a", {"i": 2})  # the disk is full now: refused at once
+    spy.release.set()
+    await synced
     with pytest.raises(LedgerError, match="No space left on device"):
         await run
-    for pending in (waiting, doomed):
-        with pytest.raises(LedgerError):
-            await pending
-    assert writer.rows_written == {"a": 1}
+    with pytest.raises(LedgerError):
+        await waiting
+    assert writer.rows_written == {"a": 2}
     assert _lines(path) == [{"i": 0}, {"i": 1}]  # clean JSONL: the partial row was cut back
 
 
@@ -614,43 +610,44 @@ async def test_full_disk_is_a_clear_error_and_nothing_unwritten_is_reported_reco
 ) -> None:
     path = _write(tmp_path, GOOD)
     writer = LedgerWriter({"a": path}, "batch", write_fn=_full_disk_after(good_bytes))
-    first = writer.record("a", {"id": "c"})
-    second = writer.record("a", {"id": "d"})
     with pytest.raises(LedgerError) as info:
-        await writer.run()
+        writer.record("a", {"id": "c"})
     assert str(path) in str(info.value)
     assert "No space left on device" in str(info.value)
-    for pending in (first, second):
-        with pytest.raises(LedgerError):
-            await pending
     # The partial line is cut back: the file is as it was, still clean JSONL.
     assert path.read_bytes() == GOOD
     assert writer.rows_written == {"a": 0}
     with pytest.raises(LedgerError, match="closed after an error"):
-        writer.record("a", {"id": "e"})
+        writer.record("a", {"id": "d"})
+    with pytest.raises(LedgerError, match="No space left on device"):
+        await writer.run()  # the run that owns the writer hears of it too
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
 async def test_a_real_enospc_from_dev_full_surfaces_naming_the_file() -> None:
     writer = LedgerWriter({"a": "/dev/full"}, "never")
-    pending = writer.record("a", {"id": "x"})
     with pytest.raises(LedgerError, match=r"/dev/full: No space left on device; 1 row\(s\) not recorded"):
-        await writer.run()
+        writer.record("a", {"id": "x"})
     with pytest.raises(LedgerError):
-        await pending
+        await writer.run()
 
 
-async def test_failed_sync_is_an_error_and_the_row_is_not_reported_recorded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["line", "batch"])
+async def test_failed_sync_is_an_error_and_no_waiting_row_is_reported_recorded(
+    tmp_path: Path, policy: str
+) -> None:
     def broken_fsync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     path = tmp_path / "a.jsonl"
-    writer = LedgerWriter({"a": path}, "batch", fsync_fn=broken_fsync)
+    writer = LedgerWriter({"a": path}, policy, fsync_fn=broken_fsync)  # type: ignore[arg-type]
     pending = writer.record("a", {"id": "x"})
     with pytest.raises(LedgerError, match="cannot sync ledger a to disk: Input/output error"):
         await writer.run()
-    with pytest.raises(LedgerError):
-        await pending
+    if policy == "line":
+        with pytest.raises(LedgerError):
+            await pending
+    assert writer.closed
 
 
 async def test_unopenable_ledger_is_an_error_naming_the_file(tmp_path: Path) -> None:
@@ -658,23 +655,20 @@ async def test_unopenable_ledger_is_an_error_naming_the_file(tmp_path: Path) -> 
     blocker.write_text("a file where the folder should be")
     path = blocker / "a.jsonl"
     writer = LedgerWriter({"a": path}, "never")
-    pending = writer.record("a", {"id": "x"})
+    with pytest.raises(LedgerError, match=f"cannot open ledger {path}"):
+        writer.record("a", {"id": "x"})
     with pytest.raises(LedgerError, match=f"cannot open ledger {path}"):
         await writer.run()
-    with pytest.raises(LedgerError):
-        await pending
 
 
 async def test_a_row_that_is_not_json_fails_alone(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     writer = LedgerWriter({"a": path}, "never")
-    bad = writer.record("a", {"when": object()})
-    good = writer.record("a", {"id": "ok"})
+    with pytest.raises(LedgerError, match="cannot be written as JSON"):
+        writer.record("a", {"when": object()})
+    await writer.record("a", {"id": "ok"})
     writer.close()
     await writer.run()
-    with pytest.raises(LedgerError, match="cannot be written as JSON"):
-        await bad
-    await good
     assert _lines(path) == [{"id": "ok"}]
 
 
@@ -685,39 +679,49 @@ async def test_rows_after_close_and_unknown_ledgers_are_refused_at_once(tmp_path
     writer.close()
     with pytest.raises(LedgerError, match="closed; row for 'a' not recorded"):
         writer.record("a", {})
-    with pytest.raises(LedgerError):
-        writer.append("a", {})
     await writer.run()
+    assert not (tmp_path / "a.jsonl").exists()
 
 
-async def test_fire_and_forget_rows_are_written_too(tmp_path: Path) -> None:
-    path = tmp_path / "a.jsonl"
-    writer = LedgerWriter({"a": path}, "never")
-    for i in range(3):
-        writer.append("a", {"i": i})
-    writer.close()
-    await writer.run()
-    assert _lines(path) == [{"i": 0}, {"i": 1}, {"i": 2}]
-
-
-async def test_cancelling_the_writer_cancels_rows_it_did_not_record(tmp_path: Path) -> None:
+async def test_cancelling_the_writer_cancels_rows_it_did_not_sync(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "batch", fsync_fn=spy)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
     run = asyncio.create_task(writer.run())
     in_sync = writer.record("a", {"i": 0})
     await asyncio.to_thread(spy.entered.wait)
-    queued = writer.record("a", {"i": 1})
+    waiting = writer.record("a", {"i": 1})
     run.cancel()
     spy.release.set()  # the writer waits for a running fsync before closing files
     with pytest.raises(asyncio.CancelledError):
         await run
-    for pending in (in_sync, queued):
+    for pending in (in_sync, waiting):
         with pytest.raises(asyncio.CancelledError):
             await pending
     assert writer.closed
+    assert len(_lines(path)) == 2, "both rows are on file all the same"
 
 
 def test_unknown_fsync_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fsync must be one of line, batch, never"):
         LedgerWriter({"a": tmp_path / "a.jsonl"}, "sometimes")  # type: ignore[arg-type]
+
+
+async def test_record_many_writes_all_rows_in_one_write_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    writes: list[int] = []
+
+    def counting_write(fd: int, data: memoryview) -> int:
+        writes.append(len(data))
+        return os.write(fd, data)
+
+    writer = LedgerWriter({"a": path}, "never", write_fn=counting_write)
+    await writer.record_many("a", [{"i": i, "q": f"问题{i}"} for i in range(10)])
+    assert len(writes) == 1, "one batch of questions is one write"
+    with pytest.raises(LedgerError, match="cannot be written as JSON"):
+        writer.record_many("a", [{"i": 10}, {"bad": object()}])
+    await writer.record_many("a", [])
+    writer.close()
+    await writer.run()
+    assert _lines(path) == [{"i": i, "q": f"问题{i}"} for i in range(10)], "none of a failed batch"
+    assert len(writes) == 1 and writer.rows_written == {"a": 10}
