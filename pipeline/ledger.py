@@ -2,11 +2,13 @@
 
 Three pieces, each small:
 
-``read_ledger`` / ``iter_ledger``
+``read_ledger`` / ``iter_ledger`` / ``iter_ledger_spans``
     Load a ledger at start-up. A torn last line (SIGKILL or power loss in the
     middle of an append) is cut off the file with a warning; a bad line anywhere
     else is corruption and raises :class:`~pipeline.errors.InputError` naming
     the file and line, because dropping it would silently lose a paid answer.
+    Read-only (``repair=False``, for ``status`` beside a live run) a torn last
+    line is skipped instead of cut.
 ``iter_answer_heads`` / ``AnswerIndex``
     The answer ledger is the big one (a row per answer attempt, most of its
     bytes the answer text). Start-up and the dataset build need only each
@@ -73,6 +75,7 @@ __all__ = [
     "RunLock",
     "iter_answer_heads",
     "iter_ledger",
+    "iter_ledger_spans",
     "read_ledger",
     "repair_tail",
 ]
@@ -216,12 +219,15 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+def _line_blocks(path: Path, block_size: int, *, repair: bool = True) -> Iterator[tuple[bytes, int, int, int]]:
     """``path`` read a block at a time, after cutting a torn tail: each item is
     ``(block, end, lineno, offset)`` where ``block[:end]`` holds whole lines only,
     ``lineno`` is the number of its first line and ``offset`` its byte offset.
-    A missing file yields nothing."""
-    repair_tail(path)
+    A missing file yields nothing. ``repair=False`` reads without writing
+    (``status`` beside a live run): nothing is cut, and bytes after the last
+    newline are an append in flight, skipped."""
+    if repair:
+        repair_tail(path)
     try:
         fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in finally below
     except FileNotFoundError:
@@ -241,19 +247,42 @@ def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int,
             yield block, end, lineno, offset
             lineno += block.count(b"\n", 0, end)
             offset += end
-        if leftover.strip():
+        if repair and leftover.strip():
             # Unreachable after repair_tail unless someone appends concurrently.
             raise _corrupt(path, lineno, offset, "has no final newline (is another process writing?)")
     finally:
         fh.close()
 
 
-def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
-    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
+def _parse_tolerant(
+    path: Path, lines: list[bytes], first_lineno: int, offset: int
+) -> tuple[list[dict[str, Any]], InputError | None]:
+    """:func:`_parse_slow`, except that a bad *last* line comes back as an
+    error for the caller to raise only if another line follows it (a torn
+    tail, when nothing may be cut)."""
+    rows = _parse_slow(path, lines[:-1], first_lineno, offset)
+    last_offset = offset + sum(len(line) + 1 for line in lines[:-1])
+    try:
+        rows += _parse_slow(path, lines[-1:], first_lineno + len(lines) - 1, last_offset)
+    except InputError as exc:
+        return rows, exc
+    return rows, None
+
+
+def _row_blocks(
+    path: Path, block_size: int, *, repair: bool = True
+) -> Iterator[tuple[list[dict[str, Any]], list[bytes], int]]:
+    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`),
+    each with the block's lines and the byte offset of its first line. In the
+    common case ``rows[i]`` is ``lines[i]`` parsed; when the block holds blank
+    lines (or, read-only, a torn last line) there are fewer rows than lines."""
     loads = orjson.loads
-    for block, end, lineno, offset in _line_blocks(path, block_size):
+    torn: InputError | None = None
+    for block, end, lineno, offset in _line_blocks(path, block_size, repair=repair):
         if not end:
             continue
+        if torn is not None:  # a bad line with a line after it is not a torn tail
+            raise torn
         lines = block[: end - 1].split(b"\n")
         # Paused per block only, so the GC is back on whenever a caller's
         # code runs between blocks.
@@ -265,12 +294,15 @@ def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
                 if not all(type(r) is dict for r in rows):
                     raise ValueError
             except ValueError:  # orjson.JSONDecodeError is a ValueError
-                rows = _parse_slow(path, lines, lineno, offset)
-        yield rows
+                if repair:
+                    rows = _parse_slow(path, lines, lineno, offset)
+                else:
+                    rows, torn = _parse_tolerant(path, lines, lineno, offset)
+        yield rows, lines, offset
 
 
 def iter_ledger(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows of a JSONL ledger in file order, reading big blocks.
 
@@ -279,9 +311,37 @@ def iter_ledger(
     line number and byte offset. Blank lines carry no data and are skipped. The
     file is read up to its size at the start, so rows appended meanwhile are not
     seen (there should be none: the run lock keeps writers out). ``block_size``
-    is how much is read at a time; memory stays near one block of rows."""
-    for rows in _row_blocks(Path(path), block_size):
+    is how much is read at a time; memory stays near one block of rows.
+
+    ``repair=False`` never writes, for readers beside a live run (``status``):
+    a torn last line, or bytes after the last newline (an append in flight),
+    are skipped instead of cut."""
+    for rows, _, _ in _row_blocks(Path(path), block_size, repair=repair):
         yield from rows
+
+
+def iter_ledger_spans(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True
+) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """:func:`iter_ledger` with where each row is: ``(row, byte offset, byte
+    length without the newline)``, so a caller that keeps only a row's span
+    can read it back later with one ``pread``."""
+    for rows, lines, offset in _row_blocks(Path(path), block_size, repair=repair):
+        if len(rows) == len(lines):
+            for row, line in zip(rows, lines):
+                n = len(line)
+                yield row, offset, n
+                offset += n + 1
+            continue
+        # Blank lines (or a torn last line) have no row: pair rows with the
+        # lines that made them, in order.
+        spans = []
+        for line in lines:
+            if line.strip():
+                spans.append((offset, len(line)))
+            offset += len(line) + 1
+        for row, (start, n) in zip(rows, spans):
+            yield row, start, n
 
 
 def read_ledger(
@@ -293,7 +353,7 @@ def read_ledger(
     warning, a bad line elsewhere raises :class:`~pipeline.errors.InputError`."""
     out: list[dict[str, Any]] = []
     with _gc_paused():  # no caller code runs inside, so pause it throughout
-        for rows in _row_blocks(Path(path), block_size):
+        for rows, _, _ in _row_blocks(Path(path), block_size):
             out.extend(rows)
     return out
 
