@@ -7,10 +7,12 @@ Transforms (:func:`build_report`, :func:`render_markdown`,
 ``open_ledgers``   streams ``<out_dir>/state/*.jsonl`` *without* touching them:
                    a torn last line is skipped, never cut (``status`` and
                    ``qa --dry-run`` may run beside a live run, so they must not
-                   write; ``pipeline.ledger``'s readers repair). The answer
-                   ledger becomes an :class:`AnswerTally` (a packed int per
-                   turn, 8 bytes per row), never a list of rows, so the
-                   report at the end of a big run costs little memory
+                   write; ``pipeline.ledger``'s readers do the reading, in
+                   their read-only mode). The answer ledger becomes an
+                   :class:`AnswerTally` (a packed int per turn, 8 bytes per
+                   row), never a list of rows, so the report at the end of a
+                   big run costs little memory; the run's end builds
+                   ``conversations.jsonl`` from the same tally
 ``read_ledgers``   the same rules, every row in memory (small folders, tests)
 ``lock_holder``    who holds the run lock, from the lock file's content and a
                    signal-0 probe of the pid; the lock itself is never taken
@@ -186,7 +188,9 @@ class AnswerTally:
     every row was held. About 150 bytes per turn; rows as dicts took ~3 KB.
 
     Also a :data:`pipeline.state.TurnOf` / :data:`pipeline.state.RowOf` pair
-    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`."""
+    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`, and
+    the dataset's row lookup (:meth:`answered_row`), so one pass over the
+    answer ledger serves the dataset, the resume plan and the report."""
 
     def __init__(self, read: Callable[[int], Mapping[str, Any]], close: Callable[[], None] | None = None) -> None:
         """``read`` turns a ref given to :meth:`add` back into its row."""
