@@ -43,6 +43,7 @@ __all__ = [
     "build_conversations",
     "compile_gate",
     "conversation_record",
+    "conversations_from",
     "gate_answer",
     "latest_turns",
     "summarise",
@@ -59,6 +60,8 @@ ANSWER_KINDS: tuple[str, ...] = ("answered", "skipped", "vetoed", "failed", "rej
 REFUSAL_WINDOW = 100
 
 Gate = Callable[[str], tuple[str, str | None]]
+# The latest row of a conversation's turn, or None when it has none.
+RowOf = Callable[[str, int], Mapping[str, Any] | None]
 
 _HEX16 = frozenset("0123456789abcdef")
 _SPACES = re.compile(r"[ \t\u3000\xa0]+")
@@ -187,9 +190,47 @@ def assemble_conversations(
     max_turns: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """:func:`build_conversations` given the latest row per turn already
-    indexed (``conv -> turn -> row``, as :func:`latest_turns` makes), so a
-    caller can index the answer ledger by file offset and fetch rows lazily
-    instead of holding them all."""
+    indexed (``conv -> turn -> row``, as :func:`latest_turns` makes)."""
+
+    def row_of(conv: str, turn: int) -> Mapping[str, Any] | None:
+        turns = latest.get(conv)
+        return turns.get(turn) if turns else None
+
+    return conversations_from(question_rows, row_of, system_prompt, min_turns, max_turns)
+
+
+def conversations_from(
+    question_rows: Iterable[Mapping[str, Any]],
+    row_of: RowOf,
+    system_prompt: str,
+    min_turns: int,
+    max_turns: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`build_conversations` given a lookup of each turn's latest row,
+    so a caller can index the answer ledger by file offset and read rows back
+    lazily instead of holding them all (``row_of`` may answer None for a turn
+    it knows is not answered, sparing the read)."""
+    for qid in _first_questions_in_order(question_rows):
+        pairs = _answered_turns(row_of, qid, max_turns)
+        if pairs and len(pairs) >= min_turns:
+            yield conversation_record(system_prompt, pairs)
+
+
+def _answered_turns(row_of: RowOf, conv: str, max_turns: int | None) -> list[tuple[str, str]]:
+    """``(question, answer)`` of turns 1..k while every one is answered."""
+    pairs: list[tuple[str, str]] = []
+    k = 1
+    while max_turns is None or k <= max_turns:
+        row = row_of(conv, k)
+        if row is None or row.get("kind") != "answered" or not row.get("answer"):
+            break
+        pairs.append((str(row.get("question", "")), str(row["answer"])))
+        k += 1
+    return pairs
+
+
+def _first_questions_in_order(question_rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+    """Distinct question ids in ``seq`` order, then file order."""
     # Held compactly, as this runs at the end of a run on top of what the run
     # left: a 16-hex id as one int in an array (8 bytes; a (seq, n, str)
     # tuple cost ~200), other ids by position, seqs in a second array.
@@ -218,20 +259,7 @@ def assemble_conversations(
     in_order = all(seqs[i] <= seqs[i + 1] for i in range(count - 1))
     positions: Iterable[int] = range(count) if in_order else sorted(range(count), key=seqs.__getitem__)
     for i in positions:
-        qid = odd_ids.get(i) or format(ids[i], "016x")
-        turns = latest.get(qid)
-        if not turns:
-            continue
-        pairs: list[tuple[str, str]] = []
-        k = 1
-        while max_turns is None or k <= max_turns:
-            row = turns.get(k)
-            if row is None or row.get("kind") != "answered" or not row.get("answer"):
-                break
-            pairs.append((str(row.get("question", "")), str(row["answer"])))
-            k += 1
-        if pairs and len(pairs) >= min_turns:
-            yield conversation_record(system_prompt, pairs)
+        yield odd_ids.get(i) or format(ids[i], "016x")
 
 
 def write_dataset(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> int:

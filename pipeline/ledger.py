@@ -2,11 +2,13 @@
 
 Three pieces, each small:
 
-``read_ledger`` / ``iter_ledger``
+``read_ledger`` / ``iter_ledger`` / ``iter_ledger_spans``
     Load a ledger at start-up. A torn last line (SIGKILL or power loss in the
     middle of an append) is cut off the file with a warning; a bad line anywhere
     else is corruption and raises :class:`~pipeline.errors.InputError` naming
     the file and line, because dropping it would silently lose a paid answer.
+    Read-only (``repair=False``, for ``status`` beside a live run) a torn last
+    line is skipped instead of cut.
 ``iter_answer_heads`` / ``AnswerIndex``
     The answer ledger is the big one (a row per answer attempt, most of its
     bytes the answer text). Start-up and the dataset build need only each
@@ -80,6 +82,7 @@ __all__ = [
     "gc_paused",
     "iter_answer_heads",
     "iter_ledger",
+    "iter_ledger_spans",
     "iter_line_blocks",
     "read_ledger",
     "repair_tail",
@@ -241,15 +244,18 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int]]:
+def _line_blocks(path: Path, block_size: int, *, repair: bool = True) -> Iterator[tuple[bytes, int, int]]:
     """``path`` read a block at a time, after cutting a torn tail: each item is
     ``(block, end, offset)`` where ``block[:end]`` holds whole lines only (at
     least one) and ``offset`` is its byte offset. A missing file yields nothing.
 
     Each block is read at the offset where the previous one's whole lines
     ended, so the partial line at a block's end is read again rather than
-    glued onto the next block by a copy."""
-    repair_tail(path)
+    glued onto the next block by a copy. ``repair=False`` reads without
+    writing (``status`` beside a live run): nothing is cut, and bytes after
+    the last newline are an append in flight, skipped."""
+    if repair:
+        repair_tail(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -268,7 +274,7 @@ def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int]
             elif offset + len(block) < size:
                 want *= 2  # a line longer than a block: read more of it at once
             else:
-                if block.strip():
+                if repair and block.strip():
                     # Unreachable after repair_tail unless someone appends concurrently.
                     raise _corrupt(path, offset, "has no final newline (is another process writing?)")
                 break
@@ -276,10 +282,34 @@ def _line_blocks(path: Path, block_size: int) -> Iterator[tuple[bytes, int, int]
         os.close(fd)
 
 
-def _row_blocks(path: Path, block_size: int) -> Iterator[list[dict[str, Any]]]:
+def _parse_tolerant(
+    path: Path, lines: list[bytes], offset: int
+) -> tuple[list[dict[str, Any]], InputError | None]:
+    """:func:`_parse_slow`, except that a bad *last* line comes back as an
+    error for the caller to raise only if another line follows it (a torn
+    tail, when nothing may be cut)."""
+    rows = _parse_slow(path, lines[:-1], offset)
+    last_offset = offset + sum(len(line) + 1 for line in lines[:-1])
+    try:
+        rows += _parse_slow(path, lines[-1:], last_offset)
+    except InputError as exc:
+        return rows, exc
+    return rows, None
+
+
+def _row_blocks(
+    path: Path, block_size: int, *, repair: bool = True
+) -> Iterator[list[dict[str, Any]]]:
     """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
-    for block, end, offset in _line_blocks(path, block_size):
-        yield rows_of_block(path, block, end, offset)
+    torn: InputError | None = None
+    for block, end, offset in _line_blocks(path, block_size, repair=repair):
+        if torn is not None:  # a bad line with a line after it is not a torn tail
+            raise torn
+        if repair:
+            yield rows_of_block(path, block, end, offset)
+        else:
+            rows, torn = _rows_of_block_tolerant(path, block, end, offset)
+            yield rows
 
 
 def iter_line_blocks(
@@ -292,28 +322,41 @@ def iter_line_blocks(
     return _line_blocks(Path(path), block_size)
 
 
+def _fast_rows(lines: list[bytes]) -> list[dict[str, Any]] | None:
+    """Every line parsed in one C-level loop, or None when a line is blank or
+    bad (then a slow path names the culprit)."""
+    # Paused per block only, so the GC is back on whenever a caller's
+    # code runs between blocks.
+    with gc_paused():
+        try:
+            rows = list(map(orjson.loads, lines))
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            return None
+    return rows if all(type(r) is dict for r in rows) else None
+
+
 def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, offset: int) -> list[dict[str, Any]]:
     """The rows of one block of :func:`iter_line_blocks`, with the errors of
     :func:`iter_ledger` (``path`` only names the file in them)."""
     if not end:
         return []
     lines = block[: end - 1].split(b"\n")
-    # Paused per block only, so the GC is back on whenever a caller's
-    # code runs between blocks.
-    with gc_paused():
-        try:
-            # Fast path: one C-level loop per block. Blank or bad lines
-            # fall through to the slow path, which names the culprit.
-            rows = list(map(orjson.loads, lines))
-            if not all(type(r) is dict for r in rows):
-                raise ValueError
-        except ValueError:  # orjson.JSONDecodeError is a ValueError
-            rows = _parse_slow(Path(path), lines, offset)
-    return rows
+    rows = _fast_rows(lines)
+    return rows if rows is not None else _parse_slow(Path(path), lines, offset)
+
+
+def _rows_of_block_tolerant(
+    path: Path, block: bytes, end: int, offset: int
+) -> tuple[list[dict[str, Any]], InputError | None]:
+    """:func:`rows_of_block` for a reader that may not cut a torn tail: a bad
+    last line comes back as the error to raise if any line follows it."""
+    lines = block[: end - 1].split(b"\n")
+    rows = _fast_rows(lines)
+    return (rows, None) if rows is not None else _parse_tolerant(path, lines, offset)
 
 
 def iter_ledger(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows of a JSONL ledger in file order, reading big blocks.
 
@@ -322,9 +365,49 @@ def iter_ledger(
     line number and byte offset. Blank lines carry no data and are skipped. The
     file is read up to its size at the start, so rows appended meanwhile are not
     seen (there should be none: the run lock keeps writers out). ``block_size``
-    is how much is read at a time; memory stays near one block of rows."""
-    for rows in _row_blocks(Path(path), block_size):
+    is how much is read at a time; memory stays near one block of rows.
+
+    ``repair=False`` never writes, for readers beside a live run (``status``):
+    a torn last line, or bytes after the last newline (an append in flight),
+    are skipped instead of cut."""
+    for rows in _row_blocks(Path(path), block_size, repair=repair):
         yield from rows
+
+
+def iter_ledger_spans(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True
+) -> Iterator[tuple[dict[str, Any], int, int]]:
+    """:func:`iter_ledger` with where each row is: ``(row, byte offset, byte
+    length without the newline)``, so a caller that keeps only a row's span
+    can read it back later with one ``pread``.
+
+    Rows are parsed one at a time, not a block at once: a caller building a
+    long-lived index from them (the answer tally) would otherwise interleave
+    its entries with a block's worth of short-lived rows, and the memory those
+    pin may stay with the process. Parsing row by row is also ~20% faster here."""
+    p = Path(path)
+    loads = orjson.loads
+    torn: InputError | None = None
+    for block, end, offset in _line_blocks(p, block_size, repair=repair):
+        if torn is not None:  # a bad line with a line after it is not a torn tail
+            raise torn
+        lines = block[: end - 1].split(b"\n")
+        last = len(lines) - 1
+        for i, line in enumerate(lines):
+            try:
+                row = loads(line)
+            except ValueError:  # orjson.JSONDecodeError is a ValueError
+                row = None
+            if type(row) is dict:
+                yield row, offset, len(line)
+            elif line.strip():  # bad: raise the error that names it, unless it may be a torn tail
+                try:
+                    _parse_slow(p, [line], offset)
+                except InputError as exc:
+                    if repair or i < last:
+                        raise
+                    torn = exc
+            offset += len(line) + 1
 
 
 def read_ledger(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.dataset import assemble_conversations, write_dataset
+from pipeline.dataset import conversations_from, write_dataset
 from pipeline.errors import PipelineError
 from pipeline.graph import Graph, RunStats, StopReason
 from pipeline.huixiangdou import HuixiangdouPool
@@ -34,7 +34,7 @@ from pipeline.ledger import (
 )
 from pipeline.llm import LLMClient
 from pipeline.outcome import Answerer
-from pipeline.report import build_report, open_ledgers, state_from_ledgers, write_report
+from pipeline.report import Ledgers, build_report, open_ledgers, state_from_ledgers, write_report
 from pipeline.settings import Settings
 from pipeline.state import RunState, StateBuilder, ledger_paths, question_block
 
@@ -58,12 +58,6 @@ DATASET_NAME = "conversations.jsonl"
 # it: 256 KiB took 10% less time than 8 MiB on a million-line resume, and the
 # per-block work is still noise at that size.
 _READ_BLOCK = 256 * 1024
-
-# Read block of the ledgers when the dataset is built at the end of a run. An
-# 8 MiB block of question rows parsed at once is ~40 MB of dicts on top of
-# what the run left behind, which set the run's peak RSS; 1 MiB costs
-# nothing measurable in time at that point.
-_END_BLOCK = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -139,19 +133,21 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
         return builder.finish(read_ledger(paths["events"]))
 
 
-def write_conversations(settings: Settings) -> int:
+def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> int:
     """Rebuild ``conversations.jsonl`` from the ledgers, atomically.
 
-    The answer ledger is indexed by byte offset, not loaded: memory grows by
-    a dict entry per answered turn, not by every row, and each record's rows
-    are read back as it is written."""
-    paths = ledger_paths(settings.state_dir)
-    questions = (r for r in iter_ledger(paths["questions"], block_size=_END_BLOCK) if "conv" not in r)
-    with AnswerIndex(paths["answers"], block_size=_END_BLOCK) as latest:
-        records = assemble_conversations(
-            questions, latest, settings.conversations.system_prompt, settings.conversations.min_turns
-        )
-        return write_dataset(settings.out_dir / DATASET_NAME, records)
+    ``ledgers``: :func:`~pipeline.report.open_ledgers` of the run's state
+    folder, when the caller has them open (the end of a run shares them with
+    the report: one pass over the answer ledger serves both); else they are
+    opened here. The answer ledger is indexed by byte offset, not loaded, and
+    only answered rows are read back, as each record is written."""
+    if ledgers is None:
+        with open_ledgers(settings.state_dir) as opened:
+            return write_conversations(settings, opened)
+    c = settings.conversations
+    questions = (r for r in ledgers.questions() if "conv" not in r)
+    records = conversations_from(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    return write_dataset(settings.out_dir / DATASET_NAME, records)
 
 
 def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
@@ -242,12 +238,16 @@ async def _run_graph(
             await asyncio.shield(writer.record("events", end))
         writer.close()
         count: int | None = None
-        try:
-            await asyncio.shield(writer_task)
-            count = _write_dataset(settings)
-        finally:
-            # Also after a failure: the report says how far it got.
-            _write_report(settings, _run_summary(graph, llm, status, end, state), count)
+        with contextlib.ExitStack() as closing:
+            ledgers: Ledgers | None = None
+            try:
+                await asyncio.shield(writer_task)
+                # Opened once for both outputs: one pass over the answer ledger.
+                ledgers = closing.enter_context(open_ledgers(settings.state_dir))
+                count = _write_dataset(settings, ledgers)
+            finally:
+                # Also after a failure: the report says how far it got.
+                _write_report(settings, _run_summary(graph, llm, status, end, state), count, ledgers)
     return QAResult(
         status=status,
         detail=graph.stop_detail,
@@ -262,10 +262,10 @@ class OutputError(PipelineError):
     names it and says what is safe."""
 
 
-def _write_dataset(settings: Settings) -> int:
+def _write_dataset(settings: Settings, ledgers: Ledgers) -> int:
     """:func:`write_conversations`, with an error a person can act on."""
     try:
-        return write_conversations(settings)
+        return write_conversations(settings, ledgers)
     except OSError as exc:
         path = settings.out_dir / DATASET_NAME
         raise OutputError(
@@ -291,13 +291,16 @@ def _run_summary(
     }
 
 
-def _write_report(settings: Settings, run: dict[str, Any], conversations: int | None) -> None:
-    """report.md and report.json; a failure is logged, never raised, so it
-    cannot hide why the run ended."""
+def _write_report(settings: Settings, run: dict[str, Any], conversations: int | None,
+                  ledgers: Ledgers | None = None) -> None:
+    """report.md and report.json, from ``ledgers`` when open (else opened
+    here); a failure is logged, never raised, so it cannot hide why the run ended."""
     try:
-        # One streamed pass over the answer ledger serves the plan and the
-        # report; holding every row as a dict cost ~2.9 KB a question here.
-        with open_ledgers(settings.state_dir) as ledgers:
+        with contextlib.ExitStack() as closing:
+            if ledgers is None:
+                ledgers = closing.enter_context(open_ledgers(settings.state_dir))
+            # The answer ledger is an index, not rows: holding every row as a
+            # dict cost ~2.9 KB a question here.
             state = state_from_ledgers(settings, ledgers)
             report = build_report(settings, ledgers, state, run, conversations=conversations)
         md, _ = write_report(settings.out_dir, report)

@@ -7,10 +7,12 @@ Transforms (:func:`build_report`, :func:`render_markdown`,
 ``open_ledgers``   streams ``<out_dir>/state/*.jsonl`` *without* touching them:
                    a torn last line is skipped, never cut (``status`` and
                    ``qa --dry-run`` may run beside a live run, so they must not
-                   write; ``pipeline.ledger``'s readers repair). The answer
-                   ledger becomes an :class:`AnswerTally` (a packed int per
-                   turn, 8 bytes per row), never a list of rows, so the
-                   report at the end of a big run costs little memory
+                   write; ``pipeline.ledger``'s readers do the reading, in
+                   their read-only mode). The answer ledger becomes an
+                   :class:`AnswerTally` (a packed int per turn, 8 bytes per
+                   row), never a list of rows, so the report at the end of a
+                   big run costs little memory; the run's end builds
+                   ``conversations.jsonl`` from the same tally
 ``read_ledgers``   the same rules, every row in memory (small folders, tests)
 ``lock_holder``    who holds the run lock, from the lock file's content and a
                    signal-0 probe of the pid; the lock itself is never taken
@@ -42,6 +44,7 @@ import orjson
 from pipeline.dataset import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
+from pipeline.ledger import iter_ledger, iter_ledger_spans
 from pipeline.settings import Settings
 from pipeline.state import RunState, StateBuilder, derive_state, ledger_paths
 
@@ -79,64 +82,14 @@ _SNIPPET = 80
 
 # --------------------------------------------------------------------------- reading (read-only)
 
-# Rows are parsed one by one anyway, so a bigger read gains little and would
-# only raise the peak (a block, its copy with the carried-over partial line).
+# A bigger read gains little here and would only raise the peak at the end
+# of a run (a block, its lines and their rows are alive at once).
 _READ_BLOCK: Final = 1024 * 1024
-
-
-def _spans(fh: BinaryIO, path: Path, block_size: int = _READ_BLOCK) -> Iterator[tuple[dict[str, Any], int, int]]:
-    """``(row, byte offset, byte length)`` of every row of an open ledger, read-only.
-
-    Reads up to the size the file has now (rows a live run appends meanwhile
-    are not seen). Bytes after the last newline are an append in flight and
-    are skipped; so is an unparsable *last* line (a torn tail the next run
-    cuts). A bad line with any line after it raises :class:`InputError`."""
-    remaining = os.fstat(fh.fileno()).st_size
-    leftover = b""
-    offset = 0  # of the block's first byte
-    lineno = 0
-    bad: int | None = None  # line number of a bad line: fatal once another line follows
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    while remaining > 0:
-        chunk = fh.read(min(block_size, remaining))
-        if not chunk:  # the file shrank under us: nothing more to read
-            break
-        remaining -= len(chunk)
-        block = leftover + chunk if leftover else chunk
-        del chunk  # one block alive at a time, not two
-        end = block.rfind(b"\n") + 1
-        leftover = block[end:]
-        pos = 0
-        while pos < end:
-            nl = block.index(b"\n", pos, end)
-            lineno += 1
-            if bad is not None:
-                raise InputError(f"{path}: line {bad} is not a JSON object; the ledger is damaged")
-            line = block[pos:nl]
-            if line.strip():
-                try:
-                    row = loads(line)
-                except decode_error:
-                    row = None
-                if type(row) is dict:
-                    yield row, offset + pos, nl - pos
-                else:
-                    bad = lineno
-            pos = nl + 1
-        offset += end
-        del block
 
 
 def iter_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Rows of one ledger, streamed without modifying the file (see :func:`read_rows`)."""
-    p = Path(path)
-    try:
-        fh = open(p, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return
-    with fh:
-        for row, _, _ in _spans(fh, p):
-            yield row
+    return iter_ledger(path, block_size=_READ_BLOCK, repair=False)
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -235,7 +188,9 @@ class AnswerTally:
     every row was held. About 150 bytes per turn; rows as dicts took ~3 KB.
 
     Also a :data:`pipeline.state.TurnOf` / :data:`pipeline.state.RowOf` pair
-    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`."""
+    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`, and
+    the dataset's row lookup (:meth:`answered_row`), so one pass over the
+    answer ledger serves the dataset, the resume plan and the report."""
 
     def __init__(self, read: Callable[[int], Mapping[str, Any]], close: Callable[[], None] | None = None) -> None:
         """``read`` turns a ref given to :meth:`add` back into its row."""
@@ -244,6 +199,7 @@ class AnswerTally:
         self.rag_seconds = array("d")
         self.facts: list[_Facts] = []
         self._ids: dict[_Facts, int] = {}
+        self._ids_of_text: dict[tuple[str, str, str], int] = {}  # (kind, state, reason) -> facts id
         # conv -> packed turn 1 alone (the common case), or (turn, packed, turn, packed, ...)
         self._convs: dict[int | str, int | tuple[int, ...]] = {}
         self._read, self._close = read, close
@@ -273,9 +229,10 @@ class AnswerTally:
             return row
 
         tally = cls(read, fh.close)
+        add = tally.add
         try:
-            for row, offset, length in _spans(fh, p):
-                tally.add(row, offset << 32 | length)
+            for row, offset, length in iter_ledger_spans(p, block_size=_READ_BLOCK, repair=False):
+                add(row, offset << 32 | length)
         except BaseException:
             fh.close()
             raise
@@ -304,13 +261,16 @@ class AnswerTally:
         if not isinstance(conv, str) or type(turn) is not int or turn < 1:
             self.ignored += 1
             return
-        facts = _facts(row)
-        fid = self._ids.get(facts)
-        if fid is None:
-            fid = self._ids[facts] = len(self.facts)
-            if fid > _FID_MASK:
-                raise InputError("the answer ledger has too many distinct (kind, state, reason) combinations")
-            self.facts.append(facts)
+        kind, state, reason = row.get("kind"), row.get("state"), row.get("reason")
+        if type(kind) is str and type(state) is str and type(reason) is str:
+            # The usual row: its facts follow from these three strings alone,
+            # so they are worked out once per combination, not once per row.
+            fid = self._ids_of_text.get((kind, state, reason))
+            if fid is None:
+                fid = self._ids_of_text[kind, state, reason] = self._fid(_facts(row))
+        else:
+            fid = self._fid(_facts(row))
+        facts = self.facts[fid]
         chars = min(len(str(row.get("answer", ""))), _CHARS_MAX) if facts.answered else 0
         key = _conv_key(conv)
         entry = self._convs.get(key)
@@ -333,6 +293,16 @@ class AnswerTally:
                 items += (turn, packed)
             self._convs[key] = tuple(items)
 
+    def _fid(self, facts: _Facts) -> int:
+        """The id of ``facts``, interned."""
+        fid = self._ids.get(facts)
+        if fid is None:
+            fid = self._ids[facts] = len(self.facts)
+            if fid > _FID_MASK:
+                raise InputError("the answer ledger has too many distinct (kind, state, reason) combinations")
+            self.facts.append(facts)
+        return fid
+
     def latest(self, conv: str, turn: int) -> int | None:
         """The packed latest row of one turn, or None when it has none."""
         entry = self._convs.get(_conv_key(conv))
@@ -345,6 +315,15 @@ class AnswerTally:
             return None
         return (self.facts[packed & _FID_MASK].kind, (packed >> _FAILS_SHIFT) & _FAILS_MAX,
                 packed >> _REF_SHIFT)
+
+    def answered_row(self, conv: str, turn: int) -> Mapping[str, Any] | None:
+        """The latest row of one turn when it is answered, else None without
+        reading anything (a :data:`pipeline.dataset.RowOf` for the dataset,
+        which stops a conversation at its first turn not answered)."""
+        packed = self.latest(conv, turn)
+        if packed is None or not self.facts[packed & _FID_MASK].answered:
+            return None
+        return self._read(packed >> _REF_SHIFT)
 
     def read(self, ref: int) -> Mapping[str, Any]:
         """The row at a ref of :meth:`turn` or :meth:`packed`."""

@@ -24,6 +24,7 @@ from pipeline.ledger import (
     RunLock,
     iter_answer_heads,
     iter_ledger,
+    iter_ledger_spans,
     read_ledger,
     repair_tail,
 )
@@ -725,3 +726,24 @@ async def test_record_many_writes_all_rows_in_one_write_or_none(tmp_path: Path) 
     await writer.run()
     assert _lines(path) == [{"i": i, "q": f"问题{i}"} for i in range(10)], "none of a failed batch"
     assert len(writes) == 1 and writer.rows_written == {"a": 10}
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 1 << 20])
+def test_spans_read_back_their_rows_and_read_only_skips_a_torn_tail(tmp_path: Path, block_size: int) -> None:
+    path = tmp_path / "a.jsonl"
+    content = b'{"a": 1}\n\n{"b": "\xe4\xb8\xad"}\n  \n{"c": [3]}\n{"torn": \n{"d'
+    path.write_bytes(content)
+    spans = list(iter_ledger_spans(path, block_size=block_size, repair=False))
+    assert [row for row, _, _ in spans] == [{"a": 1}, {"b": "中"}, {"c": [3]}]
+    assert [orjson.loads(content[o:o + n]) for _, o, n in spans] == [row for row, _, _ in spans]
+    assert path.read_bytes() == content, "read-only: nothing cut"
+    assert list(iter_ledger_spans(path, block_size=block_size)) == spans, "repairing: the tail is cut"
+    assert path.read_bytes() == content[: content.index(b'{"torn"')]
+
+
+def test_spans_name_a_bad_line_that_is_not_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"a": 1}\n[2]\n{"b": 2}\n')
+    for repair in (False, True):
+        with pytest.raises(InputError, match=r"a\.jsonl: line 2 \(byte offset 9\)"):
+            list(iter_ledger_spans(path, block_size=4, repair=repair))

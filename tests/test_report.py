@@ -275,3 +275,17 @@ def test_the_report_holds_no_answer_rows(tmp_path: Path) -> None:
     small, large = 3000, 6000
     growth = (report_peak(tmp_path, large) - report_peak(tmp_path, small)) / (large - small)
     assert growth < 1024, f"{growth:.0f} B per answered question while building the report"
+
+
+def test_tally_reads_back_only_answered_turns_for_the_dataset() -> None:
+    # The dataset stops a conversation at its first turn not answered; the
+    # tally knows each turn's kind, so such a turn costs no read.
+    rows = [a(0, "answered", answer="甲"), a(1, "skipped", state="s"), a(2, "failed"), a(3, "rejected")]
+    reads: list[int] = []
+    tally = AnswerTally(lambda ref: reads.append(ref) or rows[ref])  # type: ignore[func-returns-value]
+    for i, row in enumerate(rows):
+        tally.add(row, i)
+    assert tally.answered_row("q0", 1) == rows[0]
+    assert [tally.answered_row(f"q{i}", 1) for i in (1, 2, 3)] == [None, None, None]
+    assert tally.answered_row("q0", 2) is None and tally.answered_row("q9", 1) is None
+    assert reads == [0]

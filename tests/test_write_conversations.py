@@ -67,3 +67,74 @@ def test_written_dataset_equals_the_in_memory_build(tmp_path: Path, case: str) -
     expected = list(build_conversations(questions, answers, "S", 1))
     written = [orjson.loads(line) for line in (settings.out_dir / "conversations.jsonl").read_bytes().splitlines()]
     assert written == expected and count == len(expected)
+
+
+# --------------------------------------------------------------------------- the run's end
+
+
+def _row(conv: str, turn: int, kind: str, *, answer: str = "", state: str = "success", reason: str = "",
+         seconds: float = 0.5) -> dict[str, Any]:
+    """An answer row laid out as pipeline.graph writes it."""
+    return {"conv": conv, "turn": turn, "kind": kind, "question": f"{conv}/{turn}？\n\"引号\"",
+            "answer": answer, "raw_answer": answer or "原答", "refs": ["a.md"], "state": state,
+            "reason": reason, "server": "http://127.0.0.1:1", "attempts": 1, "seconds": seconds}
+
+
+END_QUESTIONS = [
+    *(_q(h, i) for i, h in enumerate(HEX)),
+    {"id": "f" * 16, "conv": HEX[0], "turn": 2, "text": "追问？"},  # a follow-up: not a conversation of its own
+    _q("天", 7), _q("x-1", 4),
+]
+END_ANSWERS = [
+    _row(HEX[0], 1, "answered", answer="答一\n第二行", seconds=1.5),
+    _row(HEX[1], 1, "failed", state="timeout", seconds=30.0),
+    _row(HEX[0], 2, "answered", answer="答二"),
+    _row(HEX[1], 1, "failed", state="timeout"),
+    _row(HEX[2], 1, "rejected", answer="", reason="too_short"),
+    _row(HEX[3], 1, "vetoed", state="secure_reject"),
+    _row(HEX[1], 1, "answered", answer="终于答了"),  # the retry wins
+    _row(HEX[0], 3, "skipped", state="no_doc"),  # ends the conversation after two turns
+    _row("天", 1, "answered", answer="悟空"),
+    _row("x-1", 1, "skipped", state="no_doc", seconds=0.0),
+    {"conv": "x-1", "turn": 0, "kind": "answered", "answer": "不算"},  # no valid turn: ignored
+    {**_row(HEX[2], 2, "answered", answer="没有第一轮就不算"), "state": None},
+]
+RUN = {"status": "complete", "detail": "", "seconds": 2.0, "questions_new": 6,
+       "stats": {"outcomes": {"answered": 4}}, "usage": {}, "llm_seconds": [0.5], "rag_seconds": [0.3]}
+
+
+@pytest.mark.parametrize("max_turns", [1, 3])
+def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, max_turns: int) -> None:
+    # The run's end opens the ledgers once: the dataset is written from the
+    # answer tally, then the report is built from the same tally. Both must be
+    # what the row-by-row transforms make of the same rows, byte for byte.
+    from pipeline.dataset import write_dataset
+    from pipeline.jsonl import dumps_line
+    from pipeline.report import build_report, open_ledgers, render_markdown, state_from_ledgers, state_from_rows
+
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["a"], "per_aspect": 8},
+                               "conversations": {"system_prompt": "S", "min_turns": 1, "max_turns": max_turns}},
+                              environ={})
+    settings.state_dir.mkdir(parents=True)
+    paths = ledger_paths(settings.state_dir)
+    paths["questions"].write_bytes(b"".join(map(dumps_line, END_QUESTIONS)))
+    paths["answers"].write_bytes(b"".join(map(dumps_line, END_ANSWERS)))
+    paths["events"].write_bytes(dumps_line({"event": "run_start", "time": 0.0}))
+
+    with open_ledgers(settings.state_dir) as ledgers:
+        count = write_conversations(settings, ledgers)
+        report = build_report(settings, ledgers, state_from_ledgers(settings, ledgers), RUN,
+                              conversations=count, now=0.0)
+
+    first_turns = [r for r in END_QUESTIONS if "conv" not in r]
+    expected_path = tmp_path / "expected.jsonl"
+    expected_count = write_dataset(expected_path, build_conversations(first_turns, END_ANSWERS, "S", 1))
+    rows = {"questions": END_QUESTIONS, "answers": END_ANSWERS, "events": [{"event": "run_start", "time": 0.0}]}
+    expected = build_report(settings, rows, state_from_rows(settings, rows), RUN,
+                            conversations=expected_count, now=0.0)
+    assert count == expected_count == 3
+    assert (settings.out_dir / "conversations.jsonl").read_bytes() == expected_path.read_bytes()
+    assert report == expected
+    assert render_markdown(report) == render_markdown(expected)
+    assert report["outcomes"] == {"answered": 5, "skipped": 2, "vetoed": 1, "failed": 0, "rejected": 1}
