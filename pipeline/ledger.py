@@ -11,7 +11,7 @@ Three pieces, each small:
     line is skipped instead of cut.
 ``iter_answer_heads`` / ``AnswerIndex``
     The answer ledger is the big one (a row per answer attempt, most of its
-    bytes the answer text). Start-up and the dataset build need only each
+    bytes the answer text). Start-up (``pipeline.qa.load_state``) needs only each
     row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
     that head with one regular expression per read block and read a whole row
     back by byte offset when it is needed; lines the pattern does not fit are
@@ -25,10 +25,11 @@ Three pieces, each small:
     open descriptor for the whole run, so a crashed holder's lock dies with its
     process and there is never a stale lock to clean up.
 ``LedgerWriter``
-    The single writer task. Every stage hands it rows through one queue; it
-    appends them, fsyncs per policy, and only then tells the caller the row is
-    recorded. ``record`` is shielded: cancelling the caller (Ctrl-C) cannot
-    separate "answer received" from "answer recorded".
+    The single writer. ``record`` appends a row at once, in the caller's own
+    step, so nothing (Ctrl-C included) can come between "answer received" and
+    "answer on file", and a process crash loses nothing acknowledged; its task
+    only fsyncs, and the policy says what a caller waits for (a sync under
+    "line", nothing under "batch" and "never").
 
 What a "torn tail" is, precisely: every byte after the last newline (the
 writer always ends a row with one, so such bytes were never acknowledged),
