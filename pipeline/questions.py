@@ -14,7 +14,6 @@ import itertools
 import json
 import re
 import unicodedata
-import zlib
 from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -367,6 +366,9 @@ def question_id(q: str) -> str:
 
 # --------------------------------------------------------------------------- dedup
 
+_U64 = np.uint64
+
+
 def _fmix32(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finalizer, element-wise (uint32, wrapping): the
     pre-mix datasketch's "affine32" scheme applies to every input hash."""
@@ -377,21 +379,74 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-class _IntTable:
-    """64-bit key -> indexes, with open addressing in two flat arrays: 12
-    bytes a slot at a load of at most one half, against ~75 bytes for an
-    entry of a Python dict keyed by ints. Each key has one slot; a key that
-    gains a second value moves its values to a small dict of lists (rare:
-    only questions sharing a whole band meet there), which stops growing at
-    ``max_per_key`` so a band made of very common n-grams cannot turn every
-    lookup into hundreds of comparisons. Key 0 marks an empty slot."""
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, element-wise (uint64, wrapping): a bijection
+    that spreads every input bit over all output bits, so keys made of similar
+    words still differ in their low bits (the table's slot)."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
 
-    __slots__ = ("_keys", "_vals", "_mask", "_size", "_multi", "max_per_key")
+
+def _gram_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct character 3-grams of each text as sorted 32-bit hashes,
+    all texts in one flat uint32 array, and where each text's run starts.
+    Every text must have at least 3 characters.
+
+    A 3-gram's code points (21 bits each) pack into one 64-bit integer without
+    loss; mixed and cut to 32 bits it is as good a hash as crc32 was, and the
+    whole batch is hashed in a few numpy calls instead of one Python call per
+    gram."""
+    lengths = np.fromiter(map(len, norms), dtype=np.intp, count=len(norms))
+    points = np.frombuffer("".join(norms).encode("utf-32-le"), dtype="<u4").astype(_U64)
+    counts = lengths - 2
+    # Index of each gram's first character in ``points``: its text's start
+    # plus its place in the text.
+    text_starts = np.cumsum(lengths) - lengths
+    gram_starts = np.cumsum(counts) - counts
+    first = np.arange(int(counts.sum())) + np.repeat(text_starts - gram_starts, counts)
+    packed = (points[first] << _U64(42)) | (points[first + 1] << _U64(21)) | points[first + 2]
+    # Text number in the high half, hash in the low: one sort orders the
+    # grams by text, then by hash, and equal neighbours are repeats.
+    text = np.repeat(np.arange(len(norms), dtype=_U64), counts)
+    tagged = np.sort((text << _U64(32)) | (_mix64(packed) >> _U64(32)))
+    distinct = np.empty(len(tagged), dtype=bool)
+    distinct[0] = True
+    np.not_equal(tagged[1:], tagged[:-1], out=distinct[1:])
+    tagged = tagged[distinct]
+    starts = np.searchsorted(tagged >> _U64(32), np.arange(len(norms), dtype=_U64))
+    return tagged.astype(np.uint32), starts
+
+
+def _digests(norms: Sequence[str]) -> np.ndarray:
+    """A non-zero 64-bit digest of each normalised text, for the exact check.
+    Python's own string hash (SipHash, 64 bits) is fine here: the index lives
+    in one process and is rebuilt by seeding, never stored."""
+    digests = np.fromiter(map(hash, norms), dtype=np.int64, count=len(norms)).view(_U64)
+    return np.maximum(digests, _U64(1))
+
+
+_WINDOW = np.arange(8)
+
+
+class _IntTable:
+    """64-bit key -> indexes, with open addressing (linear probing) in two
+    flat numpy arrays: 12 bytes a slot at a load of at most one half, against
+    ~75 bytes for an entry of a Python dict keyed by ints, and a whole batch of
+    keys looked up or inserted in a few numpy calls. Each key has one slot; a
+    key that gains a second value moves its values to a small dict of lists
+    (rare: only questions sharing a whole band meet there), which stops
+    growing at ``max_per_key`` so a band made of very common n-grams cannot
+    turn every lookup into hundreds of comparisons. Key 0 marks an empty
+    slot."""
+
+    __slots__ = ("_keys", "_vals", "_size", "_multi", "max_per_key")
 
     def __init__(self, capacity: int = 1024, max_per_key: int = 32) -> None:
-        self._keys = array("Q", bytes(8 * capacity))
-        self._vals = array("i", bytes(4 * capacity))
-        self._mask = capacity - 1
+        self._keys = np.zeros(capacity, dtype=_U64)
+        self._vals = np.zeros(capacity, dtype=np.int32)
         self._size = 0
         self._multi: dict[int, list[int]] = {}
         self.max_per_key = max_per_key
@@ -399,82 +454,161 @@ class _IntTable:
     def __len__(self) -> int:
         return self._size
 
-    def _slot(self, key: int) -> int:
-        keys, mask = self._keys, self._mask
-        i = key & mask
-        while (k := keys[i]) != 0 and k != key:
-            i = (i + 1) & mask
-        return i
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's slot, or the empty slot that ends its probe run (keys
+        uint64, non-zero). Probes a window of slots per round, so at a load of
+        one half nearly every key is settled in the first round."""
+        table = self._keys
+        mask = len(table) - 1
+        slots = (keys & _U64(mask)).astype(np.intp)
+        todo = np.arange(len(keys))
+        while len(todo):
+            window = (slots[todo, None] + _WINDOW) & mask
+            seen = table[window]
+            stop = (seen == keys[todo, None]) | (seen == 0)
+            settled = stop.any(axis=1)
+            slots[todo] = (slots[todo] + np.where(settled, stop.argmax(axis=1), len(_WINDOW))) & mask
+            todo = todo[~settled]
+        return slots
 
-    def get(self, key: int) -> Sequence[int]:
-        i = self._slot(key)
-        if self._keys[i] == 0:
-            return ()
-        v = self._vals[i]
+    def holds(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Whether each key is in the table, given ``slots = find(keys)``."""
+        return self._keys[slots] == keys
+
+    def values_found(self, keys: np.ndarray, slots: np.ndarray) -> dict[int, Sequence[int]]:
+        """The values of the keys present, by position in ``keys``, given
+        ``slots = find(keys)``."""
+        present = np.flatnonzero(self._keys[slots] == keys)
+        return {p: self._values(int(keys[p]), int(slots[p])) for p in present.tolist()}
+
+    def _values(self, key: int, slot: int) -> Sequence[int]:
+        v = int(self._vals[slot])
         return self._multi[key] if v < 0 else (v,)
 
-    def __contains__(self, key: int) -> bool:
-        return self._keys[self._slot(key)] != 0
-
-    def add(self, key: int, value: int) -> None:
-        i = self._slot(key)
-        if self._keys[i] != 0:
-            v = self._vals[i]
-            if v >= 0:
-                self._multi[key] = [v, value]
-                self._vals[i] = -1
-            elif len(bucket := self._multi[key]) < self.max_per_key:
-                bucket.append(value)
+    def add_many(self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray | None = None) -> None:
+        """Add ``values[i]`` under ``keys[i]`` (uint64, non-zero), in order.
+        ``slots``: what :meth:`find` gave for ``keys`` if nothing was added
+        since, which saves probing again."""
+        if 2 * (self._size + len(keys)) > len(self._keys):
+            self._grow(self._size + len(keys))
+            slots = None
+        if slots is None:
+            slots = self.find(keys)
+        new = self._keys[slots] == 0
+        ordered = np.sort(keys)
+        if (ordered[1:] == ordered[:-1]).any():
+            first = np.zeros(len(keys), dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True
+            new &= first
+        if new.all():
+            self._place(keys, values, slots)
             return
-        if 2 * (self._size + 1) > len(self._keys):
-            self._grow()
-            i = self._slot(key)
-        self._keys[i] = key
-        self._vals[i] = value
-        self._size += 1
+        self._place(keys[new], values[new], slots[new])
+        # Keys seen before, or repeated in ``keys``: a second value each.
+        again = ~new
+        for p, slot in zip(np.flatnonzero(again).tolist(), self.find(keys[again]).tolist()):
+            self._append(int(keys[p]), slot, int(values[p]))
 
-    def _grow(self) -> None:
-        old_keys, old_vals = self._keys, self._vals
-        cap = 2 * len(old_keys)
-        self._keys = keys = array("Q", bytes(8 * cap))
-        self._vals = vals = array("i", bytes(4 * cap))
-        self._mask = mask = cap - 1
-        for k, v in zip(old_keys, old_vals):
-            if k:
-                i = k & mask
-                while keys[i] != 0:
-                    i = (i + 1) & mask
-                keys[i] = k
-                vals[i] = v
+    def _append(self, key: int, slot: int, value: int) -> None:
+        v = int(self._vals[slot])
+        if v >= 0:
+            self._multi[key] = [v, value]
+            self._vals[slot] = -1
+        elif len(bucket := self._multi[key]) < self.max_per_key:
+            bucket.append(value)
+
+    def _place(self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
+        """Put distinct absent keys in the empty slots found for them. Two of
+        them may have found the same slot: one wins it, the others probe on."""
+        while True:
+            self._keys[slots] = keys
+            won = self._keys[slots] == keys
+            if won.all():
+                self._vals[slots] = values
+                self._size += len(keys)
+                return
+            self._vals[slots[won]] = values[won]
+            self._size += int(np.count_nonzero(won))
+            keys, values = keys[~won], values[~won]
+            slots = self.find(keys)
+
+    def _grow(self, size: int) -> None:
+        capacity = len(self._keys)
+        while 2 * size > capacity:
+            capacity *= 2
+        used = np.flatnonzero(self._keys)
+        keys, vals = self._keys[used], self._vals[used]
+        self._keys = np.zeros(capacity, dtype=_U64)
+        self._vals = np.zeros(capacity, dtype=np.int32)
+        self._size = 0
+        self._place(keys, vals, self.find(keys))
 
 
-def _key64(data: bytes, salt: int = 0) -> int:
-    # A real mixing hash: band values often share their leading words, and a
-    # cheap reduction left them sharing low bits too, i.e. probe runs of
-    # thousands of slots.
-    key = int.from_bytes(
-        hashlib.blake2b(data, digest_size=8, person=salt.to_bytes(4, "little")).digest(), "little"
-    )
-    return key or 1
+def _shared_keys(keys: np.ndarray) -> dict[int, set[int]]:
+    """For each row of ``keys`` (one row of band keys per question) that
+    shares a key with earlier rows, those rows. Usually empty, found with one
+    sort; only the keys that repeat are looked at in Python."""
+    flat = keys.ravel()
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if not len(repeats):
+        return {}
+    involved = np.union1d(repeats, repeats + 1)
+    rows_of: dict[int, list[int]] = {}
+    for key, pos in zip(ordered[involved].tolist(), order[involved].tolist()):
+        rows_of.setdefault(key, []).append(pos // keys.shape[1])
+    earlier: dict[int, set[int]] = {}
+    for rows in rows_of.values():
+        # The stable sort keeps each key's rows in ascending order.
+        for k, row in enumerate(rows[1:], 1):
+            earlier.setdefault(row, set()).update(r for r in rows[:k] if r != row)
+    return earlier
+
+
+class _Signed:
+    """The texts of one call that need the near-duplicate check: their gram
+    hashes (flat, as :func:`_gram_hashes` gives them), band keys, the keys'
+    slots in the index, and the candidates the keys meet there (index entries
+    by row) and among the call's own texts (earlier rows by row)."""
+
+    __slots__ = ("grams", "starts", "counts", "keys", "slots", "in_index", "in_call")
+
+    def __init__(
+        self, grams: np.ndarray, starts: np.ndarray, keys: np.ndarray, slots: np.ndarray,
+        in_index: dict[int, set[int]], in_call: dict[int, set[int]],
+    ) -> None:
+        self.grams, self.starts, self.keys, self.slots = grams, starts, keys, slots
+        self.counts = np.diff(starts, append=len(grams))
+        self.in_index, self.in_call = in_index, in_call
+
+    def grams_of(self, row: int) -> set[int]:
+        start = int(self.starts[row])
+        return set(self.grams[start : start + int(self.counts[row])].tolist())
 
 
 class Deduper:
     """Rejects exact duplicates (after :func:`normalise`) and near duplicates
     (character 3-gram Jaccard similarity >= ``threshold``) of accepted questions.
 
-    Candidates come from MinHash signatures (datasketch) cut into bands; a
-    candidate is confirmed by the exact Jaccard of the two 3-gram sets, so the
-    bands are tuned for recall at the threshold (32 permutations in 8 bands of
-    4 find a pair at Jaccard 0.7 with p ~ 0.89, at 0.8 with p ~ 0.99) while
-    unrelated questions rarely meet in a bucket. Per question this keeps a
-    64-bit digest, one slot per band, and the 3-gram hashes (4 bytes each) in
-    one flat array: a few hundred bytes. datasketch's ``MinHashLSH`` keeps a
-    Python set per bucket, over 1 KB per question, hence the own index.
-    Questions shorter than 3 characters after normalising get the exact check
-    only.
+    Candidates come from MinHash signatures (datasketch's "affine32" scheme)
+    cut into bands; a candidate is confirmed by the exact Jaccard of the two
+    3-gram sets, so the bands are tuned for recall at the threshold (32
+    permutations in 8 bands of 4 find a pair at Jaccard 0.7 with p ~ 0.89, at
+    0.8 with p ~ 0.99) while unrelated questions rarely meet in a bucket. Per
+    question this keeps a 64-bit digest, one slot per band, and the 3-gram
+    hashes (4 bytes each) in one flat array: a few hundred bytes.
+    datasketch's ``MinHashLSH`` keeps a Python set per bucket, over 1 KB per
+    question, hence the own index. Questions shorter than 3 characters after
+    normalising get the exact check only.
+
+    Work is done a batch at a time in numpy (gram hashes, signatures, band
+    keys, lookups and inserts), with decisions as if the questions of a batch
+    came one at a time: Python only loops over the questions and over the
+    rare candidates.
     """
 
-    NGRAM = 3
+    NGRAM = 3  # _gram_hashes packs exactly three code points
 
     def __init__(
         self, threshold: float = 0.7, *, num_perm: int = 32, bands: int = 8, seed: int = 1
@@ -486,11 +620,12 @@ class Deduper:
         self.threshold = threshold
         self.num_perm = num_perm
         self.bands = bands
-        self._band_bytes = 4 * (num_perm // bands)
         # datasketch draws the permutations, so signatures stay those of its
         # "affine32" scheme; they are applied below, many questions at a time.
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
+        # One salt per band, so equal values in two bands make two keys.
+        self._salts = _mix64(np.arange(1, bands + 1, dtype=_U64))
         self._exact = _IntTable()
         self._buckets = _IntTable()
         self._grams = array("I")
@@ -502,102 +637,116 @@ class Deduper:
         """How many distinct questions are remembered (seeded ones included)."""
         return len(self._exact)
 
-    def _gram_hashes(self, norm: str) -> list[int]:
-        n = self.NGRAM
-        return sorted({zlib.crc32(norm[i : i + n].encode("utf-8")) for i in range(len(norm) - n + 1)})
-
-    def _signatures(self, grams: Sequence[list[int]]) -> np.ndarray:
-        """MinHash signatures of many gram lists at once, shape (len(grams),
-        num_perm), uint32: the same values datasketch's "affine32" scheme
-        gives (MurmurHash3 fmix32 pre-mix, then ``a * h + b`` wrapping at
-        2^32), without building a MinHash object per question. Every list
-        must be non-empty."""
-        lengths = np.fromiter((len(g) for g in grams), dtype=np.int64, count=len(grams))
-        flat = np.fromiter(itertools.chain.from_iterable(grams), dtype=np.uint32, count=int(lengths.sum()))
-        h = _fmix32(flat)
+    def _signatures(self, grams: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """MinHash signatures of many texts at once, shape (len(starts),
+        num_perm), uint32, from :func:`_gram_hashes`' output: the same values
+        datasketch's "affine32" scheme gives (MurmurHash3 fmix32 pre-mix, then
+        ``a * h + b`` wrapping at 2^32), without a MinHash object per text."""
         a, b = self._perms
-        phv = h[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
-        starts = np.zeros(len(grams), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
+        phv = _fmix32(grams)[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
         return np.minimum.reduceat(phv, starts, axis=0)
 
-    def _band_keys_of(self, signature: np.ndarray) -> list[int]:
-        raw = signature.astype("<u4", copy=False).tobytes()
-        w = self._band_bytes
-        return [_key64(raw[b * w : (b + 1) * w], b + 1) for b in range(self.bands)]
+    def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """One non-zero 64-bit key per band of each signature, shape (rows,
+        bands): the band's words folded by xor-multiply, then mixed."""
+        rows = len(signatures)
+        words = signatures.reshape(rows, self.bands, -1).astype(_U64)
+        keys = np.broadcast_to(self._salts, (rows, self.bands))
+        for j in range(words.shape[2]):
+            keys = (keys ^ words[:, :, j]) * _U64(0x9E3779B97F4A7C15)
+        return np.maximum(_mix64(keys), _U64(1))
 
-    def _band_keys(self, grams: list[int]) -> list[int]:
-        return self._band_keys_of(self._signatures([grams])[0])
+    def _stored_grams(self, idx: int) -> set[int]:
+        return set(self._grams[self._offsets[idx] : self._offsets[idx + 1]])
 
-    def _near(self, grams: list[int], keys: list[int]) -> bool:
-        mine = set(grams)
-        seen: set[int] = set()
-        offsets = self._offsets
-        for key in keys:
-            for idx in self._buckets.get(key):
-                if idx in seen:
-                    continue
-                seen.add(idx)
-                other = set(self._grams[offsets[idx] : offsets[idx + 1]])
-                inter = len(mine & other)
-                if inter and inter >= self.threshold * (len(mine) + len(other) - inter):
-                    return True
-        return False
+    def _similar(self, mine: set[int], other: set[int]) -> bool:
+        inter = len(mine & other)
+        return bool(inter) and inter >= self.threshold * (len(mine) + len(other) - inter)
 
-    def _insert(self, grams: list[int], keys: list[int]) -> None:
-        idx = len(self._offsets) - 1
-        self._grams.extend(grams)
-        self._offsets.append(len(self._grams))
-        for key in keys:
-            self._buckets.add(key, idx)
+    def _sign(self, norms: list[str]) -> _Signed:
+        """Gram hashes and band keys of ``norms`` (each of 3 characters or
+        more), and what their keys meet in the index and among themselves."""
+        grams, starts = _gram_hashes(norms)
+        keys = self._band_keys(self._signatures(grams, starts))
+        flat = keys.ravel()
+        slots = self._buckets.find(flat)
+        in_index: dict[int, set[int]] = {}
+        for pos, values in self._buckets.values_found(flat, slots).items():
+            in_index.setdefault(pos // self.bands, set()).update(values)
+        return _Signed(grams, starts, keys, slots, in_index, _shared_keys(keys))
+
+    def _is_near(self, signed: _Signed, row: int, accepted: set[int]) -> bool:
+        """Whether text ``row`` of ``signed`` is a near duplicate of a question
+        in the index or of an ``accepted`` row before it."""
+        stored = signed.in_index.get(row, ())
+        partners = [p for p in signed.in_call.get(row, ()) if p in accepted]
+        if not stored and not partners:
+            return False
+        mine = signed.grams_of(row)
+        others = [self._stored_grams(idx) for idx in sorted(stored)]
+        others += [signed.grams_of(p) for p in sorted(partners)]
+        return any(self._similar(mine, other) for other in others)
 
     def _check_many(self, questions: Iterable[str], *, count: bool) -> list[str | None]:
         """Check-and-remember each question in order, as if one at a time:
         a question is checked against the ones before it in the same call.
-        The MinHash signatures of the whole call are computed in one numpy
-        pass, which is where a per-question MinHash object spent its time."""
+        Questions known exactly, or repeating an earlier one of the call, get
+        no gram hashes at all; the rest are hashed, signed and looked up
+        together, and inserted together once decided."""
         norms = [normalise(q) for q in questions]
-        digests = [_key64(norm.encode("utf-8")) for norm in norms]
-        n = self.NGRAM
-        grams: list[list[int] | None] = [None] * len(norms)
-        exact = self._exact
-        batch_seen: set[int] = set()
-        for i, (norm, digest) in enumerate(zip(norms, digests)):
-            # No signature for a certain exact duplicate (of the index or of an
-            # earlier question of this call) nor for a text too short for 3-grams.
-            if len(norm) >= n and digest not in batch_seen and digest not in exact:
-                grams[i] = self._gram_hashes(norm)
-            batch_seen.add(digest)
-        wanted = [i for i, g in enumerate(grams) if g is not None]
-        sigs = self._signatures([grams[i] for i in wanted]) if wanted else None  # type: ignore[misc]
-        row_of = {i: r for r, i in enumerate(wanted)}
+        digests = _digests(norms)
+        exact_slots = self._exact.find(digests)
+        known = self._exact.holds(digests, exact_slots).tolist()
+        first_of: dict[int, int] = {}
+        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(digests.tolist())]
+        # Positions in the call that need the near-duplicate check, by row.
+        row_of = {i: r for r, i in enumerate(
+            i for i, norm in enumerate(norms)
+            if not known[i] and repeat_of[i] == i and len(norm) >= self.NGRAM)}
+        signed = self._sign([norms[i] for i in row_of]) if row_of else None
         reasons: list[str | None] = []
-        for i, digest in enumerate(digests):
+        taken: dict[int, None] = {}  # rows accepted, in order
+        for i in range(len(norms)):
             reason: str | None = None
-            if digest in exact:
+            if known[i]:
                 reason = "duplicate"
-            elif len(norms[i]) >= n:
-                g = grams[i]
-                if g is None:
-                    # Same text as an earlier question of this call that was
-                    # rejected: rare, and checked on its own like any other.
-                    g = self._gram_hashes(norms[i])
-                    keys = self._band_keys(g)
-                else:
-                    assert sigs is not None
-                    keys = self._band_keys_of(sigs[row_of[i]])
-                if self._near(g, keys):
+            elif repeat_of[i] != i:
+                # The same text as before in this call gets the same answer.
+                earlier = reasons[repeat_of[i]]
+                reason = "duplicate" if earlier is None else earlier
+            elif (r := row_of.get(i)) is not None:
+                assert signed is not None
+                if self._is_near(signed, r, taken.keys()):
                     reason = "near_duplicate"
                 else:
-                    self._insert(g, keys)
-            if reason is None:
-                exact.add(digest, 0)
-                if count:
+                    taken[r] = None
+            if count:
+                if reason is None:
                     self.accepted += 1
-            elif count:
-                self.rejected[reason] += 1
+                else:
+                    self.rejected[reason] += 1
             reasons.append(reason)
+        new = [i for i, reason in enumerate(reasons) if reason is None and repeat_of[i] == i]
+        if new:
+            self._exact.add_many(digests[new], np.zeros(len(new), dtype=np.int32), exact_slots[new])
+        if taken:
+            assert signed is not None
+            self._remember(signed, list(taken))
         return reasons
+
+    def _remember(self, signed: _Signed, taken: list[int]) -> None:
+        """Store the gram hashes of the accepted rows and index their band keys."""
+        grams, counts, keys, slots = signed.grams, signed.counts, signed.keys, signed.slots
+        if len(taken) < len(counts):
+            keep = np.zeros(len(counts), dtype=bool)
+            keep[taken] = True
+            grams, counts, keys = grams[np.repeat(keep, counts)], counts[taken], keys[taken]
+            slots = slots.reshape(-1, self.bands)[taken]
+        first = len(self._offsets) - 1
+        self._grams.frombytes(grams.tobytes())
+        self._offsets.frombytes((np.cumsum(counts, dtype=_U64) + _U64(self._offsets[-1])).tobytes())
+        idx = np.arange(first, first + len(counts), dtype=np.int32)
+        self._buckets.add_many(keys.ravel(), np.repeat(idx, self.bands), slots.ravel())
 
     def add(self, q: str) -> str | None:
         """Accept ``q`` (None) or say why not: "duplicate" or "near_duplicate"."""
@@ -606,7 +755,7 @@ class Deduper:
     def add_many(self, questions: Iterable[str]) -> list[str | None]:
         """:meth:`add` for each question in order (each one is checked against
         the questions before it, in the index and in ``questions``), with the
-        signatures of all of them computed at once."""
+        work for all of them done at once."""
         return self._check_many(questions, count=True)
 
     def seed(self, questions: Iterable[str], *, chunk: int = 4096) -> None:
