@@ -15,7 +15,7 @@ import json
 import re
 import unicodedata
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -390,34 +390,26 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _U64(31))
 
 
+# An odd 64-bit constant (2^64 / golden ratio) for multiplicative hashing.
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+
+
 def _gram_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct character 3-grams of each text as sorted 32-bit hashes,
-    all texts in one flat uint32 array, and where each text's run starts.
-    Every text must have at least 3 characters.
+    """The character 3-grams of each text as 32-bit hashes, all texts in one
+    flat uint32 array (in text order, repeats kept), and how many each text
+    has. Every text must have at least 3 characters.
 
     A 3-gram's code points (21 bits each) pack into one 64-bit integer without
-    loss; mixed and cut to 32 bits it is as good a hash as crc32 was, and the
-    whole batch is hashed in a few numpy calls instead of one Python call per
-    gram."""
+    loss; the top half of its product with an odd constant is as good a hash
+    as crc32 was, and the whole batch is hashed in a few numpy calls instead
+    of one Python call per gram."""
     lengths = np.fromiter(map(len, norms), dtype=np.intp, count=len(norms))
     points = np.frombuffer("".join(norms).encode("utf-32-le"), dtype="<u4").astype(_U64)
-    counts = lengths - 2
-    # Index of each gram's first character in ``points``: its text's start
-    # plus its place in the text.
-    text_starts = np.cumsum(lengths) - lengths
-    gram_starts = np.cumsum(counts) - counts
-    first = np.arange(int(counts.sum())) + np.repeat(text_starts - gram_starts, counts)
-    packed = (points[first] << _U64(42)) | (points[first + 1] << _U64(21)) | points[first + 2]
-    # Text number in the high half, hash in the low: one sort orders the
-    # grams by text, then by hash, and equal neighbours are repeats.
-    text = np.repeat(np.arange(len(norms), dtype=_U64), counts)
-    tagged = np.sort((text << _U64(32)) | (_mix64(packed) >> _U64(32)))
-    distinct = np.empty(len(tagged), dtype=bool)
-    distinct[0] = True
-    np.not_equal(tagged[1:], tagged[:-1], out=distinct[1:])
-    tagged = tagged[distinct]
-    starts = np.searchsorted(tagged >> _U64(32), np.arange(len(norms), dtype=_U64))
-    return tagged.astype(np.uint32), starts
+    packed = (points[:-2] << _U64(42)) | (points[1:-1] << _U64(21)) | points[2:]
+    # The texts are joined: keep the grams that start and end in one text.
+    text = np.repeat(np.arange(len(norms)), lengths)
+    grams = ((packed[text[:-2] == text[2:]] * _GOLDEN) >> _U64(32)).astype(np.uint32)
+    return grams, lengths - 2
 
 
 def _digests(norms: Sequence[str]) -> np.ndarray:
@@ -458,30 +450,35 @@ class _IntTable:
         """Each key's slot, or the empty slot that ends its probe run (keys
         uint64, non-zero). Probes a window of slots per round, so at a load of
         one half nearly every key is settled in the first round."""
-        table = self._keys
-        mask = len(table) - 1
-        slots = (keys & _U64(mask)).astype(np.intp)
-        todo = np.arange(len(keys))
-        while len(todo):
-            window = (slots[todo, None] + _WINDOW) & mask
-            seen = table[window]
-            stop = (seen == keys[todo, None]) | (seen == 0)
-            settled = stop.any(axis=1)
-            slots[todo] = (slots[todo] + np.where(settled, stop.argmax(axis=1), len(_WINDOW))) & mask
-            todo = todo[~settled]
+        slots = (keys & _U64(len(self._keys) - 1)).astype(np.intp)
+        settled = self._probe(keys, slots)
+        if not settled.all():
+            todo = np.flatnonzero(~settled)
+            while len(todo):
+                starts = slots[todo]
+                settled = self._probe(keys[todo], starts)
+                slots[todo] = starts
+                todo = todo[~settled]
         return slots
 
+    def _probe(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """One round of :meth:`find`: moves each slot (in place) to the first
+        one of the window from it that holds the key or is empty, or past the
+        window; says which keys were settled."""
+        mask = len(self._keys) - 1
+        seen = self._keys[(slots[:, None] + _WINDOW) & mask]
+        stop = (seen == keys[:, None]) | (seen == 0)
+        settled = stop.any(axis=1)
+        slots += np.where(settled, stop.argmax(axis=1), len(_WINDOW))
+        slots &= mask
+        return settled
+
     def holds(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Whether each key is in the table, given ``slots = find(keys)``."""
+        """Whether each key is present, given ``slots = find(keys)``."""
         return self._keys[slots] == keys
 
-    def values_found(self, keys: np.ndarray, slots: np.ndarray) -> dict[int, Sequence[int]]:
-        """The values of the keys present, by position in ``keys``, given
-        ``slots = find(keys)``."""
-        present = np.flatnonzero(self._keys[slots] == keys)
-        return {p: self._values(int(keys[p]), int(slots[p])) for p in present.tolist()}
-
-    def _values(self, key: int, slot: int) -> Sequence[int]:
+    def values(self, key: int, slot: int) -> Sequence[int]:
+        """The values of ``key``, present at ``slot``."""
         v = int(self._vals[slot])
         return self._multi[key] if v < 0 else (v,)
 
@@ -545,9 +542,9 @@ class _IntTable:
 
 
 def _shared_keys(keys: np.ndarray) -> dict[int, set[int]]:
-    """For each row of ``keys`` (one row of band keys per question) that
-    shares a key with earlier rows, those rows. Usually empty, found with one
-    sort; only the keys that repeat are looked at in Python."""
+    """For each row of ``keys`` (one row of band keys per text) that shares a
+    key with earlier rows, those rows. Usually empty, found with one sort;
+    only the keys that repeat are looked at in Python."""
     flat = keys.ravel()
     order = np.argsort(flat, kind="stable")
     ordered = flat[order]
@@ -566,21 +563,35 @@ def _shared_keys(keys: np.ndarray) -> dict[int, set[int]]:
     return earlier
 
 
-class _Signed:
-    """The texts of one call that need the near-duplicate check: their gram
-    hashes (flat, as :func:`_gram_hashes` gives them), band keys, the keys'
-    slots in the index, and the candidates the keys meet there (index entries
-    by row) and among the call's own texts (earlier rows by row)."""
+class _Batch:
+    """One call's questions, hashed. Every question has a digest; those of 3
+    characters or more (``rows``: their positions in the call) also have gram
+    hashes (flat, as :func:`_gram_hashes` gives them) and a row of band keys.
+    ``keys`` holds the digests then the band keys, ``slots`` their slots in
+    the index, ``found`` what the present ones hold (by position in
+    ``keys``), ``in_call`` which rows share a band key with earlier rows."""
 
-    __slots__ = ("grams", "starts", "counts", "keys", "slots", "in_index", "in_call")
+    __slots__ = ("size", "keys", "slots", "known", "in_index", "rows", "grams", "starts", "counts",
+                 "in_call")
 
-    def __init__(
-        self, grams: np.ndarray, starts: np.ndarray, keys: np.ndarray, slots: np.ndarray,
-        in_index: dict[int, set[int]], in_call: dict[int, set[int]],
-    ) -> None:
-        self.grams, self.starts, self.keys, self.slots = grams, starts, keys, slots
-        self.counts = np.diff(starts, append=len(grams))
-        self.in_index, self.in_call = in_index, in_call
+    def __init__(self, digests: np.ndarray, rows: list[int], grams: np.ndarray, counts: np.ndarray,
+                 band_keys: np.ndarray, index: _IntTable) -> None:
+        self.size, self.rows = len(digests), rows
+        self.grams, self.counts = grams, counts
+        self.starts = np.cumsum(counts) - counts
+        self.keys = np.concatenate((digests, band_keys.ravel()))
+        self.slots = index.find(self.keys)
+        held = index.holds(self.keys, self.slots)
+        known = held[: self.size]
+        self.known: list[bool] = known.tolist()  # whether each question's digest is in the index
+        # Row -> index entries sharing a band key with it; a known question
+        # needs none.
+        band_held = held[self.size :].reshape(band_keys.shape) & ~known[rows][:, None]
+        self.in_index: dict[int, set[int]] = {}
+        for pos in np.flatnonzero(band_held).tolist():
+            key, slot = int(band_keys.flat[pos]), int(self.slots[self.size + pos])
+            self.in_index.setdefault(pos // band_keys.shape[1], set()).update(index.values(key, slot))
+        self.in_call = _shared_keys(band_keys) if len(rows) > 1 else {}
 
     def grams_of(self, row: int) -> set[int]:
         start = int(self.starts[row])
@@ -595,17 +606,18 @@ class Deduper:
     cut into bands; a candidate is confirmed by the exact Jaccard of the two
     3-gram sets, so the bands are tuned for recall at the threshold (32
     permutations in 8 bands of 4 find a pair at Jaccard 0.7 with p ~ 0.89, at
-    0.8 with p ~ 0.99) while unrelated questions rarely meet in a bucket. Per
-    question this keeps a 64-bit digest, one slot per band, and the 3-gram
+    0.8 with p ~ 0.99) while unrelated questions rarely meet in a bucket.
+
+    Per question this keeps a 64-bit digest and one 64-bit key per band, all
+    in one hash table that maps them to the question's number, and the 3-gram
     hashes (4 bytes each) in one flat array: a few hundred bytes.
     datasketch's ``MinHashLSH`` keeps a Python set per bucket, over 1 KB per
     question, hence the own index. Questions shorter than 3 characters after
     normalising get the exact check only.
 
-    Work is done a batch at a time in numpy (gram hashes, signatures, band
-    keys, lookups and inserts), with decisions as if the questions of a batch
-    came one at a time: Python only loops over the questions and over the
-    rare candidates.
+    A call's questions are hashed, signed, looked up and inserted together in
+    numpy, with decisions as if they came one at a time: Python only loops
+    over the questions and over the rare candidates.
     """
 
     NGRAM = 3  # _gram_hashes packs exactly three code points
@@ -615,8 +627,9 @@ class Deduper:
     ) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if bands < 1 or num_perm % bands:
-            raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
+        if bands < 1 or num_perm % (2 * bands):
+            # Band keys read a band's 32-bit values two at a time.
+            raise ValueError(f"num_perm ({num_perm}) must be an even multiple of bands ({bands})")
         self.threshold = threshold
         self.num_perm = num_perm
         self.bands = bands
@@ -626,8 +639,8 @@ class Deduper:
         self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
         # One salt per band, so equal values in two bands make two keys.
         self._salts = _mix64(np.arange(1, bands + 1, dtype=_U64))
-        self._exact = _IntTable()
-        self._buckets = _IntTable()
+        self._index = _IntTable()
+        # Question number n's gram hashes are _grams[_offsets[n]:_offsets[n + 1]].
         self._grams = array("I")
         self._offsets = array("Q", [0])
         self.accepted = 0
@@ -635,26 +648,38 @@ class Deduper:
 
     def __len__(self) -> int:
         """How many distinct questions are remembered (seeded ones included)."""
-        return len(self._exact)
+        return len(self._offsets) - 1
 
-    def _signatures(self, grams: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def _signatures(self, grams: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """MinHash signatures of many texts at once, shape (len(starts),
         num_perm), uint32, from :func:`_gram_hashes`' output: the same values
         datasketch's "affine32" scheme gives (MurmurHash3 fmix32 pre-mix, then
         ``a * h + b`` wrapping at 2^32), without a MinHash object per text."""
         a, b = self._perms
         phv = _fmix32(grams)[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
-        return np.minimum.reduceat(phv, starts, axis=0)
+        return np.minimum.reduceat(phv, np.cumsum(counts) - counts, axis=0)
 
     def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One non-zero 64-bit key per band of each signature, shape (rows,
-        bands): the band's words folded by xor-multiply, then mixed."""
-        rows = len(signatures)
-        words = signatures.reshape(rows, self.bands, -1).astype(_U64)
-        keys = np.broadcast_to(self._salts, (rows, self.bands))
+        bands): the band's values read as 64-bit words (two at a time) and
+        folded by xor-multiply, each a bijection of the key so far, so two
+        bands collide with p ~ 2^-64; the last xor-shift brings the product's
+        well-mixed high bits down to the low bits that pick the slot."""
+        words = np.ascontiguousarray(signatures).view(_U64).reshape(len(signatures), self.bands, -1)
+        keys = self._salts
         for j in range(words.shape[2]):
-            keys = (keys ^ words[:, :, j]) * _U64(0x9E3779B97F4A7C15)
-        return np.maximum(_mix64(keys), _U64(1))
+            keys = (keys ^ words[:, :, j]) * _GOLDEN
+        return np.maximum(keys ^ (keys >> _U64(32)), _U64(1))
+
+    def _hash(self, norms: list[str]) -> _Batch:
+        rows = [i for i, norm in enumerate(norms) if len(norm) >= self.NGRAM]
+        if rows:
+            grams, counts = _gram_hashes([norms[i] for i in rows])
+            band_keys = self._band_keys(self._signatures(grams, counts))
+        else:
+            grams, counts = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.intp)
+            band_keys = np.zeros((0, self.bands), dtype=_U64)
+        return _Batch(_digests(norms), rows, grams, counts, band_keys, self._index)
 
     def _stored_grams(self, idx: int) -> set[int]:
         return set(self._grams[self._offsets[idx] : self._offsets[idx + 1]])
@@ -663,60 +688,38 @@ class Deduper:
         inter = len(mine & other)
         return bool(inter) and inter >= self.threshold * (len(mine) + len(other) - inter)
 
-    def _sign(self, norms: list[str]) -> _Signed:
-        """Gram hashes and band keys of ``norms`` (each of 3 characters or
-        more), and what their keys meet in the index and among themselves."""
-        grams, starts = _gram_hashes(norms)
-        keys = self._band_keys(self._signatures(grams, starts))
-        flat = keys.ravel()
-        slots = self._buckets.find(flat)
-        in_index: dict[int, set[int]] = {}
-        for pos, values in self._buckets.values_found(flat, slots).items():
-            in_index.setdefault(pos // self.bands, set()).update(values)
-        return _Signed(grams, starts, keys, slots, in_index, _shared_keys(keys))
-
-    def _is_near(self, signed: _Signed, row: int, accepted: set[int]) -> bool:
-        """Whether text ``row`` of ``signed`` is a near duplicate of a question
+    def _is_near(self, batch: _Batch, row: int, accepted: Container[int]) -> bool:
+        """Whether text ``row`` of ``batch`` is a near duplicate of a question
         in the index or of an ``accepted`` row before it."""
-        stored = signed.in_index.get(row, ())
-        partners = [p for p in signed.in_call.get(row, ()) if p in accepted]
+        stored = batch.in_index.get(row, ())
+        partners = [r for r in batch.in_call.get(row, ()) if r in accepted]
         if not stored and not partners:
             return False
-        mine = signed.grams_of(row)
+        mine = batch.grams_of(row)
         others = [self._stored_grams(idx) for idx in sorted(stored)]
-        others += [signed.grams_of(p) for p in sorted(partners)]
+        others += [batch.grams_of(r) for r in sorted(partners)]
         return any(self._similar(mine, other) for other in others)
 
     def _check_many(self, questions: Iterable[str], *, count: bool) -> list[str | None]:
         """Check-and-remember each question in order, as if one at a time:
-        a question is checked against the ones before it in the same call.
-        Questions known exactly, or repeating an earlier one of the call, get
-        no gram hashes at all; the rest are hashed, signed and looked up
-        together, and inserted together once decided."""
+        a question is checked against the ones before it in the same call."""
         norms = [normalise(q) for q in questions]
-        digests = _digests(norms)
-        exact_slots = self._exact.find(digests)
-        known = self._exact.holds(digests, exact_slots).tolist()
+        batch = self._hash(norms)
         first_of: dict[int, int] = {}
-        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(digests.tolist())]
-        # Positions in the call that need the near-duplicate check, by row.
-        row_of = {i: r for r, i in enumerate(
-            i for i, norm in enumerate(norms)
-            if not known[i] and repeat_of[i] == i and len(norm) >= self.NGRAM)}
-        signed = self._sign([norms[i] for i in row_of]) if row_of else None
+        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(batch.keys[: len(norms)].tolist())]
+        row_of = {i: r for r, i in enumerate(batch.rows)}
         reasons: list[str | None] = []
         taken: dict[int, None] = {}  # rows accepted, in order
         for i in range(len(norms)):
             reason: str | None = None
-            if known[i]:
+            if batch.known[i]:
                 reason = "duplicate"
             elif repeat_of[i] != i:
                 # The same text as before in this call gets the same answer.
                 earlier = reasons[repeat_of[i]]
                 reason = "duplicate" if earlier is None else earlier
             elif (r := row_of.get(i)) is not None:
-                assert signed is not None
-                if self._is_near(signed, r, taken.keys()):
+                if self._is_near(batch, r, taken):
                     reason = "near_duplicate"
                 else:
                     taken[r] = None
@@ -728,25 +731,32 @@ class Deduper:
             reasons.append(reason)
         new = [i for i, reason in enumerate(reasons) if reason is None and repeat_of[i] == i]
         if new:
-            self._exact.add_many(digests[new], np.zeros(len(new), dtype=np.int32), exact_slots[new])
-        if taken:
-            assert signed is not None
-            self._remember(signed, list(taken))
+            self._remember(batch, new, [row_of.get(i) for i in new])
         return reasons
 
-    def _remember(self, signed: _Signed, taken: list[int]) -> None:
-        """Store the gram hashes of the accepted rows and index their band keys."""
-        grams, counts, keys, slots = signed.grams, signed.counts, signed.keys, signed.slots
-        if len(taken) < len(counts):
-            keep = np.zeros(len(counts), dtype=bool)
+    def _remember(self, batch: _Batch, new: list[int], rows: list[int | None]) -> None:
+        """Give the accepted questions (``new``, positions in the call; ``rows``
+        their rows, None when too short for grams) the next numbers, store
+        their gram hashes, and index their digests and band keys."""
+        first = len(self)
+        numbers = np.arange(first, first + len(new), dtype=np.int32)
+        long = [k for k, r in enumerate(rows) if r is not None]
+        taken = [r for r in rows if r is not None]
+        counts = np.zeros(len(new), dtype=_U64)
+        counts[long] = batch.counts[taken]
+        grams = batch.grams
+        if len(taken) < len(batch.rows):
+            keep = np.zeros(len(batch.rows), dtype=bool)
             keep[taken] = True
-            grams, counts, keys = grams[np.repeat(keep, counts)], counts[taken], keys[taken]
-            slots = slots.reshape(-1, self.bands)[taken]
-        first = len(self._offsets) - 1
+            grams = grams[np.repeat(keep, batch.counts)]
         self._grams.frombytes(grams.tobytes())
-        self._offsets.frombytes((np.cumsum(counts, dtype=_U64) + _U64(self._offsets[-1])).tobytes())
-        idx = np.arange(first, first + len(counts), dtype=np.int32)
-        self._buckets.add_many(keys.ravel(), np.repeat(idx, self.bands), slots.ravel())
+        self._offsets.frombytes((np.cumsum(counts) + _U64(self._offsets[-1])).tobytes())
+        # Positions in batch.keys: the digests, then each taken row's band keys.
+        band_pos = (batch.size + np.asarray(taken, dtype=np.intp)[:, None] * self.bands
+                    + np.arange(self.bands)).ravel()
+        pos = np.concatenate((np.asarray(new, dtype=np.intp), band_pos))
+        values = np.concatenate((numbers, np.repeat(numbers[long], self.bands)))
+        self._index.add_many(batch.keys[pos], values, batch.slots[pos])
 
     def add(self, q: str) -> str | None:
         """Accept ``q`` (None) or say why not: "duplicate" or "near_duplicate"."""

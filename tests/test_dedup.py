@@ -116,6 +116,8 @@ def test_bad_parameters_are_refused() -> None:
         Deduper(0)
     with pytest.raises(ValueError, match="multiple of bands"):
         Deduper(0.7, num_perm=30, bands=8)
+    with pytest.raises(ValueError, match="even multiple of bands"):
+        Deduper(0.7, num_perm=24, bands=8)
 
 
 def test_near_duplicates_are_found_among_many_accepted_questions() -> None:
@@ -165,6 +167,11 @@ def test_seed_in_chunks_remembers_every_question_of_an_iterator() -> None:
     assert d.add_many(qs[::5]) == ["duplicate"] * 10
 
 
+def _runs(grams: np.ndarray, counts: np.ndarray) -> list[list[int]]:
+    ends = np.cumsum(counts)
+    return [grams[end - n : end].tolist() for n, end in zip(counts, ends)]
+
+
 @pytest.mark.parametrize("text", ["《黑神话：悟空》中天命人的师父是谁？", "How many chapters are there?", "abc"])
 def test_signatures_are_datasketch_affine32_minhashes(text: str) -> None:
     # The bands are cut from these values: they must stay those of the
@@ -174,22 +181,21 @@ def test_signatures_are_datasketch_affine32_minhashes(text: str) -> None:
 
     d = Deduper(0.7)
     norms = [normalise(text), "战斗系统有几种棍法"]
-    grams, starts = _gram_hashes(norms)
-    signatures = d._signatures(grams, starts)
-    for row, (start, end) in enumerate(zip(starts, [*starts[1:], len(grams)])):
+    grams, counts = _gram_hashes(norms)
+    signatures = d._signatures(grams, counts)
+    for row, run in enumerate(_runs(grams, counts)):
         m = MinHash(num_perm=32, seed=1, scheme="affine32", hashfunc=lambda x: x)
-        m.update_batch(grams[start:end].tolist())
+        m.update_batch(run)
         assert signatures[row].tolist() == m.hashvalues.tolist()
 
 
-def test_gram_hashes_are_each_texts_distinct_3grams_sorted() -> None:
+def test_gram_hashes_are_each_texts_3grams_in_order() -> None:
     norms = ["abcabc", "xyz", "黑神话悟空", "abca"]
-    grams, starts = _gram_hashes(norms)
-    runs = [grams[s:e].tolist() for s, e in zip(starts, [*starts[1:], len(grams)])]
-    assert [len(r) for r in runs] == [3, 1, 3, 2]  # "abcabc": abc, bca, cab
-    assert all(r == sorted(r) for r in runs)
-    assert set(runs[3]) < set(runs[0])  # "abca": abc, bca
-    assert not set(runs[1]) & set(runs[0])
+    runs = _runs(*_gram_hashes(norms))
+    assert [len(r) for r in runs] == [4, 1, 3, 2]  # "abcabc": abc, bca, cab, abc
+    assert runs[0][3] == runs[0][0] and len(set(runs[0])) == 3
+    assert runs[3] == runs[0][:2]  # "abca": abc, bca
+    assert not set(runs[1]) & set(runs[0])  # nothing across the joins of the texts
 
 
 # --------------------------------------------------------------------------- index table
@@ -205,11 +211,12 @@ def test_int_table_keeps_every_key_through_growth() -> None:
     t.add_many(keys[:3000], np.arange(3000, dtype=np.int32))
     t.add_many(keys[3000:], np.arange(3000, 5000, dtype=np.int32))
     assert len(t) == 5000
-    assert t.holds(keys, t.find(keys)).all()
+    slots = t.find(keys)
+    assert t.holds(keys, slots).all()
+    assert [t.values(int(k), int(s)) for k, s in zip(keys[::997], slots[::997])] == [
+        (997 * p,) for p in range(len(keys[::997]))]
     absent = keys + np.uint64(1)
     assert not t.holds(absent, t.find(absent)).any()
-    found = t.values_found(keys[::997], t.find(keys[::997]))
-    assert found == {p: (997 * p,) for p in range(len(keys[::997]))}
 
 
 def test_int_table_gathers_values_of_a_repeated_key_in_order_up_to_a_cap() -> None:
@@ -217,7 +224,9 @@ def test_int_table_gathers_values_of_a_repeated_key_in_order_up_to_a_cap() -> No
     t.add_many(_keys(7, 9, 7), np.array([1, 2, 3], dtype=np.int32))
     t.add_many(_keys(7, 7), np.array([4, 5], dtype=np.int32))
     assert len(t) == 2
-    assert t.values_found(_keys(5, 7, 9), t.find(_keys(5, 7, 9))) == {1: [1, 3, 4], 2: (2,)}
+    slots = t.find(_keys(5, 7, 9))
+    assert t.holds(_keys(5, 7, 9), slots).tolist() == [False, True, True]
+    assert (t.values(7, int(slots[1])), t.values(9, int(slots[2]))) == ([1, 3, 4], (2,))
 
 
 # --------------------------------------------------------------------------- recall
