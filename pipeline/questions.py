@@ -350,11 +350,20 @@ def screen_question(q: str, qs: QuestionSettings) -> str | None:
 # --------------------------------------------------------------------------- identity
 
 _NOT_WORD = re.compile(r"[\W_]+")
+# Full-width punctuation common in Chinese questions, and its NFKC form.
+# One such character makes NFKC take its slow path over the whole text;
+# replaced first, most questions are already normalised and NFKC returns at
+# once. Replacing a character by its compatibility decomposition does not
+# change a text's NFKC form (NFKD decomposes every character the same way).
+_FULL_WIDTH = (("？", "?"), ("：", ":"), ("，", ","), ("（", "("), ("）", ")"), ("！", "!"))
 
 
 def normalise(q: str) -> str:
     """Canonical text for exact dedup and ids: NFKC (full width to half
     width), case-folded, with spaces, punctuation and symbols removed."""
+    for wide, narrow in _FULL_WIDTH:
+        if wide in q:
+            q = q.replace(wide, narrow)
     return _NOT_WORD.sub("", unicodedata.normalize("NFKC", q).casefold())
 
 
@@ -420,7 +429,13 @@ def _digests(norms: Sequence[str]) -> np.ndarray:
     return np.maximum(digests, _U64(1))
 
 
-_WINDOW = np.arange(8)
+def _repeats(keys: np.ndarray) -> bool:
+    """Whether some key occurs more than once."""
+    ordered = np.sort(keys)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+_WINDOW = np.arange(16)
 
 
 class _IntTable:
@@ -482,18 +497,21 @@ class _IntTable:
         v = int(self._vals[slot])
         return self._multi[key] if v < 0 else (v,)
 
-    def add_many(self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray | None = None) -> None:
+    def add_many(
+        self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray | None = None,
+        *, distinct: bool = False,
+    ) -> None:
         """Add ``values[i]`` under ``keys[i]`` (uint64, non-zero), in order.
         ``slots``: what :meth:`find` gave for ``keys`` if nothing was added
-        since, which saves probing again."""
+        since, which saves probing again; ``distinct``: the caller knows no
+        key repeats in ``keys``, which saves a sort."""
         if 2 * (self._size + len(keys)) > len(self._keys):
             self._grow(self._size + len(keys))
             slots = None
         if slots is None:
             slots = self.find(keys)
         new = self._keys[slots] == 0
-        ordered = np.sort(keys)
-        if (ordered[1:] == ordered[:-1]).any():
+        if not distinct and _repeats(keys):
             first = np.zeros(len(keys), dtype=bool)
             first[np.unique(keys, return_index=True)[1]] = True
             new &= first
@@ -530,15 +548,29 @@ class _IntTable:
             slots = self.find(keys)
 
     def _grow(self, size: int) -> None:
+        """Rehash into a table big enough for ``size`` keys at a load of one
+        half. Sorted by home slot, each key takes its home or the slot after
+        the previous key's, whichever is further: a running maximum, so
+        rehashing millions of keys is a few numpy calls."""
         capacity = len(self._keys)
         while 2 * size > capacity:
             capacity *= 2
         used = np.flatnonzero(self._keys)
+        home = (self._keys[used] & _U64(capacity - 1)).astype(np.intp)
+        order = np.argsort(home, kind="stable")
+        used, home = used[order], home[order]
+        steps = np.arange(len(used))
+        slots = np.maximum.accumulate(home - steps) + steps
+        inside = slots < capacity
         keys, vals = self._keys[used], self._vals[used]
         self._keys = np.zeros(capacity, dtype=_U64)
         self._vals = np.zeros(capacity, dtype=np.int32)
-        self._size = 0
-        self._place(keys, vals, self.find(keys))
+        self._keys[slots[inside]] = keys[inside]
+        self._vals[slots[inside]] = vals[inside]
+        self._size = int(np.count_nonzero(inside))
+        # The few pushed past the end wrap round to the start, as probes do.
+        rest = ~inside
+        self._place(keys[rest], vals[rest], self.find(keys[rest]))
 
 
 def _shared_keys(keys: np.ndarray) -> dict[int, set[int]]:
@@ -567,12 +599,13 @@ class _Batch:
     """One call's questions, hashed. Every question has a digest; those of 3
     characters or more (``rows``: their positions in the call) also have gram
     hashes (flat, as :func:`_gram_hashes` gives them) and a row of band keys.
-    ``keys`` holds the digests then the band keys, ``slots`` their slots in
-    the index, ``found`` what the present ones hold (by position in
-    ``keys``), ``in_call`` which rows share a band key with earlier rows."""
+    ``keys`` holds the digests then the band keys and ``slots`` their slots
+    in the index; ``known`` says which digests are there, ``in_index`` which
+    index entries share a band key with each row, ``in_call`` which earlier
+    rows do."""
 
     __slots__ = ("size", "keys", "slots", "known", "in_index", "rows", "grams", "starts", "counts",
-                 "in_call")
+                 "distinct", "in_call")
 
     def __init__(self, digests: np.ndarray, rows: list[int], grams: np.ndarray, counts: np.ndarray,
                  band_keys: np.ndarray, index: _IntTable) -> None:
@@ -591,7 +624,10 @@ class _Batch:
         for pos in np.flatnonzero(band_held).tolist():
             key, slot = int(band_keys.flat[pos]), int(self.slots[self.size + pos])
             self.in_index.setdefault(pos // band_keys.shape[1], set()).update(index.values(key, slot))
-        self.in_call = _shared_keys(band_keys) if len(rows) > 1 else {}
+        # Usually every key of a call is distinct: no question repeats another
+        # and no two share a band key, and then there is nothing to match up.
+        self.distinct = not _repeats(self.keys)
+        self.in_call = {} if self.distinct else _shared_keys(band_keys)
 
     def grams_of(self, row: int) -> set[int]:
         start = int(self.starts[row])
@@ -703,14 +739,27 @@ class Deduper:
     def _check_many(self, questions: Iterable[str], *, count: bool) -> list[str | None]:
         """Check-and-remember each question in order, as if one at a time:
         a question is checked against the ones before it in the same call."""
-        norms = [normalise(q) for q in questions]
-        batch = self._hash(norms)
+        batch = self._hash([normalise(q) for q in questions])
+        reasons, taken = self._decide(batch)
+        if count:
+            self.accepted += reasons.count(None)
+            for reason in self.rejected:
+                self.rejected[reason] += reasons.count(reason)
+        new = [i for i, reason in enumerate(reasons) if reason is None]
+        if new:
+            self._remember(batch, new, taken)
+        return reasons
+
+    def _decide(self, batch: _Batch) -> tuple[list[str | None], list[int]]:
+        """Each question's reason (None: accepted), and the rows accepted."""
+        if batch.distinct and not batch.in_index and not any(batch.known):
+            return [None] * batch.size, list(range(len(batch.rows)))  # nothing met anything
         first_of: dict[int, int] = {}
-        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(batch.keys[: len(norms)].tolist())]
+        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(batch.keys[: batch.size].tolist())]
         row_of = {i: r for r, i in enumerate(batch.rows)}
         reasons: list[str | None] = []
         taken: dict[int, None] = {}  # rows accepted, in order
-        for i in range(len(norms)):
+        for i in range(batch.size):
             reason: str | None = None
             if batch.known[i]:
                 reason = "duplicate"
@@ -723,40 +772,36 @@ class Deduper:
                     reason = "near_duplicate"
                 else:
                     taken[r] = None
-            if count:
-                if reason is None:
-                    self.accepted += 1
-                else:
-                    self.rejected[reason] += 1
             reasons.append(reason)
-        new = [i for i, reason in enumerate(reasons) if reason is None and repeat_of[i] == i]
-        if new:
-            self._remember(batch, new, [row_of.get(i) for i in new])
-        return reasons
+        return reasons, list(taken)
 
-    def _remember(self, batch: _Batch, new: list[int], rows: list[int | None]) -> None:
-        """Give the accepted questions (``new``, positions in the call; ``rows``
-        their rows, None when too short for grams) the next numbers, store
+    def _remember(self, batch: _Batch, new: list[int], taken: list[int]) -> None:
+        """Give the accepted questions (``new``, positions in the call;
+        ``taken``, the rows of those with gram hashes) the next numbers, store
         their gram hashes, and index their digests and band keys."""
         first = len(self)
         numbers = np.arange(first, first + len(new), dtype=np.int32)
-        long = [k for k, r in enumerate(rows) if r is not None]
-        taken = [r for r in rows if r is not None]
-        counts = np.zeros(len(new), dtype=_U64)
-        counts[long] = batch.counts[taken]
-        grams = batch.grams
-        if len(taken) < len(batch.rows):
+        if len(new) == batch.size and len(taken) == batch.size:
+            # The usual call: every question accepted, none too short.
+            keys, slots, counts, grams = batch.keys, batch.slots, batch.counts, batch.grams
+            long_numbers = numbers
+        else:
+            long = np.isin(new, np.asarray(batch.rows, dtype=np.intp)[taken])
+            long_numbers = numbers[long]
+            counts = np.zeros(len(new), dtype=np.intp)
+            counts[long] = batch.counts[taken]
             keep = np.zeros(len(batch.rows), dtype=bool)
             keep[taken] = True
-            grams = grams[np.repeat(keep, batch.counts)]
+            grams = batch.grams[np.repeat(keep, batch.counts)]
+            # Positions in batch.keys: the digests, then each taken row's band keys.
+            band_pos = batch.size + (np.asarray(taken, dtype=np.intp)[:, None] * self.bands
+                                     + np.arange(self.bands)).ravel()
+            pos = np.concatenate((np.asarray(new, dtype=np.intp), band_pos))
+            keys, slots = batch.keys[pos], batch.slots[pos]
         self._grams.frombytes(grams.tobytes())
-        self._offsets.frombytes((np.cumsum(counts) + _U64(self._offsets[-1])).tobytes())
-        # Positions in batch.keys: the digests, then each taken row's band keys.
-        band_pos = (batch.size + np.asarray(taken, dtype=np.intp)[:, None] * self.bands
-                    + np.arange(self.bands)).ravel()
-        pos = np.concatenate((np.asarray(new, dtype=np.intp), band_pos))
-        values = np.concatenate((numbers, np.repeat(numbers[long], self.bands)))
-        self._index.add_many(batch.keys[pos], values, batch.slots[pos])
+        self._offsets.frombytes((np.cumsum(counts, dtype=_U64) + _U64(self._offsets[-1])).tobytes())
+        values = np.concatenate((numbers, np.repeat(long_numbers, self.bands)))
+        self._index.add_many(keys, values, slots, distinct=batch.distinct)
 
     def add(self, q: str) -> str | None:
         """Accept ``q`` (None) or say why not: "duplicate" or "near_duplicate"."""

@@ -222,6 +222,24 @@ def test_normalise_and_id_ignore_width_case_spaces_and_punctuation(a: str, b: st
     assert question_id(a) == question_id(b)
 
 
+def test_normalise_is_nfkc_then_casefold_then_only_word_characters() -> None:
+    # normalise swaps common full-width punctuation for its NFKC form before
+    # NFKC (a shortcut); ids are stored, so the result must stay exactly the
+    # plain definition, also next to combining marks, jamo and other widths.
+    import random
+    import re
+    import unicodedata
+
+    def reference(q: str) -> str:
+        return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", q).casefold())
+
+    pool = ("？：，（）！?:,()!　ＡＢｅé\u0301\u0308\u0327\u3099ｶﾞがか\u1100\u1161\u11a8ㄱㅏ"
+            "ﾡﾠ天命人悟空①㈠ﬁẞΣσς《》“”、。 eEaA1１")
+    rng = random.Random(7)
+    texts = ["".join(rng.choices(pool, k=rng.randint(0, 12))) for _ in range(20_000)]
+    assert [normalise(t) for t in texts] == [reference(t) for t in texts]
+
+
 def test_question_id_is_a_fixed_16_hex_digest_and_distinguishes_questions() -> None:
     # Fixed value: ids are stored in ledgers, so they must not change between
     # processes or releases.
