@@ -619,11 +619,13 @@ class _Batch:
         self.known: list[bool] = known.tolist()  # whether each question's digest is in the index
         # Row -> index entries sharing a band key with it; a known question
         # needs none.
-        band_held = held[self.size :].reshape(band_keys.shape) & ~known[rows][:, None]
         self.in_index: dict[int, set[int]] = {}
-        for pos in np.flatnonzero(band_held).tolist():
-            key, slot = int(band_keys.flat[pos]), int(self.slots[self.size + pos])
-            self.in_index.setdefault(pos // band_keys.shape[1], set()).update(index.values(key, slot))
+        band_held = held[self.size :]
+        if band_held.any():
+            band_held = band_held.reshape(band_keys.shape) & ~known[rows][:, None]
+            for pos in np.flatnonzero(band_held).tolist():
+                key, slot = int(band_keys.flat[pos]), int(self.slots[self.size + pos])
+                self.in_index.setdefault(pos // band_keys.shape[1], set()).update(index.values(key, slot))
         # Usually every key of a call is distinct: no question repeats another
         # and no two share a band key, and then there is nothing to match up.
         self.distinct = not _repeats(self.keys)
@@ -687,7 +689,7 @@ class Deduper:
         return len(self._offsets) - 1
 
     def _signatures(self, grams: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """MinHash signatures of many texts at once, shape (len(starts),
+        """MinHash signatures of many texts at once, shape (len(counts),
         num_perm), uint32, from :func:`_gram_hashes`' output: the same values
         datasketch's "affine32" scheme gives (MurmurHash3 fmix32 pre-mix, then
         ``a * h + b`` wrapping at 2^32), without a MinHash object per text."""
