@@ -96,6 +96,7 @@ def followup_messages(
 # --------------------------------------------------------------------------- parsing
 
 _OPEN_BRACKETS = "[［【"
+_OPEN_BRACKET = re.compile(r"[\[［【]")
 _CLOSE_OF = {"[": "]", "［": "］", "【": "】"}
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』", "`": "`"}
@@ -117,6 +118,8 @@ _QUOTED = re.compile(
     r'"((?:[^"\\\n]|\\.)*)"|\'((?:[^\'\\\n]|\\.)*)\'|“([^”\n]*)”|‘([^’\n]*)’|「([^」\n]*)」|『([^』\n]*)』'
 )
 _SEPARATORS_ONLY = re.compile(r"[\s,，、;；]*")
+# A Python string literal without prefix, escapes or line breaks.
+_PLAIN_QUOTED = re.compile(r"""(['"])((?:(?!\1)[^\\\n\r])*)\1""")
 _QUESTION_SPLIT = re.compile(r"(?<=[?？])\s*[\"'”’」』]?\s*[,，、;；]?\s*[\"'“‘「『]?\s*")
 _DICT_KEYS = ("question", "q", "text", "content", "问题", "query")
 
@@ -148,19 +151,26 @@ def _items_from_value(value: Any) -> list[str]:
     return out
 
 
+# The only characters _matching_close looks at: the scan jumps between them.
+_BRACKET_EVENT = re.compile(r"""[\\"'\[\]［］【】]""")
+
+
 def _matching_close(text: str, start: int) -> int:
     """Index of the bracket closing the one at ``start`` (-1 when none);
-    brackets inside quotes do not count."""
+    brackets inside quotes do not count, nor a character after a backslash
+    inside quotes."""
     opener = text[start]
     closer = _CLOSE_OF[opener]
     depth = 0
     quote: str | None = None
-    i = start
-    while i < len(text):
-        ch = text[i]
+    escaped = -1  # index of a character a backslash took out of play
+    for m in _BRACKET_EVENT.finditer(text, start):
+        i, ch = m.start(), m.group()
+        if i == escaped:
+            continue
         if quote is not None:
             if ch == "\\":
-                i += 1
+                escaped = i + 1
             elif ch == quote:
                 quote = None
         elif ch in "\"'":
@@ -171,7 +181,6 @@ def _matching_close(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i
-        i += 1
     return -1
 
 
@@ -181,7 +190,7 @@ def _parse_bracketed(text: str) -> list[str] | None:
     lists parsed but held no strings, None when nothing parsed."""
     decoder = json.JSONDecoder()
     parsed_without_strings = False
-    starts = [i for i, ch in enumerate(text) if ch in _OPEN_BRACKETS][:50]
+    starts = [m.start() for m in itertools.islice(_OPEN_BRACKET.finditer(text), 50)]
     for start in starts:
         if text[start] == "[":
             try:
@@ -200,7 +209,7 @@ def _parse_bracketed(text: str) -> list[str] | None:
                 continue
         inner = text[start + 1 : end]
         span = f"[{inner}]"
-        for loader in (json.loads, ast.literal_eval):
+        for loader in (json.loads, _plain_quoted_items, ast.literal_eval):
             try:
                 # literal_eval only ever sees the bracketed span, and only
                 # builds literals; any failure just means "not this shape".
@@ -215,6 +224,28 @@ def _parse_bracketed(text: str) -> list[str] | None:
         if items:
             return items
     return [] if parsed_without_strings else None
+
+
+def _plain_quoted_items(span: str) -> list[str]:
+    """What ``ast.literal_eval`` gives for ``span`` when it is a list of
+    quoted strings without backslashes, each pair parted by a comma, without
+    compiling anything (compiling was most of the cost of parsing a
+    Python-style list). Raises ValueError for anything else, so
+    ``literal_eval`` still judges every other shape."""
+    inner = span[1:-1]
+    if "\\" in inner or "\0" in inner:
+        raise ValueError("escapes or NUL: left to literal_eval")
+    items: list[str] = []
+    pos = 0
+    for m in _PLAIN_QUOTED.finditer(inner):
+        gap = inner[pos : m.start()]
+        if gap.strip() != ("," if items else ""):
+            raise ValueError("not a plain list of quoted strings")
+        items.append(m.group(2))
+        pos = m.end()
+    if not items or inner[pos:].strip() not in ("", ","):
+        raise ValueError("not a plain list of quoted strings")
+    return items
 
 
 def _quoted_items(inner: str) -> list[str] | None:
@@ -436,6 +467,7 @@ def _repeats(keys: np.ndarray) -> bool:
 
 
 _WINDOW = np.arange(16)
+_FEW_KEYS = 256
 
 
 class _IntTable:
@@ -464,7 +496,12 @@ class _IntTable:
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Each key's slot, or the empty slot that ends its probe run (keys
         uint64, non-zero). Probes a window of slots per round, so at a load of
-        one half nearly every key is settled in the first round."""
+        one half nearly every key is settled in the first round. A few keys
+        (one call's questions) are probed in Python instead: in a busy process
+        the first use of each kind of numpy operation costs microseconds
+        (cold caches), and the window probe uses a dozen kinds."""
+        if len(keys) <= _FEW_KEYS:
+            return np.array(self._find_few(keys.tolist()), dtype=np.intp)
         slots = (keys & _U64(len(self._keys) - 1)).astype(np.intp)
         settled = self._probe(keys, slots)
         if not settled.all():
@@ -474,6 +511,17 @@ class _IntTable:
                 settled = self._probe(keys[todo], starts)
                 slots[todo] = starts
                 todo = todo[~settled]
+        return slots
+
+    def _find_few(self, keys: list[int]) -> list[int]:
+        table = memoryview(self._keys)
+        mask = len(table) - 1
+        slots = []
+        for key in keys:
+            i = key & mask
+            while (k := table[i]) and k != key:
+                i = (i + 1) & mask
+            slots.append(i)
         return slots
 
     def _probe(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:

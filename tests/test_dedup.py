@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.questions import Deduper, _gram_hashes, _IntTable, normalise
+from pipeline.questions import _FEW_KEYS, Deduper, _gram_hashes, _IntTable, normalise
 
 
 def test_a_new_question_is_accepted_and_counted() -> None:
@@ -217,6 +217,21 @@ def test_int_table_keeps_every_key_through_growth() -> None:
         (997 * p,) for p in range(len(keys[::997]))]
     absent = keys + np.uint64(1)
     assert not t.holds(absent, t.find(absent)).any()
+
+
+def test_int_table_finds_the_same_slots_for_few_keys_as_for_many() -> None:
+    # Up to _FEW_KEYS keys are probed in Python, more in numpy windows: the
+    # two must agree, for present keys, absent ones and long probe runs.
+    t = _IntTable(capacity=16)
+    rng = np.random.default_rng(2)
+    stored = rng.integers(1, 2**63, size=3000, dtype=np.int64).astype(np.uint64)
+    stored[:40] = np.arange(1, 41, dtype=np.uint64) << np.uint64(40)  # one probe run of 40+
+    t.add_many(stored, np.arange(3000, dtype=np.int32))
+    absent = rng.integers(1, 2**63, size=2000, dtype=np.int64).astype(np.uint64)
+    probe = np.concatenate((stored, absent, np.arange(41, 60, dtype=np.uint64) << np.uint64(40)))
+    assert len(probe) > _FEW_KEYS
+    few = np.concatenate([t.find(probe[i : i + _FEW_KEYS]) for i in range(0, len(probe), _FEW_KEYS)])
+    assert few.tolist() == t.find(probe).tolist()
 
 
 def test_int_table_gathers_values_of_a_repeated_key_in_order_up_to_a_cap() -> None:
