@@ -460,14 +460,20 @@ def _digests(norms: Sequence[str]) -> np.ndarray:
     return np.maximum(digests, _U64(1))
 
 
+# Up to this many keys, table work is done in Python loops, not numpy calls.
+_FEW_KEYS = 256
+
+
 def _repeats(keys: np.ndarray) -> bool:
-    """Whether some key occurs more than once."""
+    """Whether some key occurs more than once (a few keys: in Python, for
+    the reason :meth:`_IntTable.find` gives)."""
+    if len(keys) <= _FEW_KEYS:
+        return len(set(keys.tolist())) < len(keys)
     ordered = np.sort(keys)
     return bool((ordered[1:] == ordered[:-1]).any())
 
 
 _WINDOW = np.arange(16)
-_FEW_KEYS = 256
 
 
 class _IntTable:

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.questions import _FEW_KEYS, Deduper, _gram_hashes, _IntTable, normalise
+from pipeline.questions import _FEW_KEYS, Deduper, _gram_hashes, _IntTable, _repeats, normalise
 
 
 def test_a_new_question_is_accepted_and_counted() -> None:
@@ -232,6 +232,14 @@ def test_int_table_finds_the_same_slots_for_few_keys_as_for_many() -> None:
     assert len(probe) > _FEW_KEYS
     few = np.concatenate([t.find(probe[i : i + _FEW_KEYS]) for i in range(0, len(probe), _FEW_KEYS)])
     assert few.tolist() == t.find(probe).tolist()
+
+
+@pytest.mark.parametrize("size", [10, 2 * _FEW_KEYS])
+def test_repeats_are_seen_in_few_keys_and_in_many(size: int) -> None:
+    keys = np.arange(1, size + 1, dtype=np.uint64) * np.uint64(2**33 + 1)
+    assert not _repeats(keys)
+    keys[-1] = keys[size // 2]
+    assert _repeats(keys)
 
 
 def test_int_table_gathers_values_of_a_repeated_key_in_order_up_to_a_cap() -> None:
