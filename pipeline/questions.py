@@ -462,6 +462,15 @@ def _digests(norms: Sequence[str]) -> np.ndarray:
 
 # Up to this many keys, table work is done in Python loops, not numpy calls.
 _FEW_KEYS = 256
+# The table grows by half when fuller than this: between 0.4 and 0.6 full,
+# 20-30 bytes a key, and probe runs stay short.
+_MAX_LOAD = 0.6
+
+
+def _homes(keys: np.ndarray, capacity: int) -> np.ndarray:
+    """Each key's home slot: its high 32 bits scaled to the capacity, which
+    need not be a power of two (growing by half wastes less than doubling)."""
+    return ((keys >> _U64(32)) * _U64(capacity) >> _U64(32)).astype(np.intp)
 
 
 def _repeats(keys: np.ndarray) -> bool:
@@ -478,7 +487,7 @@ _WINDOW = np.arange(16)
 
 class _IntTable:
     """64-bit key -> indexes, with open addressing (linear probing) in two
-    flat numpy arrays: 12 bytes a slot at a load of at most one half, against
+    flat numpy arrays: 12 bytes a slot at a load of at most 0.6, against
     ~75 bytes for an entry of a Python dict keyed by ints, and a whole batch of
     keys looked up or inserted in a few numpy calls. Each key has one slot; a
     key that gains a second value moves its values to a small dict of lists
@@ -502,13 +511,13 @@ class _IntTable:
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Each key's slot, or the empty slot that ends its probe run (keys
         uint64, non-zero). Probes a window of slots per round, so at a load of
-        one half nearly every key is settled in the first round. A few keys
+        at most 0.6 nearly every key is settled in the first round. A few keys
         (one call's questions) are probed in Python instead: in a busy process
         the first use of each kind of numpy operation costs microseconds
         (cold caches), and the window probe uses a dozen kinds."""
         if len(keys) <= _FEW_KEYS:
             return np.array(self._find_few(keys.tolist()), dtype=np.intp)
-        slots = (keys & _U64(len(self._keys) - 1)).astype(np.intp)
+        slots = _homes(keys, len(self._keys))
         settled = self._probe(keys, slots)
         if not settled.all():
             todo = np.flatnonzero(~settled)
@@ -521,12 +530,12 @@ class _IntTable:
 
     def _find_few(self, keys: list[int]) -> list[int]:
         table = memoryview(self._keys)
-        mask = len(table) - 1
+        capacity = len(table)
         slots = []
         for key in keys:
-            i = key & mask
+            i = (key >> 32) * capacity >> 32
             while (k := table[i]) and k != key:
-                i = (i + 1) & mask
+                i = i + 1 if i + 1 < capacity else 0
             slots.append(i)
         return slots
 
@@ -534,12 +543,12 @@ class _IntTable:
         """One round of :meth:`find`: moves each slot (in place) to the first
         one of the window from it that holds the key or is empty, or past the
         window; says which keys were settled."""
-        mask = len(self._keys) - 1
-        seen = self._keys[(slots[:, None] + _WINDOW) & mask]
+        capacity = len(self._keys)
+        seen = self._keys[(slots[:, None] + _WINDOW) % capacity]
         stop = (seen == keys[:, None]) | (seen == 0)
         settled = stop.any(axis=1)
         slots += np.where(settled, stop.argmax(axis=1), len(_WINDOW))
-        slots &= mask
+        slots %= capacity
         return settled
 
     def holds(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -559,7 +568,7 @@ class _IntTable:
         ``slots``: what :meth:`find` gave for ``keys`` if nothing was added
         since, which saves probing again; ``distinct``: the caller knows no
         key repeats in ``keys``, which saves a sort."""
-        if 2 * (self._size + len(keys)) > len(self._keys):
+        if (self._size + len(keys)) > _MAX_LOAD * len(self._keys):
             self._grow(self._size + len(keys))
             slots = None
         if slots is None:
@@ -602,15 +611,15 @@ class _IntTable:
             slots = self.find(keys)
 
     def _grow(self, size: int) -> None:
-        """Rehash into a table big enough for ``size`` keys at a load of one
-        half. Sorted by home slot, each key takes its home or the slot after
+        """Rehash into a table big enough for ``size`` keys at a load of at
+        most 0.6. Sorted by home slot, each key takes its home or the slot after
         the previous key's, whichever is further: a running maximum, so
         rehashing millions of keys is a few numpy calls."""
         capacity = len(self._keys)
-        while 2 * size > capacity:
-            capacity *= 2
+        while size > _MAX_LOAD * capacity:
+            capacity += capacity // 2
         used = np.flatnonzero(self._keys)
-        home = (self._keys[used] & _U64(capacity - 1)).astype(np.intp)
+        home = _homes(self._keys[used], capacity)
         order = np.argsort(home, kind="stable")
         used, home = used[order], home[order]
         steps = np.arange(len(used))
