@@ -421,8 +421,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer, element-wise (uint64, wrapping): a bijection
-    that spreads every input bit over all output bits, so keys made of similar
-    words still differ in their low bits (the table's slot)."""
+    that spreads every input bit over all output bits; it turns 1, 2, 3...
+    into unrelated per-band salts."""
     x = x ^ (x >> _U64(30))
     x = x * _U64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> _U64(27))
@@ -764,8 +764,8 @@ class Deduper:
         """One non-zero 64-bit key per band of each signature, shape (rows,
         bands): the band's values read as 64-bit words (two at a time) and
         folded by xor-multiply, each a bijection of the key so far, so two
-        bands collide with p ~ 2^-64; the last xor-shift brings the product's
-        well-mixed high bits down to the low bits that pick the slot."""
+        bands collide with p ~ 2^-64. The product's high bits are well mixed
+        (they pick the slot); the last xor-shift mixes them into the low ones."""
         words = np.ascontiguousarray(signatures).view(_U64).reshape(len(signatures), self.bands, -1)
         keys = self._salts
         for j in range(words.shape[2]):
