@@ -14,9 +14,8 @@ import itertools
 import json
 import re
 import unicodedata
-import zlib
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +95,7 @@ def followup_messages(
 # --------------------------------------------------------------------------- parsing
 
 _OPEN_BRACKETS = "[［【"
+_OPEN_BRACKET = re.compile(r"[\[［【]")
 _CLOSE_OF = {"[": "]", "［": "］", "【": "】"}
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 _QUOTE_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』", "`": "`"}
@@ -117,6 +117,8 @@ _QUOTED = re.compile(
     r'"((?:[^"\\\n]|\\.)*)"|\'((?:[^\'\\\n]|\\.)*)\'|“([^”\n]*)”|‘([^’\n]*)’|「([^」\n]*)」|『([^』\n]*)』'
 )
 _SEPARATORS_ONLY = re.compile(r"[\s,，、;；]*")
+# A Python string literal without prefix, escapes or line breaks.
+_PLAIN_QUOTED = re.compile(r"""(['"])((?:(?!\1)[^\\\n\r])*)\1""")
 _QUESTION_SPLIT = re.compile(r"(?<=[?？])\s*[\"'”’」』]?\s*[,，、;；]?\s*[\"'“‘「『]?\s*")
 _DICT_KEYS = ("question", "q", "text", "content", "问题", "query")
 
@@ -148,19 +150,26 @@ def _items_from_value(value: Any) -> list[str]:
     return out
 
 
+# The only characters _matching_close looks at: the scan jumps between them.
+_BRACKET_EVENT = re.compile(r"""[\\"'\[\]［］【】]""")
+
+
 def _matching_close(text: str, start: int) -> int:
     """Index of the bracket closing the one at ``start`` (-1 when none);
-    brackets inside quotes do not count."""
+    brackets inside quotes do not count, nor a character after a backslash
+    inside quotes."""
     opener = text[start]
     closer = _CLOSE_OF[opener]
     depth = 0
     quote: str | None = None
-    i = start
-    while i < len(text):
-        ch = text[i]
+    escaped = -1  # index of a character a backslash took out of play
+    for m in _BRACKET_EVENT.finditer(text, start):
+        i, ch = m.start(), m.group()
+        if i == escaped:
+            continue
         if quote is not None:
             if ch == "\\":
-                i += 1
+                escaped = i + 1
             elif ch == quote:
                 quote = None
         elif ch in "\"'":
@@ -171,7 +180,6 @@ def _matching_close(text: str, start: int) -> int:
             depth -= 1
             if depth == 0:
                 return i
-        i += 1
     return -1
 
 
@@ -181,7 +189,7 @@ def _parse_bracketed(text: str) -> list[str] | None:
     lists parsed but held no strings, None when nothing parsed."""
     decoder = json.JSONDecoder()
     parsed_without_strings = False
-    starts = [i for i, ch in enumerate(text) if ch in _OPEN_BRACKETS][:50]
+    starts = [m.start() for m in itertools.islice(_OPEN_BRACKET.finditer(text), 50)]
     for start in starts:
         if text[start] == "[":
             try:
@@ -200,7 +208,7 @@ def _parse_bracketed(text: str) -> list[str] | None:
                 continue
         inner = text[start + 1 : end]
         span = f"[{inner}]"
-        for loader in (json.loads, ast.literal_eval):
+        for loader in (json.loads, _plain_quoted_items, ast.literal_eval):
             try:
                 # literal_eval only ever sees the bracketed span, and only
                 # builds literals; any failure just means "not this shape".
@@ -215,6 +223,28 @@ def _parse_bracketed(text: str) -> list[str] | None:
         if items:
             return items
     return [] if parsed_without_strings else None
+
+
+def _plain_quoted_items(span: str) -> list[str]:
+    """What ``ast.literal_eval`` gives for ``span`` when it is a list of
+    quoted strings without backslashes, each pair parted by a comma, without
+    compiling anything (compiling was most of the cost of parsing a
+    Python-style list). Raises ValueError for anything else, so
+    ``literal_eval`` still judges every other shape."""
+    inner = span[1:-1]
+    if "\\" in inner or "\0" in inner:
+        raise ValueError("escapes or NUL: left to literal_eval")
+    items: list[str] = []
+    pos = 0
+    for m in _PLAIN_QUOTED.finditer(inner):
+        gap = inner[pos : m.start()]
+        if gap.strip() != ("," if items else ""):
+            raise ValueError("not a plain list of quoted strings")
+        items.append(m.group(2))
+        pos = m.end()
+    if not items or inner[pos:].strip() not in ("", ","):
+        raise ValueError("not a plain list of quoted strings")
+    return items
 
 
 def _quoted_items(inner: str) -> list[str] | None:
@@ -350,11 +380,20 @@ def screen_question(q: str, qs: QuestionSettings) -> str | None:
 # --------------------------------------------------------------------------- identity
 
 _NOT_WORD = re.compile(r"[\W_]+")
+# Full-width punctuation common in Chinese questions, and its NFKC form.
+# One such character makes NFKC take its slow path over the whole text;
+# replaced first, most questions are already normalised and NFKC returns at
+# once. Replacing a character by its compatibility decomposition does not
+# change a text's NFKC form (NFKD decomposes every character the same way).
+_FULL_WIDTH = (("？", "?"), ("：", ":"), ("，", ","), ("（", "("), ("）", ")"), ("！", "!"))
 
 
 def normalise(q: str) -> str:
     """Canonical text for exact dedup and ids: NFKC (full width to half
     width), case-folded, with spaces, punctuation and symbols removed."""
+    for wide, narrow in _FULL_WIDTH:
+        if wide in q:
+            q = q.replace(wide, narrow)
     return _NOT_WORD.sub("", unicodedata.normalize("NFKC", q).casefold())
 
 
@@ -366,6 +405,9 @@ def question_id(q: str) -> str:
 
 # --------------------------------------------------------------------------- dedup
 
+_U64 = np.uint64
+
+
 def _fmix32(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finalizer, element-wise (uint32, wrapping): the
     pre-mix datasketch's "affine32" scheme applies to every input hash."""
@@ -376,21 +418,88 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-class _IntTable:
-    """64-bit key -> indexes, with open addressing in two flat arrays: 12
-    bytes a slot at a load of at most one half, against ~75 bytes for an
-    entry of a Python dict keyed by ints. Each key has one slot; a key that
-    gains a second value moves its values to a small dict of lists (rare:
-    only questions sharing a whole band meet there), which stops growing at
-    ``max_per_key`` so a band made of very common n-grams cannot turn every
-    lookup into hundreds of comparisons. Key 0 marks an empty slot."""
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, element-wise (uint64, wrapping): a bijection
+    that spreads every input bit over all output bits; it turns 1, 2, 3...
+    into unrelated per-band salts."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
 
-    __slots__ = ("_keys", "_vals", "_mask", "_size", "_multi", "max_per_key")
+
+# An odd 64-bit constant (2^64 / golden ratio) for multiplicative hashing.
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+
+
+def _gram_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The character 3-grams of each text as 32-bit hashes, all texts in one
+    flat uint32 array (in text order, repeats kept), and how many each text
+    has. Every text must have at least 3 characters.
+
+    A 3-gram's code points (21 bits each) pack into one 64-bit integer without
+    loss; the top half of its product with an odd constant is as good a hash
+    as crc32 was, and the whole batch is hashed in a few numpy calls instead
+    of one Python call per gram."""
+    lengths = np.fromiter(map(len, norms), dtype=np.intp, count=len(norms))
+    points = np.frombuffer("".join(norms).encode("utf-32-le"), dtype="<u4").astype(_U64)
+    packed = (points[:-2] << _U64(42)) | (points[1:-1] << _U64(21)) | points[2:]
+    # The texts are joined: keep the grams that start and end in one text.
+    text = np.repeat(np.arange(len(norms)), lengths)
+    grams = ((packed[text[:-2] == text[2:]] * _GOLDEN) >> _U64(32)).astype(np.uint32)
+    return grams, lengths - 2
+
+
+def _digests(norms: Sequence[str]) -> np.ndarray:
+    """A non-zero 64-bit digest of each normalised text, for the exact check.
+    Python's own string hash (SipHash, 64 bits) is fine here: the index lives
+    in one process and is rebuilt by seeding, never stored."""
+    digests = np.fromiter(map(hash, norms), dtype=np.int64, count=len(norms)).view(_U64)
+    return np.maximum(digests, _U64(1))
+
+
+# Up to this many keys, table work is done in Python loops, not numpy calls.
+_FEW_KEYS = 256
+# The table grows by half when fuller than this: between 0.4 and 0.6 full,
+# 20-30 bytes a key, and probe runs stay short.
+_MAX_LOAD = 0.6
+
+
+def _homes(keys: np.ndarray, capacity: int) -> np.ndarray:
+    """Each key's home slot: its high 32 bits scaled to the capacity, which
+    need not be a power of two (growing by half wastes less than doubling)."""
+    return ((keys >> _U64(32)) * _U64(capacity) >> _U64(32)).astype(np.intp)
+
+
+def _repeats(keys: np.ndarray) -> bool:
+    """Whether some key occurs more than once (a few keys: in Python, for
+    the reason :meth:`_IntTable.find` gives)."""
+    if len(keys) <= _FEW_KEYS:
+        return len(set(keys.tolist())) < len(keys)
+    ordered = np.sort(keys)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+_WINDOW = np.arange(16)
+
+
+class _IntTable:
+    """64-bit key -> indexes, with open addressing (linear probing) in two
+    flat numpy arrays: 12 bytes a slot at a load of at most 0.6, against
+    ~75 bytes for an entry of a Python dict keyed by ints, and a whole batch of
+    keys looked up or inserted in a few numpy calls. Each key has one slot; a
+    key that gains a second value moves its values to a small dict of lists
+    (rare: only questions sharing a whole band meet there), which stops
+    growing at ``max_per_key`` so a band made of very common n-grams cannot
+    turn every lookup into hundreds of comparisons. Key 0 marks an empty
+    slot."""
+
+    __slots__ = ("_keys", "_vals", "_size", "_multi", "max_per_key")
 
     def __init__(self, capacity: int = 1024, max_per_key: int = 32) -> None:
-        self._keys = array("Q", bytes(8 * capacity))
-        self._vals = array("i", bytes(4 * capacity))
-        self._mask = capacity - 1
+        self._keys = np.zeros(capacity, dtype=_U64)
+        self._vals = np.zeros(capacity, dtype=np.int32)
         self._size = 0
         self._multi: dict[int, list[int]] = {}
         self.max_per_key = max_per_key
@@ -398,98 +507,238 @@ class _IntTable:
     def __len__(self) -> int:
         return self._size
 
-    def _slot(self, key: int) -> int:
-        keys, mask = self._keys, self._mask
-        i = key & mask
-        while (k := keys[i]) != 0 and k != key:
-            i = (i + 1) & mask
-        return i
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's slot, or the empty slot that ends its probe run (keys
+        uint64, non-zero). Probes a window of slots per round, so at a load of
+        at most 0.6 nearly every key is settled in the first round. A few keys
+        (one call's questions) are probed in Python instead: in a busy process
+        the first use of each kind of numpy operation costs microseconds
+        (cold caches), and the window probe uses a dozen kinds."""
+        if len(keys) <= _FEW_KEYS:
+            return np.array(self._find_few(keys.tolist()), dtype=np.intp)
+        slots = _homes(keys, len(self._keys))
+        settled = self._probe(keys, slots)
+        if not settled.all():
+            todo = np.flatnonzero(~settled)
+            while len(todo):
+                starts = slots[todo]
+                settled = self._probe(keys[todo], starts)
+                slots[todo] = starts
+                todo = todo[~settled]
+        return slots
 
-    def get(self, key: int) -> Sequence[int]:
-        i = self._slot(key)
-        if self._keys[i] == 0:
-            return ()
-        v = self._vals[i]
+    def _find_few(self, keys: list[int]) -> list[int]:
+        table = memoryview(self._keys)
+        capacity = len(table)
+        slots = []
+        for key in keys:
+            i = (key >> 32) * capacity >> 32
+            while (k := table[i]) and k != key:
+                i = i + 1 if i + 1 < capacity else 0
+            slots.append(i)
+        return slots
+
+    def _probe(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """One round of :meth:`find`: moves each slot (in place) to the first
+        one of the window from it that holds the key or is empty, or past the
+        window; says which keys were settled."""
+        capacity = len(self._keys)
+        seen = self._keys[(slots[:, None] + _WINDOW) % capacity]
+        stop = (seen == keys[:, None]) | (seen == 0)
+        settled = stop.any(axis=1)
+        slots += np.where(settled, stop.argmax(axis=1), len(_WINDOW))
+        slots %= capacity
+        return settled
+
+    def holds(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Whether each key is present, given ``slots = find(keys)``."""
+        return self._keys[slots] == keys
+
+    def values(self, key: int, slot: int) -> Sequence[int]:
+        """The values of ``key``, present at ``slot``."""
+        v = int(self._vals[slot])
         return self._multi[key] if v < 0 else (v,)
 
-    def __contains__(self, key: int) -> bool:
-        return self._keys[self._slot(key)] != 0
-
-    def add(self, key: int, value: int) -> None:
-        i = self._slot(key)
-        if self._keys[i] != 0:
-            v = self._vals[i]
-            if v >= 0:
-                self._multi[key] = [v, value]
-                self._vals[i] = -1
-            elif len(bucket := self._multi[key]) < self.max_per_key:
-                bucket.append(value)
+    def add_many(
+        self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray | None = None,
+        *, distinct: bool = False,
+    ) -> None:
+        """Add ``values[i]`` under ``keys[i]`` (uint64, non-zero), in order.
+        ``slots``: what :meth:`find` gave for ``keys`` if nothing was added
+        since, which saves probing again; ``distinct``: the caller knows no
+        key repeats in ``keys``, which saves a sort."""
+        if (self._size + len(keys)) > _MAX_LOAD * len(self._keys):
+            self._grow(self._size + len(keys))
+            slots = None
+        if slots is None:
+            slots = self.find(keys)
+        new = self._keys[slots] == 0
+        if not distinct and _repeats(keys):
+            first = np.zeros(len(keys), dtype=bool)
+            first[np.unique(keys, return_index=True)[1]] = True
+            new &= first
+        if new.all():
+            self._place(keys, values, slots)
             return
-        if 2 * (self._size + 1) > len(self._keys):
-            self._grow()
-            i = self._slot(key)
-        self._keys[i] = key
-        self._vals[i] = value
-        self._size += 1
+        self._place(keys[new], values[new], slots[new])
+        # Keys seen before, or repeated in ``keys``: a second value each.
+        again = ~new
+        for p, slot in zip(np.flatnonzero(again).tolist(), self.find(keys[again]).tolist()):
+            self._append(int(keys[p]), slot, int(values[p]))
 
-    def _grow(self) -> None:
-        old_keys, old_vals = self._keys, self._vals
-        cap = 2 * len(old_keys)
-        self._keys = keys = array("Q", bytes(8 * cap))
-        self._vals = vals = array("i", bytes(4 * cap))
-        self._mask = mask = cap - 1
-        for k, v in zip(old_keys, old_vals):
-            if k:
-                i = k & mask
-                while keys[i] != 0:
-                    i = (i + 1) & mask
-                keys[i] = k
-                vals[i] = v
+    def _append(self, key: int, slot: int, value: int) -> None:
+        v = int(self._vals[slot])
+        if v >= 0:
+            self._multi[key] = [v, value]
+            self._vals[slot] = -1
+        elif len(bucket := self._multi[key]) < self.max_per_key:
+            bucket.append(value)
+
+    def _place(self, keys: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
+        """Put distinct absent keys in the empty slots found for them. Two of
+        them may have found the same slot: one wins it, the others probe on."""
+        while True:
+            self._keys[slots] = keys
+            won = self._keys[slots] == keys
+            if won.all():
+                self._vals[slots] = values
+                self._size += len(keys)
+                return
+            self._vals[slots[won]] = values[won]
+            self._size += int(np.count_nonzero(won))
+            keys, values = keys[~won], values[~won]
+            slots = self.find(keys)
+
+    def _grow(self, size: int) -> None:
+        """Rehash into a table big enough for ``size`` keys at a load of at
+        most 0.6. Sorted by home slot, each key takes its home or the slot after
+        the previous key's, whichever is further: a running maximum, so
+        rehashing millions of keys is a few numpy calls."""
+        capacity = len(self._keys)
+        while size > _MAX_LOAD * capacity:
+            capacity += capacity // 2
+        used = np.flatnonzero(self._keys)
+        home = _homes(self._keys[used], capacity)
+        order = np.argsort(home, kind="stable")
+        used, home = used[order], home[order]
+        steps = np.arange(len(used))
+        slots = np.maximum.accumulate(home - steps) + steps
+        inside = slots < capacity
+        keys, vals = self._keys[used], self._vals[used]
+        self._keys = np.zeros(capacity, dtype=_U64)
+        self._vals = np.zeros(capacity, dtype=np.int32)
+        self._keys[slots[inside]] = keys[inside]
+        self._vals[slots[inside]] = vals[inside]
+        self._size = int(np.count_nonzero(inside))
+        # The few pushed past the end wrap round to the start, as probes do.
+        rest = ~inside
+        self._place(keys[rest], vals[rest], self.find(keys[rest]))
 
 
-def _key64(data: bytes, salt: int = 0) -> int:
-    # A real mixing hash: band values often share their leading words, and a
-    # cheap reduction left them sharing low bits too, i.e. probe runs of
-    # thousands of slots.
-    key = int.from_bytes(
-        hashlib.blake2b(data, digest_size=8, person=salt.to_bytes(4, "little")).digest(), "little"
-    )
-    return key or 1
+def _shared_keys(keys: np.ndarray) -> dict[int, set[int]]:
+    """For each row of ``keys`` (one row of band keys per text) that shares a
+    key with earlier rows, those rows. Usually empty, found with one sort;
+    only the keys that repeat are looked at in Python."""
+    flat = keys.ravel()
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if not len(repeats):
+        return {}
+    involved = np.union1d(repeats, repeats + 1)
+    rows_of: dict[int, list[int]] = {}
+    for key, pos in zip(ordered[involved].tolist(), order[involved].tolist()):
+        rows_of.setdefault(key, []).append(pos // keys.shape[1])
+    earlier: dict[int, set[int]] = {}
+    for rows in rows_of.values():
+        # The stable sort keeps each key's rows in ascending order.
+        for k, row in enumerate(rows[1:], 1):
+            earlier.setdefault(row, set()).update(r for r in rows[:k] if r != row)
+    return earlier
+
+
+class _Batch:
+    """One call's questions, hashed. Every question has a digest; those of 3
+    characters or more (``rows``: their positions in the call) also have gram
+    hashes (flat, as :func:`_gram_hashes` gives them) and a row of band keys.
+    ``keys`` holds the digests then the band keys and ``slots`` their slots
+    in the index; ``known`` says which digests are there, ``in_index`` which
+    index entries share a band key with each row, ``in_call`` which earlier
+    rows do."""
+
+    __slots__ = ("size", "keys", "slots", "known", "in_index", "rows", "grams", "starts", "counts",
+                 "distinct", "in_call")
+
+    def __init__(self, digests: np.ndarray, rows: list[int], grams: np.ndarray, counts: np.ndarray,
+                 band_keys: np.ndarray, index: _IntTable) -> None:
+        self.size, self.rows = len(digests), rows
+        self.grams, self.counts = grams, counts
+        self.starts = np.cumsum(counts) - counts
+        self.keys = np.concatenate((digests, band_keys.ravel()))
+        self.slots = index.find(self.keys)
+        held = index.holds(self.keys, self.slots)
+        known = held[: self.size]
+        self.known: list[bool] = known.tolist()  # whether each question's digest is in the index
+        # Row -> index entries sharing a band key with it; a known question
+        # needs none.
+        self.in_index: dict[int, set[int]] = {}
+        band_held = held[self.size :]
+        if band_held.any():
+            band_held = band_held.reshape(band_keys.shape) & ~known[rows][:, None]
+            for pos in np.flatnonzero(band_held).tolist():
+                key, slot = int(band_keys.flat[pos]), int(self.slots[self.size + pos])
+                self.in_index.setdefault(pos // band_keys.shape[1], set()).update(index.values(key, slot))
+        # Usually every key of a call is distinct: no question repeats another
+        # and no two share a band key, and then there is nothing to match up.
+        self.distinct = not _repeats(self.keys)
+        self.in_call = {} if self.distinct else _shared_keys(band_keys)
+
+    def grams_of(self, row: int) -> set[int]:
+        start = int(self.starts[row])
+        return set(self.grams[start : start + int(self.counts[row])].tolist())
 
 
 class Deduper:
     """Rejects exact duplicates (after :func:`normalise`) and near duplicates
     (character 3-gram Jaccard similarity >= ``threshold``) of accepted questions.
 
-    Candidates come from MinHash signatures (datasketch) cut into bands; a
-    candidate is confirmed by the exact Jaccard of the two 3-gram sets, so the
-    bands are tuned for recall at the threshold (32 permutations in 8 bands of
-    4 find a pair at Jaccard 0.7 with p ~ 0.89, at 0.8 with p ~ 0.99) while
-    unrelated questions rarely meet in a bucket. Per question this keeps a
-    64-bit digest, one slot per band, and the 3-gram hashes (4 bytes each) in
-    one flat array: a few hundred bytes. datasketch's ``MinHashLSH`` keeps a
-    Python set per bucket, over 1 KB per question, hence the own index.
-    Questions shorter than 3 characters after normalising get the exact check
-    only.
+    Candidates come from MinHash signatures (datasketch's "affine32" scheme)
+    cut into bands; a candidate is confirmed by the exact Jaccard of the two
+    3-gram sets, so the bands are tuned for recall at the threshold (32
+    permutations in 8 bands of 4 find a pair at Jaccard 0.7 with p ~ 0.89, at
+    0.8 with p ~ 0.99) while unrelated questions rarely meet in a bucket.
+
+    Per question this keeps a 64-bit digest and one 64-bit key per band, all
+    in one hash table that maps them to the question's number, and the 3-gram
+    hashes (4 bytes each) in one flat array: a few hundred bytes.
+    datasketch's ``MinHashLSH`` keeps a Python set per bucket, over 1 KB per
+    question, hence the own index. Questions shorter than 3 characters after
+    normalising get the exact check only.
+
+    A call's questions are hashed, signed, looked up and inserted together in
+    numpy, with decisions as if they came one at a time: Python only loops
+    over the questions and over the rare candidates.
     """
 
-    NGRAM = 3
+    NGRAM = 3  # _gram_hashes packs exactly three code points
 
     def __init__(
         self, threshold: float = 0.7, *, num_perm: int = 32, bands: int = 8, seed: int = 1
     ) -> None:
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        if bands < 1 or num_perm % bands:
-            raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
+        if bands < 1 or num_perm % (2 * bands):
+            # Band keys read a band's 32-bit values two at a time.
+            raise ValueError(f"num_perm ({num_perm}) must be an even multiple of bands ({bands})")
         self.threshold = threshold
         self.num_perm = num_perm
         self.bands = bands
-        self._band_bytes = 4 * (num_perm // bands)
         self._seed = seed
         self._perms: tuple[np.ndarray, np.ndarray] | None = None  # see _permutations
-        self._exact = _IntTable()
-        self._buckets = _IntTable()
+        # One salt per band, so equal values in two bands make two keys.
+        self._salts = _mix64(np.arange(1, bands + 1, dtype=_U64))
+        self._index = _IntTable()
+        # Question number n's gram hashes are _grams[_offsets[n]:_offsets[n + 1]].
         self._grams = array("I")
         self._offsets = array("Q", [0])
         self.accepted = 0
@@ -497,11 +746,7 @@ class Deduper:
 
     def __len__(self) -> int:
         """How many distinct questions are remembered (seeded ones included)."""
-        return len(self._exact)
-
-    def _gram_hashes(self, norm: str) -> list[int]:
-        n = self.NGRAM
-        return sorted({zlib.crc32(norm[i : i + n].encode("utf-8")) for i in range(len(norm) - n + 1)})
+        return len(self._offsets) - 1
 
     def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
         """datasketch's "affine32" permutations, so signatures stay those of
@@ -516,98 +761,122 @@ class Deduper:
             self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
         return self._perms
 
-    def _signatures(self, grams: Sequence[list[int]]) -> np.ndarray:
-        """MinHash signatures of many gram lists at once, shape (len(grams),
-        num_perm), uint32: the same values datasketch's "affine32" scheme
-        gives (MurmurHash3 fmix32 pre-mix, then ``a * h + b`` wrapping at
-        2^32), without building a MinHash object per question. Every list
-        must be non-empty."""
-        lengths = np.fromiter((len(g) for g in grams), dtype=np.int64, count=len(grams))
-        flat = np.fromiter(itertools.chain.from_iterable(grams), dtype=np.uint32, count=int(lengths.sum()))
-        h = _fmix32(flat)
+    def _signatures(self, grams: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """MinHash signatures of many texts at once, shape (len(counts),
+        num_perm), uint32, from :func:`_gram_hashes`' output: the same values
+        datasketch's "affine32" scheme gives (MurmurHash3 fmix32 pre-mix, then
+        ``a * h + b`` wrapping at 2^32), without a MinHash object per text."""
         a, b = self._permutations()
-        phv = h[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
-        starts = np.zeros(len(grams), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        return np.minimum.reduceat(phv, starts, axis=0)
+        phv = _fmix32(grams)[:, None] * a + b  # uint32 arithmetic: the wraparound is the modulo
+        return np.minimum.reduceat(phv, np.cumsum(counts) - counts, axis=0)
 
-    def _band_keys_of(self, signature: np.ndarray) -> list[int]:
-        raw = signature.astype("<u4", copy=False).tobytes()
-        w = self._band_bytes
-        return [_key64(raw[b * w : (b + 1) * w], b + 1) for b in range(self.bands)]
+    def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """One non-zero 64-bit key per band of each signature, shape (rows,
+        bands): the band's values read as 64-bit words (two at a time) and
+        folded by xor-multiply, each a bijection of the key so far, so two
+        bands collide with p ~ 2^-64. The product's high bits are well mixed
+        (they pick the slot); the last xor-shift mixes them into the low ones."""
+        words = np.ascontiguousarray(signatures).view(_U64).reshape(len(signatures), self.bands, -1)
+        keys = self._salts
+        for j in range(words.shape[2]):
+            keys = (keys ^ words[:, :, j]) * _GOLDEN
+        return np.maximum(keys ^ (keys >> _U64(32)), _U64(1))
 
-    def _band_keys(self, grams: list[int]) -> list[int]:
-        return self._band_keys_of(self._signatures([grams])[0])
+    def _hash(self, norms: list[str]) -> _Batch:
+        rows = [i for i, norm in enumerate(norms) if len(norm) >= self.NGRAM]
+        if rows:
+            grams, counts = _gram_hashes([norms[i] for i in rows])
+            band_keys = self._band_keys(self._signatures(grams, counts))
+        else:
+            grams, counts = np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.intp)
+            band_keys = np.zeros((0, self.bands), dtype=_U64)
+        return _Batch(_digests(norms), rows, grams, counts, band_keys, self._index)
 
-    def _near(self, grams: list[int], keys: list[int]) -> bool:
-        mine = set(grams)
-        seen: set[int] = set()
-        offsets = self._offsets
-        for key in keys:
-            for idx in self._buckets.get(key):
-                if idx in seen:
-                    continue
-                seen.add(idx)
-                other = set(self._grams[offsets[idx] : offsets[idx + 1]])
-                inter = len(mine & other)
-                if inter and inter >= self.threshold * (len(mine) + len(other) - inter):
-                    return True
-        return False
+    def _stored_grams(self, idx: int) -> set[int]:
+        return set(self._grams[self._offsets[idx] : self._offsets[idx + 1]])
 
-    def _insert(self, grams: list[int], keys: list[int]) -> None:
-        idx = len(self._offsets) - 1
-        self._grams.extend(grams)
-        self._offsets.append(len(self._grams))
-        for key in keys:
-            self._buckets.add(key, idx)
+    def _similar(self, mine: set[int], other: set[int]) -> bool:
+        inter = len(mine & other)
+        return bool(inter) and inter >= self.threshold * (len(mine) + len(other) - inter)
+
+    def _is_near(self, batch: _Batch, row: int, accepted: Container[int]) -> bool:
+        """Whether text ``row`` of ``batch`` is a near duplicate of a question
+        in the index or of an ``accepted`` row before it."""
+        stored = batch.in_index.get(row, ())
+        partners = [r for r in batch.in_call.get(row, ()) if r in accepted]
+        if not stored and not partners:
+            return False
+        mine = batch.grams_of(row)
+        others = [self._stored_grams(idx) for idx in sorted(stored)]
+        others += [batch.grams_of(r) for r in sorted(partners)]
+        return any(self._similar(mine, other) for other in others)
 
     def _check_many(self, questions: Iterable[str], *, count: bool) -> list[str | None]:
         """Check-and-remember each question in order, as if one at a time:
-        a question is checked against the ones before it in the same call.
-        The MinHash signatures of the whole call are computed in one numpy
-        pass, which is where a per-question MinHash object spent its time."""
-        norms = [normalise(q) for q in questions]
-        digests = [_key64(norm.encode("utf-8")) for norm in norms]
-        n = self.NGRAM
-        grams: list[list[int] | None] = [None] * len(norms)
-        exact = self._exact
-        batch_seen: set[int] = set()
-        for i, (norm, digest) in enumerate(zip(norms, digests)):
-            # No signature for a certain exact duplicate (of the index or of an
-            # earlier question of this call) nor for a text too short for 3-grams.
-            if len(norm) >= n and digest not in batch_seen and digest not in exact:
-                grams[i] = self._gram_hashes(norm)
-            batch_seen.add(digest)
-        wanted = [i for i, g in enumerate(grams) if g is not None]
-        sigs = self._signatures([grams[i] for i in wanted]) if wanted else None  # type: ignore[misc]
-        row_of = {i: r for r, i in enumerate(wanted)}
+        a question is checked against the ones before it in the same call."""
+        batch = self._hash([normalise(q) for q in questions])
+        reasons, taken = self._decide(batch)
+        if count:
+            self.accepted += reasons.count(None)
+            for reason in self.rejected:
+                self.rejected[reason] += reasons.count(reason)
+        new = [i for i, reason in enumerate(reasons) if reason is None]
+        if new:
+            self._remember(batch, new, taken)
+        return reasons
+
+    def _decide(self, batch: _Batch) -> tuple[list[str | None], list[int]]:
+        """Each question's reason (None: accepted), and the rows accepted."""
+        if batch.distinct and not batch.in_index and not any(batch.known):
+            return [None] * batch.size, list(range(len(batch.rows)))  # nothing met anything
+        first_of: dict[int, int] = {}
+        repeat_of = [first_of.setdefault(d, i) for i, d in enumerate(batch.keys[: batch.size].tolist())]
+        row_of = {i: r for r, i in enumerate(batch.rows)}
         reasons: list[str | None] = []
-        for i, digest in enumerate(digests):
+        taken: dict[int, None] = {}  # rows accepted, in order
+        for i in range(batch.size):
             reason: str | None = None
-            if digest in exact:
+            if batch.known[i]:
                 reason = "duplicate"
-            elif len(norms[i]) >= n:
-                g = grams[i]
-                if g is None:
-                    # Same text as an earlier question of this call that was
-                    # rejected: rare, and checked on its own like any other.
-                    g = self._gram_hashes(norms[i])
-                    keys = self._band_keys(g)
-                else:
-                    assert sigs is not None
-                    keys = self._band_keys_of(sigs[row_of[i]])
-                if self._near(g, keys):
+            elif repeat_of[i] != i:
+                # The same text as before in this call gets the same answer.
+                earlier = reasons[repeat_of[i]]
+                reason = "duplicate" if earlier is None else earlier
+            elif (r := row_of.get(i)) is not None:
+                if self._is_near(batch, r, taken):
                     reason = "near_duplicate"
                 else:
-                    self._insert(g, keys)
-            if reason is None:
-                exact.add(digest, 0)
-                if count:
-                    self.accepted += 1
-            elif count:
-                self.rejected[reason] += 1
+                    taken[r] = None
             reasons.append(reason)
-        return reasons
+        return reasons, list(taken)
+
+    def _remember(self, batch: _Batch, new: list[int], taken: list[int]) -> None:
+        """Give the accepted questions (``new``, positions in the call;
+        ``taken``, the rows of those with gram hashes) the next numbers, store
+        their gram hashes, and index their digests and band keys."""
+        first = len(self)
+        numbers = np.arange(first, first + len(new), dtype=np.int32)
+        if len(new) == batch.size and len(taken) == batch.size:
+            # The usual call: every question accepted, none too short.
+            keys, slots, counts, grams = batch.keys, batch.slots, batch.counts, batch.grams
+            long_numbers = numbers
+        else:
+            long = np.isin(new, np.asarray(batch.rows, dtype=np.intp)[taken])
+            long_numbers = numbers[long]
+            counts = np.zeros(len(new), dtype=np.intp)
+            counts[long] = batch.counts[taken]
+            keep = np.zeros(len(batch.rows), dtype=bool)
+            keep[taken] = True
+            grams = batch.grams[np.repeat(keep, batch.counts)]
+            # Positions in batch.keys: the digests, then each taken row's band keys.
+            band_pos = batch.size + (np.asarray(taken, dtype=np.intp)[:, None] * self.bands
+                                     + np.arange(self.bands)).ravel()
+            pos = np.concatenate((np.asarray(new, dtype=np.intp), band_pos))
+            keys, slots = batch.keys[pos], batch.slots[pos]
+        self._grams.frombytes(grams.tobytes())
+        self._offsets.frombytes((np.cumsum(counts, dtype=_U64) + _U64(self._offsets[-1])).tobytes())
+        values = np.concatenate((numbers, np.repeat(long_numbers, self.bands)))
+        self._index.add_many(keys, values, slots, distinct=batch.distinct)
 
     def add(self, q: str) -> str | None:
         """Accept ``q`` (None) or say why not: "duplicate" or "near_duplicate"."""
@@ -616,7 +885,7 @@ class Deduper:
     def add_many(self, questions: Iterable[str]) -> list[str | None]:
         """:meth:`add` for each question in order (each one is checked against
         the questions before it, in the index and in ``questions``), with the
-        signatures of all of them computed at once."""
+        work for all of them done at once."""
         return self._check_many(questions, count=True)
 
     def seed(self, questions: Iterable[str], *, chunk: int = 4096) -> None:

@@ -166,6 +166,71 @@ def test_parse_question_list_keeps_model_order() -> None:
     assert parse_question_list(str(qs)) == qs
 
 
+def _random_list_texts(n: int, seed: int) -> list[str]:
+    """Bracketed texts mixing the parser's hard cases: quotes of both kinds,
+    backslashes, nested and full-width brackets, separators, line breaks."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = ["'", '"', "\\", "[", "]", "［", "］", "【", "】", ",", "，", ";", " ", "\n", "\r",
+              "\0", "#", "天命人", "what's", "a", "？", "u", "'" * 3, "“", "”"]
+    return ["[" + "".join(rng.choices(pieces, k=rng.randint(0, 14))) + "]" for _ in range(n)]
+
+
+def test_plain_quoted_items_agree_with_literal_eval_wherever_they_answer() -> None:
+    import ast
+
+    from pipeline.questions import _plain_quoted_items
+
+    import random
+
+    rng = random.Random(5)
+    words = ["天命人是谁？", "what's this", 'say "hi"', "", " a ", "\t", "；", "[x]", "#"]
+    quoted = [q + w + q for w in words for q in "'\"" if q not in w]
+    gaps = [",", ", ", " ,", ",\n", " ", "", ";", "，", ", #c\n", ",,"]
+    lists = ["[" + "".join(rng.choice(quoted) + rng.choice(gaps) for _ in range(rng.randint(0, 4)))
+             + rng.choice(quoted) + rng.choice(["", ",", " "]) + "]" for _ in range(10_000)]
+    answered = 0
+    spans = _random_list_texts(30_000, seed=3) + lists + [
+        "['a', 'b']", "['a' , \"b\",]", "['a'\n, 'b']", "['a' 'b']", "['''a''']", "[u'a']"]
+    for span in spans:
+        try:
+            fast = _plain_quoted_items(span)
+        except ValueError:
+            continue
+        answered += 1
+        assert fast == ast.literal_eval(span), span
+    assert answered > 1000
+
+
+def test_matching_close_skips_quoted_and_escaped_brackets_as_a_char_scan_does() -> None:
+    from pipeline.questions import _CLOSE_OF, _matching_close
+
+    def reference(text: str, start: int) -> int:
+        closer, depth, quote, i = _CLOSE_OF[text[start]], 0, None, start
+        while i < len(text):
+            ch = text[i]
+            if quote is not None:
+                if ch == "\\":
+                    i += 1
+                elif ch == quote:
+                    quote = None
+            elif ch in "\"'":
+                quote = ch
+            elif ch == text[start]:
+                depth += 1
+            elif ch == closer:
+                depth -= 1
+                if depth == 0:
+                    return i
+            i += 1
+        return -1
+
+    for text in _random_list_texts(30_000, seed=4):
+        for start in (i for i, ch in enumerate(text) if ch in "[［【"):
+            assert _matching_close(text, start) == reference(text, start), (text, start)
+
+
 # --------------------------------------------------------------------------- screening
 
 QS = QuestionSettings(min_chars=4, max_chars=30)
@@ -220,6 +285,24 @@ def test_screen_question_bounds_are_inclusive() -> None:
 def test_normalise_and_id_ignore_width_case_spaces_and_punctuation(a: str, b: str) -> None:
     assert normalise(a) == normalise(b)
     assert question_id(a) == question_id(b)
+
+
+def test_normalise_is_nfkc_then_casefold_then_only_word_characters() -> None:
+    # normalise swaps common full-width punctuation for its NFKC form before
+    # NFKC (a shortcut); ids are stored, so the result must stay exactly the
+    # plain definition, also next to combining marks, jamo and other widths.
+    import random
+    import re
+    import unicodedata
+
+    def reference(q: str) -> str:
+        return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", q).casefold())
+
+    pool = ("？：，（）！?:,()!　ＡＢｅé\u0301\u0308\u0327\u3099ｶﾞがか\u1100\u1161\u11a8ㄱㅏ"
+            "ﾡﾠ天命人悟空①㈠ﬁẞΣσς《》“”、。 eEaA1１")
+    rng = random.Random(7)
+    texts = ["".join(rng.choices(pool, k=rng.randint(0, 12))) for _ in range(20_000)]
+    assert [normalise(t) for t in texts] == [reference(t) for t in texts]
 
 
 def test_question_id_is_a_fixed_16_hex_digest_and_distinguishes_questions() -> None:
