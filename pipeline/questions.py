@@ -749,16 +749,16 @@ class Deduper:
         return len(self._offsets) - 1
 
     def _permutations(self) -> tuple[np.ndarray, np.ndarray]:
-        """datasketch's "affine32" permutations, so signatures stay those of
-        that scheme; they are applied in :meth:`_signatures`, many questions at
-        a time. Drawn on first use: importing datasketch (it pulls in scipy)
-        took ~0.3 s of every start, and a resumed run with all its questions
-        accepted never needs it."""
+        """The affine permutations ``h -> a * h + b mod 2^32`` (``a`` odd, so
+        each is a bijection), drawn as datasketch's "affine32" scheme draws
+        them, so signatures are that scheme's (a test holds them to
+        datasketch's own). Drawn here, not by datasketch: importing it pulled
+        in scipy, ~0.3 s of CPU in every run that checks a question."""
         if self._perms is None:
-            from datasketch import MinHash
-
-            a, b = MinHash(num_perm=self.num_perm, seed=self._seed, scheme="affine32").permutations
-            self._perms = (np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32))
+            gen = np.random.RandomState(self._seed)
+            a = gen.randint(0, 1 << 31, self.num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+            b = gen.randint(0, 1 << 32, self.num_perm, dtype=np.uint32)
+            self._perms = (a, b)
         return self._perms
 
     def _signatures(self, grams: np.ndarray, counts: np.ndarray) -> np.ndarray:

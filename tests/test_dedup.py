@@ -285,13 +285,24 @@ def test_recall_on_near_duplicate_pairs_is_what_the_bands_promise(grams: int, ch
     assert found >= (promised - 0.03) * len(variants)
 
 
-def test_the_qa_stage_starts_without_datasketch_until_a_question_is_checked() -> None:
-    # datasketch pulls in scipy: ~0.3 s of every start, which a resume with
-    # all its questions accepted never needs.
+def test_the_pipeline_never_imports_datasketch_or_scipy() -> None:
+    # datasketch pulls in scipy: ~0.3 s of CPU in every run that checks a
+    # question. Its permutations are drawn by the Deduper itself; datasketch
+    # is only a test dependency, to hold the signatures to its own.
     code = ("import sys, pipeline.qa\n"
             "from pipeline.questions import Deduper\n"
             "d = Deduper(0.7)\n"
-            "assert 'datasketch' not in sys.modules\n"
-            "d.add('《黑神话：悟空》的主角是谁？')\n"
-            "assert 'datasketch' in sys.modules\n")
+            "assert d.add('《黑神话：悟空》的主角是谁？') is None\n"
+            "assert d.add('《黑神话：悟空》的主角是谁呢？') == 'near_duplicate'\n"
+            "assert not {'datasketch', 'scipy'} & set(sys.modules), sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize(("num_perm", "bands", "seed"), [(32, 8, 1), (64, 8, 7), (16, 4, 12345)])
+def test_permutations_are_drawn_as_datasketch_draws_them(num_perm: int, bands: int, seed: int) -> None:
+    from datasketch import MinHash
+
+    a, b = Deduper(0.7, num_perm=num_perm, bands=bands, seed=seed)._permutations()
+    theirs = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    assert a.tolist() == [int(x) for x in theirs[0]]
+    assert b.tolist() == [int(x) for x in theirs[1]]
