@@ -87,10 +87,10 @@ class RunState:
     """Everything a run needs to resume.
 
     Not every accepted question: a count and the newest :data:`SAMPLE` of
-    each aspect are all the plan needs, and a million texts were most of a
-    resume's start-up time and ~80 MB held all run. The near-duplicate
-    index reads them back from the question ledger (its first
-    ``questions_read`` bytes) while the run goes on."""
+    each aspect are all the plan needs, and a million texts were a str each
+    to make at start-up and ~80 MB held all run. The near-duplicate index
+    reads them back from the question ledger (its first ``questions_read``
+    bytes) while the run goes on."""
 
     accepted: dict[str, int]  # aspect -> how many first-turn questions were accepted
     recent: dict[str, list[str]]  # aspect -> its newest SAMPLE accepted questions, oldest first
