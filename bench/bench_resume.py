@@ -3,7 +3,8 @@
 1. Ledgers of ``--lines`` first-turn questions (20 aspects, all accepted) with
    an answer row for all but ``--pending`` of them. Figures: ``load_state``
    (read + derive) in this process; the near-duplicate index seeded with every
-   accepted question (``Deduper.seed``, which ``Graph.run`` runs in a worker
+   accepted question read back from the ledger (``earlier_questions`` and
+   ``Deduper.seed``, which ``Graph.run`` runs in a worker
    thread, only when a producer needs it, while pending conversations are
    answered; producers wait for it); and, end to end, a fresh pipeline process from spawn to
    the first question a fake HuixiangDou server receives. Target <= 3 s.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
 from bench.harness import KEY_ENV, aspects, qa_settings, run_qa_proc, services, start_qa_proc  # noqa: E402
-from pipeline.qa import load_state  # noqa: E402
+from pipeline.qa import earlier_questions, load_state  # noqa: E402
 from pipeline.questions import Deduper, question_id  # noqa: E402
 from pipeline.settings import parse_settings  # noqa: E402
 
@@ -67,7 +68,7 @@ def startup(tmp: Path, lines: int, pending: int, n_aspects: int) -> dict[str, fl
         figures["load_state"] = time.perf_counter() - t
         t = time.perf_counter()
         dedup = Deduper(settings.questions.near_duplicate_threshold)
-        for texts in state.accepted.values():
+        for texts in earlier_questions(settings.state_dir / "questions.jsonl", state.questions_read):
             dedup.seed(texts)
         figures["dedup_seed"] = time.perf_counter() - t
         del state, dedup

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +48,7 @@ from pipeline.questions import (
     screen_question,
 )
 from pipeline.settings import Settings
-from pipeline.state import ConvPlan, RunState, target_turns
+from pipeline.state import SAMPLE, ConvPlan, RunState, target_turns
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -57,12 +56,7 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"]
 
-# How many accepted questions of an aspect a later batch is shown, so the model
-# writes different ones without the prompt growing with the run.
-_SAMPLE = 20
 _DONE = None  # queue sentinel
-# Questions per worker-thread call when seeding the Deduper at start-up.
-_SEED_CHUNK = 4096
 
 
 @dataclass(slots=True)
@@ -110,14 +104,18 @@ class Graph:
         writer: LedgerWriter,
         *,
         workers: int,
+        earlier_questions: Callable[[], Iterable[list[str]]],
         on_progress: Callable[[RunStats], None] | None = None,
     ) -> None:
+        """``earlier_questions`` yields the texts ``state`` counts as accepted,
+        a chunk at a time (it runs in a worker thread)."""
         self.settings = settings
         self.state = state
         self.llm = llm
         self.answerer = answerer
         self.writer = writer
         self.n_workers = workers
+        self._earlier_questions = earlier_questions
         self.on_progress = on_progress
         self.stats = RunStats()
         self.stop_reason: StopReason = "complete"
@@ -150,7 +148,7 @@ class Graph:
         or until a stop; return the reason."""
         qs = self.settings.questions
         for aspect in qs.aspects:
-            have = len(self.state.accepted.get(aspect, ()))
+            have = self.state.accepted.get(aspect, 0)
             self.stats.target[aspect] = qs.per_aspect
             self.stats.accepted[aspect] = min(have, qs.per_aspect)
 
@@ -169,14 +167,23 @@ class Graph:
         return self.stop_reason
 
     async def _seed_dedup(self) -> None:
-        """Remember the questions of earlier runs in the Deduper, a chunk per
-        worker-thread call. Until this returns nothing else touches the
-        Deduper: producers await it before their first screening."""
+        """Remember the questions of earlier runs in the Deduper, a chunk (read
+        from the ledger) per worker-thread call. Until this returns nothing
+        else touches the Deduper: producers await it before their first
+        screening."""
         if not self._aspects_to_produce():
             return  # no producer will screen anything: spare the CPU for the answers
-        texts = itertools.chain.from_iterable(self.state.accepted.values())
-        while chunk := list(itertools.islice(texts, _SEED_CHUNK)):
-            await asyncio.to_thread(self._dedup.seed, chunk)
+        chunks = iter(self._earlier_questions())  # a generator: the reading is done by next()
+        while await asyncio.to_thread(self._seed_next, chunks):
+            pass
+
+    def _seed_next(self, chunks: Iterator[list[str]]) -> bool:
+        """Seed the Deduper with the next chunk; False when there is none."""
+        chunk = next(chunks, None)
+        if chunk is None:
+            return False
+        self._dedup.seed(chunk)
+        return True
 
     def release(self) -> None:
         """Drop the run-long indexes (the near-duplicate index above all) once the
@@ -233,10 +240,9 @@ class Graph:
     async def _produce(self, aspect: str) -> None:
         qs = self.settings.questions
         # A count and the last few texts, not every accepted text: the prompt
-        # shows only _SAMPLE, and a list of all of them grew ~100 B a question.
-        before = self.state.accepted.get(aspect, ())
-        have = len(before)
-        sample: deque[str] = deque(before, maxlen=_SAMPLE)
+        # shows only SAMPLE, and a list of all of them grew ~100 B a question.
+        have = self.state.accepted.get(aspect, 0)
+        sample: deque[str] = deque(self.state.recent.get(aspect, ()), maxlen=SAMPLE)
         stale = 0
         while have < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
             need = qs.per_aspect - have

@@ -245,10 +245,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _line_blocks(path: Path, block_size: int, *, repair: bool = True) -> Iterator[tuple[bytes, int, int]]:
+def _line_blocks(
+    path: Path, block_size: int, *, repair: bool = True, until: int | None = None
+) -> Iterator[tuple[bytes, int, int]]:
     """``path`` read a block at a time, after cutting a torn tail: each item is
     ``(block, end, offset)`` where ``block[:end]`` holds whole lines only (at
     least one) and ``offset`` is its byte offset. A missing file yields nothing.
+    With ``until`` (a line end), only the bytes before it are read.
 
     Each block is read at the offset where the previous one's whole lines
     ended, so the partial line at a block's end is read again rather than
@@ -263,6 +266,8 @@ def _line_blocks(path: Path, block_size: int, *, repair: bool = True) -> Iterato
         return
     try:
         size = os.fstat(fd).st_size  # rows appended meanwhile are not read
+        if until is not None:
+            size = min(size, until)
         offset, want = 0, block_size
         while offset < size:
             block = os.pread(fd, min(want, size - offset), offset)
@@ -314,13 +319,16 @@ def _row_blocks(
 
 
 def iter_line_blocks(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, until: int | None = None
 ) -> Iterator[tuple[bytes, int, int]]:
     """A ledger a read block at a time, for a reader that scans the raw bytes:
     ``(block, end, offset)``, where ``block[:end]`` is whole lines and
     ``offset`` its byte offset. Same
-    file rules as :func:`iter_ledger`; :func:`rows_of_block` parses a block."""
-    return _line_blocks(Path(path), block_size)
+    file rules as :func:`iter_ledger`; :func:`rows_of_block` parses a block.
+    ``until``: read only the lines before that byte offset (the end of a line
+    an earlier read saw), repairing nothing, of a ledger still appended to."""
+    # A ledger being appended to has a "torn" tail whenever a row is half written.
+    return _line_blocks(Path(path), block_size, repair=until is None, until=until)
 
 
 def _fast_rows(lines: list[bytes]) -> list[dict[str, Any]] | None:

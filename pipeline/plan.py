@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pipeline.llm import estimate_prompt_tokens
 from pipeline.questions import followup_messages, question_messages
 from pipeline.settings import Settings
-from pipeline.state import RunState
+from pipeline.state import SAMPLE, RunState
 
 __all__ = ["ASSUMED_ANSWER_CHARS", "ASSUMED_LLM_LATENCY_S", "ASSUMED_RAG_LATENCY_S", "Plan", "plan_run"]
 
@@ -36,8 +36,6 @@ __all__ = ["ASSUMED_ANSWER_CHARS", "ASSUMED_LLM_LATENCY_S", "ASSUMED_RAG_LATENCY
 ASSUMED_LLM_LATENCY_S = 10.0
 ASSUMED_RAG_LATENCY_S = 30.0
 ASSUMED_ANSWER_CHARS = 300
-# How many accepted questions a later batch is shown (pipeline.graph._SAMPLE).
-_SAMPLE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +128,14 @@ def plan_run(
     question_calls = 0
     prompt = completion = 0
     for aspect in qs.aspects:
-        have = len(state.accepted.get(aspect, ()))
+        have = state.accepted.get(aspect, 0)
         if aspect in state.exhausted or have >= qs.per_aspect:
             continue
         left = qs.per_aspect - have
         questions_left += left
         while left > 0:
             n = min(qs.batch_size, left)
-            sample = [typical_q] * min(_SAMPLE, have)
+            sample = [typical_q] * min(SAMPLE, have)
             prompt += estimate_prompt_tokens(question_messages(qs, aspect, n, sample))
             completion += min(llm.max_tokens, n * per_question_tokens + 4)
             question_calls += 1

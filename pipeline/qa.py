@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.dataset import conversations_from, write_dataset
@@ -36,9 +38,11 @@ from pipeline.llm import LLMClient
 from pipeline.outcome import Answerer
 from pipeline.report import Ledgers, build_report, open_ledgers, state_from_ledgers, write_report
 from pipeline.settings import Settings
-from pipeline.state import RunState, StateBuilder, ledger_paths, question_block
+from pipeline.state import RunState, StateBuilder, first_turn_texts, ledger_paths, question_block
 
-__all__ = ["EXIT_CODES", "OutputError", "QAResult", "load_state", "run_qa", "write_conversations"]
+__all__ = [
+    "EXIT_CODES", "OutputError", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,10 @@ DATASET_NAME = "conversations.jsonl"
 # it: 256 KiB took 10% less time than 8 MiB on a million-line resume, and the
 # per-block work is still noise at that size.
 _READ_BLOCK = 256 * 1024
+
+# Read block of the question ledger when the near-duplicate index is seeded
+# from it: ~7,000 questions, one worker-thread call of Deduper.seed each.
+_SEED_BLOCK = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -105,7 +113,9 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
     bytes (:class:`~pipeline.ledger.AnswerIndex`,
     :func:`~pipeline.state.question_block`) and the rest parsed whole, so the
     plan is :func:`~pipeline.state.derive_state`'s either way. ``block_size``
-    is the read block (a seam for tests: small blocks mix the two paths)."""
+    is the read block (a seam for tests: small blocks mix the two paths).
+    The plan records how much of the question ledger it read, for
+    :func:`earlier_questions`."""
     paths = ledger_paths(settings.state_dir)
     if repair:
         for path in paths.values():
@@ -123,6 +133,7 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
             max_answer_attempts=settings.run.max_answer_attempts,
             answered_of=answers.answered,
         )
+        read = 0
         for block, end, offset in iter_line_blocks(paths["questions"], block_size=block_size):
             columns = question_block(block, end)
             if columns is not None:
@@ -130,7 +141,22 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
             else:
                 for row in rows_of_block(paths["questions"], block, end, offset):
                     builder.add(row)
-        return builder.finish(read_ledger(paths["events"]))
+            read = offset + end
+        state = builder.finish(read_ledger(paths["events"]))
+    state.questions_read = read
+    return state
+
+
+def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) -> Iterator[list[str]]:
+    """The first-turn question texts of the question ledger ``path`` up to
+    byte ``until`` (:attr:`RunState.questions_read`), a read block at a time:
+    the accepted questions of earlier runs, which the plan only counts.
+    Rows a run appends meanwhile are not read, nor the file repaired."""
+    for block, end, offset in iter_line_blocks(path, block_size=block_size, until=until):
+        texts = first_turn_texts(block, end)
+        if texts is None:
+            texts = [row["text"] for row in rows_of_block(path, block, end, offset) if "conv" not in row]
+        yield texts
 
 
 def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> int:
@@ -203,7 +229,10 @@ async def _run_graph(
     writer = LedgerWriter(ledger_paths(settings.state_dir), fsync=settings.run.fsync,
                           fsync_interval_s=settings.run.fsync_interval_s)
     writer_task = asyncio.create_task(writer.run())
-    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress)
+    earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
+                                state.questions_read)
+    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
+                  earlier_questions=earlier)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"

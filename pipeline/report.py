@@ -614,7 +614,7 @@ def build_report(
     qs = settings.questions
     for aspect in dict.fromkeys([*qs.aspects, *state.accepted]):
         per_aspect[aspect] = {
-            "questions": len(state.accepted.get(aspect, ())),
+            "questions": state.accepted.get(aspect, 0),
             "target": qs.per_aspect if aspect in qs.aspects else 0,
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
@@ -839,7 +839,7 @@ def build_status(
     outcome = last_run_outcome(last, holder)
     turns_left = sum(p.target - p.next_turn + 1 for p in state.pending)
     questions_left = sum(
-        max(0, qs.per_aspect - len(state.accepted.get(a, ())))
+        max(0, qs.per_aspect - state.accepted.get(a, 0))
         for a in qs.aspects if a not in state.exhausted
     )
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
@@ -854,7 +854,7 @@ def build_status(
             "holder_pid": holder.get("pid") if holder else None,
         },
         "aspects": {
-            a: {"questions": len(state.accepted.get(a, ())), "target": qs.per_aspect,
+            a: {"questions": state.accepted.get(a, 0), "target": qs.per_aspect,
                 "exhausted": a in state.exhausted}
             for a in qs.aspects
         },

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
@@ -34,15 +34,23 @@ __all__ = [
     "QuestionBlock",
     "RowOf",
     "RunState",
+    "SAMPLE",
     "StateBuilder",
     "TurnOf",
     "derive_state",
+    "first_turn_texts",
+    "json_string",
     "ledger_paths",
     "question_block",
     "target_turns",
 ]
 
 LEDGERS = ("questions", "answers", "events")
+
+# How many accepted questions of an aspect a later batch of the question
+# prompt is shown, so the model writes different ones without the prompt
+# growing with the run; the plan keeps that many of each aspect, the newest.
+SAMPLE: Final = 20
 
 
 def ledger_paths(state_dir: Path) -> dict[str, Path]:
@@ -76,9 +84,16 @@ class ConvPlan:
 
 @dataclass(slots=True)
 class RunState:
-    """Everything a run needs to resume."""
+    """Everything a run needs to resume.
 
-    accepted: dict[str, list[str]]  # aspect -> accepted first-turn questions, in order
+    Not every accepted question: a count and the newest :data:`SAMPLE` of
+    each aspect are all the plan needs, and a million texts were a str each
+    to make at start-up and ~80 MB held all run. The near-duplicate index
+    reads them back from the question ledger (its first ``questions_read``
+    bytes) while the run goes on."""
+
+    accepted: dict[str, int]  # aspect -> how many first-turn questions were accepted
+    recent: dict[str, list[str]]  # aspect -> its newest SAMPLE accepted questions, oldest first
     exhausted: set[str]  # aspects given up after rounds with nothing new
     pending: list[ConvPlan]  # conversations with a turn still to ask, in seq order
     finished: int  # conversations that need nothing more
@@ -86,9 +101,12 @@ class RunState:
     next_seq: int
     last_run: dict[str, Any] | None  # the last run_start/run_end pair, merged
     usage: dict[str, float]  # token and cost totals over all runs
+    # Bytes of the question ledger the plan was read from (by pipeline.qa.load_state;
+    # 0 when derived from rows in memory): where the rows of earlier runs end.
+    questions_read: int = field(default=0, compare=False)
 
     def total_questions(self) -> int:
-        return sum(len(v) for v in self.accepted.values())
+        return sum(self.accepted.values())
 
 
 def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, float]]:
@@ -160,7 +178,11 @@ class StateBuilder:
     ) -> None:
         self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
-        self.accepted: dict[str, list[str]] = {a: [] for a in aspects}
+        self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
+        self._recent: dict[str, deque[str]] = {}
+        # The first turns of the last block (aspects, texts, count per aspect),
+        # sampled once the next block says which aspects it leaves short.
+        self._tail: tuple[Sequence[str], Sequence[bytes], Counter[str]] | None = None
         self._pending: list[ConvPlan] = []
         # Plans whose next question is a follow-up that may come later in the ledger.
         self._deferred: list[ConvPlan] = []
@@ -174,10 +196,9 @@ class StateBuilder:
             return
         conv, text, seq = row["id"], row["text"], int(row["seq"])
         aspect = row["aspect"]
-        texts = self.accepted.get(aspect)
-        if texts is None:
-            texts = self.accepted[aspect] = []
-        texts.append(text)
+        self.accepted[aspect] = self.accepted.get(aspect, 0) + 1
+        self._sample_tail({})
+        self._recent_of(aspect).append(text)
         if seq >= self._next_seq:
             self._next_seq = seq + 1
         self._plan(conv, aspect, seq, text)
@@ -193,19 +214,53 @@ class StateBuilder:
         """Take a block of rows at once: the same as :meth:`add` of each in
         file order (follow-ups and first turns touch disjoint state, so they
         may go in any order between them), with no Python code per first-turn
-        row that ``answered_of`` says is finished."""
+        row that ``answered_of`` says is finished, and only the texts the plan
+        keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
         accepted = self.accepted
-        for aspect in dict.fromkeys(aspects):  # new aspects in order of first appearance
-            if aspect not in accepted:
-                accepted[aspect] = []
-        deque(map(list.append, map(accepted.__getitem__, aspects), texts), maxlen=0)
+        counts = Counter(aspects)
+        for aspect, n in counts.items():  # new aspects in order of first appearance
+            accepted[aspect] = accepted.get(aspect, 0) + n
+        if counts:
+            self._sample_tail(counts)
+            self._tail = (aspects, texts, counts)
         if seqs:
             self._next_seq = max(self._next_seq, max(seqs) + 1)
         for i in self._unfinished(ids):
-            self._plan(ids[i].decode(), aspects[i], seqs[i], texts[i])
+            self._plan(ids[i].decode(), aspects[i], seqs[i], json_string(texts[i]))
         for conv, turn, text in block.followups:
             self.add_followup(conv, turn, text)
+
+    def _recent_of(self, aspect: str) -> deque[str]:
+        recent = self._recent.get(aspect)
+        if recent is None:
+            recent = self._recent[aspect] = deque(maxlen=SAMPLE)
+        return recent
+
+    def _sample_tail(self, newer: Mapping[str, int]) -> None:
+        """Add the last block's texts to the samples, for the aspects that
+        ``newer`` (rows per aspect since that block) leaves short of
+        :data:`SAMPLE`: the others' samples will be newer rows only. With
+        aspects written in turn, that is no row until the final block."""
+        if self._tail is None:
+            return
+        aspects, texts, counts = self._tail
+        self._tail = None
+        short = [a for a in counts if newer.get(a, 0) < SAMPLE]
+        if not short:
+            return
+        newest: dict[str, list[bytes]] = {a: [] for a in short}
+        left = len(short)
+        for i in range(len(aspects) - 1, -1, -1):  # back from the end, until each has enough
+            taken = newest.get(aspects[i])
+            if taken is not None and len(taken) < SAMPLE:
+                taken.append(texts[i])
+                if len(taken) == SAMPLE:
+                    left -= 1
+                    if not left:
+                        break
+        for aspect, taken in newest.items():
+            self._recent_of(aspect).extend(map(json_string, reversed(taken)))
 
     def _unfinished(self, ids: Sequence[bytes]) -> list[int]:
         """Indices (ascending) of the conversations ``ids`` that :meth:`_plan`
@@ -273,12 +328,14 @@ class StateBuilder:
 
     def finish(self, events: Sequence[Mapping[str, Any]]) -> RunState:
         """The plan, once every question row was added; ``events`` are the event-ledger rows."""
+        self._sample_tail({})
         for plan in self._deferred:
             plan.next_question = self._followups.get((plan.conv, plan.next_turn))
         self._pending.sort(key=lambda p: p.seq)  # stable: ties stay in file order
         last_run, usage = _merge_runs(events)
         return RunState(
             accepted=self.accepted,
+            recent={aspect: list(texts) for aspect, texts in self._recent.items()},
             exhausted={ev["aspect"] for ev in events if ev.get("event") == "aspect_exhausted"},
             pending=self._pending,
             finished=self._finished,
@@ -293,11 +350,13 @@ class StateBuilder:
 class QuestionBlock:
     """Question-ledger rows as columns: first turns (``id``, ``aspect``,
     ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
-    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need them as text."""
+    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need
+    them as text. Texts stay JSON string bodies (valid ones: see
+    :func:`json_string`) for the same reason: most are only counted."""
 
     ids: Sequence[bytes]
     aspects: list[str]
-    texts: list[str]
+    texts: Sequence[bytes]
     seqs: list[int]
     followups: list[tuple[str, int, str]]
 
@@ -318,6 +377,12 @@ _FOLLOWUP_ROW: Final = re.compile(
 )
 
 
+def json_string(raw: bytes) -> str:
+    """The value of one JSON string body (quotes stripped) that
+    :func:`question_block` checked."""
+    return orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+
+
 def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
     """The string values of JSON string bodies (quotes stripped), where
     ``escaped`` says whether any has a backslash; raises ``ValueError`` on bad
@@ -333,7 +398,8 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
     writes it (then parse the rows whole, which also names a bad line).
 
     Pure. This is what a resume spends its time on (a million rows), and one
-    regular-expression pass per block costs a fraction of a dict per row."""
+    regular-expression pass per block costs a fraction of a dict per row.
+    The texts are checked (UTF-8 and escapes) but not decoded: few are needed."""
     lines = block.count(b"\n", 0, end)
     firsts = _FIRST_ROW.findall(block, 0, end)
     follows = _FOLLOWUP_ROW.findall(block, 0, end) if len(firsts) < lines else []
@@ -344,16 +410,28 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
     try:
         names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
         convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
+        str(memoryview(block)[:end], "utf-8")  # every text is UTF-8, without a str per text
+        if escaped:  # and every escape is sound
+            deque(map(json_string, [t for t in texts if b"\\" in t]), maxlen=0)
         return QuestionBlock(
             ids=ids,
             aspects=list(map(names.__getitem__, aspects)),
-            texts=_json_strings(texts, escaped),
+            texts=texts,
             seqs=list(map(int, seqs)),
             followups=list(zip(_json_strings(convs, escaped), map(int, turns),
                                _json_strings(follow_texts, escaped))),
         )
     except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
         return None
+
+
+def first_turn_texts(block: bytes, end: int) -> list[str] | None:
+    """The first-turn question texts of the whole lines ``block[:end]``, in
+    file order, or None as :func:`question_block` says (then parse the rows)."""
+    columns = question_block(block, end)
+    if columns is None:
+        return None
+    return _json_strings(columns.texts, block.find(b"\\", 0, end) >= 0)
 
 
 def derive_state(

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.qa import load_state
+from pipeline.qa import earlier_questions, load_state
 from pipeline.settings import parse_settings
-from pipeline.state import derive_state, ledger_paths, question_block, target_turns
+from pipeline.state import SAMPLE, derive_state, json_string, ledger_paths, question_block, target_turns
 
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:
@@ -32,9 +32,18 @@ def derive(questions: list[dict[str, Any]], answers: list[dict[str, Any]], event
 def test_unanswered_questions_are_pending_in_seq_order() -> None:
     s = derive([q("x", "A", 1), q("y", "B", 0), q("z", "A", 2)], [a("x", 1, "answered")])
     assert [p.conv for p in s.pending] == ["y", "z"]
-    assert s.accepted == {"A": ["x是什么？", "z是什么？"], "B": ["y是什么？"]}
+    assert s.accepted == {"A": 2, "B": 1}
+    assert s.recent == {"A": ["x是什么？", "z是什么？"], "B": ["y是什么？"]}
     assert s.finished == 1 and s.next_seq == 3
     assert s.pending[0].next_question == "y是什么？" and s.pending[0].next_turn == 1
+
+
+def test_the_plan_counts_every_accepted_question_and_keeps_the_newest_few() -> None:
+    questions = [q(f"{k}", "A" if k % 3 else "B", k) for k in range(3 * SAMPLE)]
+    s = derive(questions, [])
+    assert s.accepted == {"A": 2 * SAMPLE, "B": SAMPLE} and s.total_questions() == 3 * SAMPLE
+    assert s.recent["A"] == [r["text"] for r in questions if r["aspect"] == "A"][-SAMPLE:]
+    assert s.recent["B"] == [r["text"] for r in questions if r["aspect"] == "B"]
 
 
 @pytest.mark.parametrize("kind", ["skipped", "vetoed", "rejected"])
@@ -225,6 +234,61 @@ def test_load_state_on_random_ledgers_equals_derive_state(tmp_path: Path, seed: 
     assert loaded == expected
 
 
+def _write_ledgers(settings: Any, questions: list[dict[str, Any]], answers: list[dict[str, Any]]) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in ledger_paths(settings.state_dir).items():
+        rows = {"questions": questions, "answers": answers, "events": []}[name]
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def _skewed_questions(rnd: random.Random, n: int) -> list[dict[str, Any]]:
+    """First turns of aspects written at very different rates, some with
+    escapes or in another key order, and follow-ups between them."""
+    weights = [rnd.choice([1, 5, 50]) for _ in "ABCD"]
+    rows: list[dict[str, Any]] = []
+    for k in range(n):
+        text = f"问题{k}" + (rnd.choice(_ODD_TEXTS) if rnd.random() < 0.05 else "")
+        row = {"id": f"{k:016x}", "aspect": rnd.choices("ABCD", weights)[0], "text": text, "seq": k}
+        rows.append(row if rnd.random() > 0.02 else {"seq": k, **row})
+        if rnd.random() < 0.05:
+            rows.append({"id": f"f{k}", "conv": f"{k:016x}", "turn": 2, "text": f"追问{k}"})
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_load_state_keeps_the_same_newest_questions_as_derive_state(tmp_path: Path, seed: int) -> None:
+    # Blocks of one to hundreds of rows, aspects from most rows to few: the
+    # samples are taken a block later, where the next block leaves them short.
+    rnd = random.Random(seed)
+    questions = _skewed_questions(rnd, rnd.choice([30, 300, 1500]))
+    answers = [a(r["id"], 1, "answered") for r in questions if "conv" not in r and rnd.random() < 0.9]
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["A", "B"]}}, environ={})
+    _write_ledgers(settings, questions, answers)
+    loaded = load_state(settings, repair=True, block_size=rnd.choice([64, 300, 4096, 1 << 20]))
+    expected = derive(questions, answers)
+    assert loaded == expected
+    assert loaded.recent == expected.recent and loaded.accepted == expected.accepted
+
+
+@pytest.mark.parametrize("block_size", [64, 300, 1 << 20])
+def test_earlier_questions_are_the_first_turns_the_plan_read_and_no_later_row(
+    tmp_path: Path, block_size: int
+) -> None:
+    questions = _skewed_questions(random.Random(block_size), 200)
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["A", "B"]}}, environ={})
+    _write_ledgers(settings, questions, [])
+    state = load_state(settings, repair=True)
+    path = ledger_paths(settings.state_dir)["questions"]
+    with open(path, "ab") as f:  # what the resumed run writes meanwhile, the last row half written
+        f.write(orjson.dumps(q("00000000000000ff", "A", 999)) + b'\n{"id":"00000000000001')
+    texts = [t for chunk in earlier_questions(path, state.questions_read, block_size=block_size) for t in chunk]
+    assert texts == [r["text"] for r in questions if "conv" not in r]
+    assert len(texts) == state.total_questions()
+    assert path.read_bytes().endswith(b'{"id":"00000000000001'), "a file being written is left as it is"
+
+
 def test_question_block_reads_the_rows_the_pipeline_writes_as_columns() -> None:
     rows = [{"id": "00000000000000a1", "aspect": "甲", "text": '说"引号"\\和\n换行\u2028', "seq": 3},
             {"id": "f1", "conv": "00000000000000a1", "turn": 2, "text": "追问\t？"},
@@ -232,7 +296,7 @@ def test_question_block_reads_the_rows_the_pipeline_writes_as_columns() -> None:
     data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
     block = question_block(data + b'{"id":"torn', len(data))
     assert block is not None
-    assert (list(block.ids), block.aspects, block.texts, block.seqs) == (
+    assert (list(block.ids), block.aspects, list(map(json_string, block.texts)), block.seqs) == (
         [b"00000000000000a1", b"00000000000000b2"], ["甲", "A"], [rows[0]["text"], "问"], [3, 0])
     assert block.followups == [("00000000000000a1", 2, "追问\t？")]
 
