@@ -47,8 +47,10 @@ def write_ledgers(state_dir: Path, lines: int, pending: int, n_aspects: int) -> 
             qid = question_id(text)
             qf.write(orjson.dumps({"id": qid, "aspect": names[k % n_aspects], "text": text, "seq": k}) + b"\n")
             if k < lines - pending:
+                # Keys in the order pipeline.graph writes them (conv, turn and
+                # kind first), which is what the resume's head scan expects.
                 af.write(orjson.dumps({
-                    "conv": qid, "turn": 1, "question": text, "kind": "answered", "answer": answer,
+                    "conv": qid, "turn": 1, "kind": "answered", "question": text, "answer": answer,
                     "raw_answer": answer, "refs": ["wukong.md"], "state": "success", "reason": "",
                     "server": "http://127.0.0.1:1", "attempts": 1, "seconds": 0.3}) + b"\n")
 
