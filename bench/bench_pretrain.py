@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.corpus import discover, make_splitter  # noqa: E402
 from pipeline.settings import CHINESE_SEPARATORS, SEED_SEPARATORS  # noqa: E402
 
-SEED_CORPUS = REPO.parent.parent / "shared" / "seed-data" / "wulewule" / "data"
+SEED_CORPUS = REPO.parent / "shared" / "seed-data" / "wulewule" / "data"  # ../shared from the repository
 
 BARE = r'''
 import json, sys
