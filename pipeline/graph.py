@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from array import array
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.coalesce import Coalescer
 from pipeline.dataset import compile_gate
 from pipeline.errors import (
     FatalServiceError,
@@ -53,6 +55,11 @@ from pipeline.state import SAMPLE, ConvPlan, RunState, target_turns
 __all__ = ["Graph", "RunStats", "StopReason"]
 
 log = logging.getLogger(__name__)
+
+# How long the first question batch of a moment waits for others to be
+# screened with it (see pipeline.coalesce): nothing next to an LLM call, and
+# under load it turns several Deduper calls into one.
+_SCREEN_WINDOW_S = 0.025
 
 StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"]
 
@@ -123,6 +130,8 @@ class Graph:
         self._stopping = asyncio.Event()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
         self._dedup = Deduper(settings.questions.near_duplicate_threshold)
+        # Replies that arrive within _SCREEN_WINDOW_S are screened in one Deduper call.
+        self._screen = Coalescer(self._screen_batch, _SCREEN_WINDOW_S)
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
@@ -256,7 +265,7 @@ class Graph:
             self.stats.question_calls += 1
             if not self._seeded.done():
                 await asyncio.shield(self._seeded)
-            fresh = self._screen(parse_question_list(text), need)
+            fresh = await self._screen((parse_question_list(text), need))
             if not fresh:
                 stale += 1
                 continue
@@ -285,28 +294,39 @@ class Graph:
             await self.writer.record("events", {"event": "aspect_exhausted", "aspect": aspect,
                                                 "accepted": have})
 
-    def _screen(self, items: list[str], need: int) -> list[str]:
-        """Keep the new, well-formed questions, at most ``need``; count the rest."""
+    def _screen_batch(self, replies: list[tuple[list[str], int]]) -> list[list[str]]:
+        """For each reply ``(items, need)``, in order: its new, well-formed
+        questions, at most ``need``; the rest counted by reason.
+
+        One Deduper call for all of them: the signatures are computed
+        together, and each question is still checked against the ones before
+        it, in its reply and in earlier replies. Questions over ``need`` are
+        remembered too, as they were when checked one by one."""
         qs = self.settings.questions
         dropped = self.stats.dropped
-        well_formed: list[str] = []
-        for q in items:
-            if (reason := screen_question(q, qs)) is not None:
-                dropped[reason] += 1
-            else:
-                well_formed.append(q)
-        # One call for the batch: the signatures are computed together, and
-        # each question is still checked against the ones before it. Questions
-        # over ``need`` are remembered too, as they were when checked one by one.
-        fresh: list[str] = []
-        for q, reason in zip(well_formed, self._dedup.add_many(well_formed)):
-            if reason is not None:
-                dropped[reason] += 1
-            elif len(fresh) < need:
-                fresh.append(q)
-            else:
-                dropped["over_target"] += 1
-        return fresh
+        well_formed: list[list[str]] = []
+        for items, _ in replies:
+            kept = []
+            for q in items:
+                if (reason := screen_question(q, qs)) is not None:
+                    dropped[reason] += 1
+                else:
+                    kept.append(q)
+            well_formed.append(kept)
+        reasons = iter(self._dedup.add_many(list(itertools.chain.from_iterable(well_formed))))
+        out: list[list[str]] = []
+        for kept, (_, need) in zip(well_formed, replies):
+            fresh: list[str] = []
+            for q in kept:
+                reason = next(reasons)
+                if reason is not None:
+                    dropped[reason] += 1
+                elif len(fresh) < need:
+                    fresh.append(q)
+                else:
+                    dropped["over_target"] += 1
+            out.append(fresh)
+        return out
 
     # ---- answering -----------------------------------------------------------------
 
