@@ -289,3 +289,32 @@ def test_tally_reads_back_only_answered_turns_for_the_dataset() -> None:
     assert [tally.answered_row(f"q{i}", 1) for i in (1, 2, 3)] == [None, None, None]
     assert tally.answered_row("q0", 2) is None and tally.answered_row("q9", 1) is None
     assert reads == [0]
+
+
+def test_span_reader_serves_spans_in_any_order_from_few_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from pipeline.report import SpanReader
+
+    data = bytes(range(256)) * 1024  # 256 KiB
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        reads.append(offset)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    # In file order with jitter, then across a window's end, a span bigger than
+    # a window, the file's end, and back to the start.
+    spans = [(o, 300) for o in range(0, 200_000, 997)]
+    spans += [(65_500, 100), (70_000, 5), (131_000, 70_000), (262_000, 144), (10, 1)]
+    with open(path, "rb") as fh:
+        reader = SpanReader(fh.fileno())
+        for offset, length in spans:
+            assert reader.read(offset, length) == data[offset : offset + length]
+    assert len(reads) < len(spans) / 20, "spans in file order share a window read"
