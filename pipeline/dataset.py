@@ -79,6 +79,22 @@ def _compile_all(patterns: Sequence[str], key: str) -> list[re.Pattern[str]]:
     return compiled
 
 
+_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]")
+
+
+def _any_of(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One pattern that matches where any of ``patterns`` does (one search
+    per answer, not one per pattern), or None when they cannot be joined
+    safely: a back-reference would point into another pattern's groups, and
+    an inline flag applies to the whole of a joined pattern."""
+    if not patterns or any(_BACKREFERENCE.search(p.pattern) for p in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+    except re.error:
+        return None
+
+
 def _tidy(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SPACES.sub(" ", text)
@@ -95,6 +111,7 @@ def compile_gate(cs: ConversationSettings, *, refusal_window: int = REFUSAL_WIND
     regular expression."""
     prefixes = _compile_all(cs.strip_prefixes, "strip_prefixes")
     refusals = _compile_all(cs.refusal_patterns, "refusal_patterns")
+    refusal = _any_of(refusals)
     min_chars = cs.min_answer_chars
 
     def gate(answer: str) -> tuple[str, str | None]:
@@ -118,7 +135,7 @@ def compile_gate(cs: ConversationSettings, *, refusal_window: int = REFUSAL_WIND
             # "Based on the context, the game..." -> "The game..."
             text = text[0].upper() + text[1:]
         head = text[:refusal_window]
-        if any(p.search(head) for p in refusals):
+        if refusal.search(head) if refusal is not None else any(p.search(head) for p in refusals):
             return text, "refusal"
         if len(text) < min_chars:
             return text, "too_short"

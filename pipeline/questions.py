@@ -9,6 +9,7 @@ Nothing here does I/O or awaits; the graph calls these functions.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import itertools
 import json
@@ -388,9 +389,13 @@ _NOT_WORD = re.compile(r"[\W_]+")
 _FULL_WIDTH = (("？", "?"), ("：", ":"), ("，", ","), ("（", "("), ("）", ")"), ("！", "!"))
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(q: str) -> str:
     """Canonical text for exact dedup and ids: NFKC (full width to half
-    width), case-folded, with spaces, punctuation and symbols removed."""
+    width), case-folded, with spaces, punctuation and symbols removed.
+
+    Cached (pure, and small): the Deduper and :func:`question_id` each
+    normalise every accepted question, one right after the other."""
     for wide, narrow in _FULL_WIDTH:
         if wide in q:
             q = q.replace(wide, narrow)

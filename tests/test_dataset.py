@@ -18,7 +18,7 @@ from pipeline.dataset import (
     write_dataset,
 )
 from pipeline.errors import SettingsError
-from pipeline.settings import ConversationSettings
+from pipeline.settings import ConversationSettings, parse_settings
 
 CS = ConversationSettings(min_answer_chars=10)
 LONG = "天命人是玩家扮演的角色，是一只寻找大圣六根的猴子。"
@@ -251,3 +251,22 @@ def test_summarise_counts_latest_outcome_per_turn() -> None:
     assert s["by_state"] == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
     assert s["by_reason"] == {"refusal": 2, "Query length too short": 1}
     assert next(iter(s["by_kind"])) == "rejected"  # most common first
+
+
+@pytest.mark.parametrize(
+    ("patterns", "answer", "reason"),
+    [
+        (["无法回答", "不知道"], "抱歉，我不知道这件事的详细经过与背景。", "refusal"),
+        (["无法回答", "不知道"], "天命人手持如意金箍棒，踏上取回六根的旅程。", None),
+        # Joined, a back-reference or an inline flag would change meaning: checked one by one.
+        ([r"(无法)\1", "不知道"], "无法无法确定这件事情的经过与背景。", "refusal"),
+        ([r"(无法)\1", r"(?i)sorry"], "SORRY, the material does not say so at all.", "refusal"),
+        ([r"(无法)\1", r"(?i)sorry"], "无法确定，但材料写了天命人取回六根的经过。", None),
+    ],
+)
+def test_refusal_patterns_reject_as_any_one_of_them_would(
+    patterns: list[str], answer: str, reason: str | None
+) -> None:
+    cs = parse_settings({"conversations": {"refusal_patterns": patterns, "min_answer_chars": 5}},
+                        source="test", environ={}).conversations
+    assert compile_gate(cs)(answer)[1] == reason
