@@ -95,7 +95,13 @@ def _any_of(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
         return None
 
 
+# What _tidy would change besides the ends; most answers hold none of it.
+_UNTIDY = ("\r", "\t", "\u3000", "\xa0", "  ", " \n", "\n\n\n")
+
+
 def _tidy(text: str) -> str:
+    if not any(mark in text for mark in _UNTIDY):
+        return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SPACES.sub(" ", text)
     text = _TRAILING.sub("\n", text)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import re
+
 import pytest
 
 from pipeline.dataset import (
@@ -270,3 +272,21 @@ def test_refusal_patterns_reject_as_any_one_of_them_would(
     cs = parse_settings({"conversations": {"refusal_patterns": patterns, "min_answer_chars": 5}},
                         source="test", environ={}).conversations
     assert compile_gate(cs)(answer)[1] == reason
+
+
+def test_tidy_takes_its_shortcut_only_where_the_long_way_changes_nothing() -> None:
+    import random
+
+    from pipeline.dataset import _tidy
+
+    def long_way(text: str) -> str:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = re.sub(r"[ \t\u3000\xa0]+", " ", text)
+        text = re.sub(r"[ \t]+\n", "\n", text)
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+    rng = random.Random(7)
+    alphabet = ["天", "命", "a", " ", "\n", "\r", "\t", "\u3000", "\xa0", "。"]
+    for _ in range(20_000):
+        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+        assert _tidy(text) == long_way(text), repr(text)
