@@ -88,7 +88,6 @@ __all__ = [
     "read_ledger",
     "repair_tail",
     "rows_of_block",
-    "split_turn_key",
     "turn_key",
 ]
 
@@ -529,22 +528,17 @@ def turn_key(conv: str, turn: int) -> bytes:
     """The :class:`AnswerIndex` key of ``(conv, turn)``: the bytes between
     ``{"conv":"`` and the comma after the turn in a row's line, when the conv
     needs no escape, so a scan takes it from the line as is. One-to-one: a
-    turn has no quote in it, so the last separator splits a key back."""
+    turn has no quote in it, so the last separator tells conv from turn."""
     return f'{conv}","turn":{turn}'.encode("utf-8", "surrogatepass")
 
 
-def split_turn_key(key: bytes) -> tuple[str, int]:
-    """``(conv, turn)`` of a :func:`turn_key`."""
-    conv, _, turn = key.rpartition(_TURN_SEP)
-    return conv.decode("utf-8", "surrogatepass"), int(turn)
-
-
-class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
-    """``conv -> turn -> latest row`` of an answer ledger, as
-    :func:`pipeline.dataset.latest_turns` makes it, holding only each turn's
+class AnswerIndex:
+    """Where each turn of an answer ledger stands, for the resume plan: its
     latest kind and byte span (and how many of its rows failed, for the few
-    turns with any), and reading a row back when asked. Use as a context
-    manager (it keeps the file open).
+    turns with any), reading a row back when asked (:meth:`turn`,
+    :meth:`answered`, :meth:`read`). Use as a context manager (it keeps the
+    file open). The run's end and ``status`` use ``pipeline.report.AnswerTally``,
+    which also keeps what the report counts.
 
     Memory: one dict entry per turn, a 26-byte key and an int (about 130
     bytes), where the rows themselves take about 1.5 KB each as dicts.
@@ -651,56 +645,6 @@ class AnswerIndex(Mapping[str, Mapping[int, Mapping[str, Any]]]):
             raise ValueError(f"{self._path} is not open")
         row: dict[str, Any] = orjson.loads(os.pread(self._fh.fileno(), span & 0xFFFFFFFF, span >> 32))
         return row
-
-    def _row(self, conv: str, turn: int) -> dict[str, Any] | None:
-        found = self.turn(conv, turn)
-        return None if found is None or self._fh is None else self.read(found[2])
-
-    def __getitem__(self, conv: str) -> Mapping[int, Mapping[str, Any]]:
-        if self._row(conv, 1) is None and not any(self._convs_turns(conv)):
-            raise KeyError(conv)
-        return _Turns(self, conv)
-
-    def get(self, conv: str, default: Any = None) -> Any:
-        # Without the membership check of __getitem__: a conversation with no
-        # turn recorded reads as one whose first turn is missing, the same verdict.
-        return _Turns(self, conv)
-
-    def _convs_turns(self, conv: str) -> Iterator[int]:
-        for key in self._turns:
-            c, t = split_turn_key(key)
-            if c == conv:
-                yield t
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(split_turn_key(k)[0] for k in self._turns))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-class _Turns(Mapping[int, Mapping[str, Any]]):
-    """One conversation's turns in an :class:`AnswerIndex`, read on demand."""
-
-    __slots__ = ("_conv", "_index")
-
-    def __init__(self, index: AnswerIndex, conv: str) -> None:
-        self._index, self._conv = index, conv
-
-    def __getitem__(self, turn: int) -> Mapping[str, Any]:
-        row = self._index._row(self._conv, turn)
-        if row is None:
-            raise KeyError(turn)
-        return row
-
-    def __bool__(self) -> bool:
-        return True  # emptiness shows as a missing first turn; no scan of the index
-
-    def __iter__(self) -> Iterator[int]:
-        return self._index._convs_turns(self._conv)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 # --------------------------------------------------------------------------- run lock
