@@ -56,11 +56,6 @@ __all__ = ["Graph", "RunStats", "StopReason"]
 
 log = logging.getLogger(__name__)
 
-# How long the first question batch of a moment waits for others to be
-# screened with it (see pipeline.coalesce): nothing next to an LLM call, and
-# under load it turns several Deduper calls into one.
-_SCREEN_WINDOW_S = 0.025
-
 StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"]
 
 _DONE = None  # queue sentinel
@@ -130,8 +125,10 @@ class Graph:
         self._stopping = asyncio.Event()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
         self._dedup = Deduper(settings.questions.near_duplicate_threshold)
-        # Replies that arrive within _SCREEN_WINDOW_S are screened in one Deduper call.
-        self._screen = Coalescer(self._screen_batch, _SCREEN_WINDOW_S)
+        # Replies that arrive within [questions] screen_window_s are screened in
+        # one Deduper call (see pipeline.coalesce). A reply waiting there is
+        # as good as in flight: a SIGKILL loses it, like an unanswered call.
+        self._screen = Coalescer(self._screen_batch, settings.questions.screen_window_s)
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
