@@ -39,7 +39,6 @@ __all__ = [
     "ANSWER_KINDS",
     "REFUSAL_WINDOW",
     "Gate",
-    "assemble_conversations",
     "build_conversations",
     "compile_gate",
     "conversation_record",
@@ -201,19 +200,7 @@ def build_conversations(
     (``seq``, then file order). Each conversation takes turns 1..k while
     every one of them is answered (a vetoed, failed or missing turn ends it),
     at most ``max_turns``, and is emitted when k >= ``min_turns``."""
-    return assemble_conversations(question_rows, latest_turns(answer_rows), system_prompt,
-                                  min_turns, max_turns)
-
-
-def assemble_conversations(
-    question_rows: Iterable[Mapping[str, Any]],
-    latest: Mapping[str, Mapping[int, Mapping[str, Any]]],
-    system_prompt: str,
-    min_turns: int,
-    max_turns: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """:func:`build_conversations` given the latest row per turn already
-    indexed (``conv -> turn -> row``, as :func:`latest_turns` makes)."""
+    latest = latest_turns(answer_rows)
 
     def row_of(conv: str, turn: int) -> Mapping[str, Any] | None:
         turns = latest.get(conv)
