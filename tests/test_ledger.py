@@ -310,6 +310,13 @@ class FsyncSpy:
         self.release.wait()
 
 
+def _held_line_writer(path: Path, **kw: Any) -> tuple[FsyncSpy, LedgerWriter, asyncio.Task[None]]:
+    """A "line" writer running, whose every fsync waits for ``spy.release``."""
+    spy = FsyncSpy(hold=True)
+    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy, **kw)
+    return spy, writer, asyncio.create_task(writer.run())
+
+
 def _lines(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     assert data == b"" or data.endswith(b"\n")
@@ -423,9 +430,7 @@ async def test_cancelling_the_caller_does_not_stop_its_row_being_written(tmp_pat
 
 async def test_cancelling_the_caller_mid_sync_still_records_the_row(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
-    run = asyncio.create_task(writer.run())
+    spy, writer, run = _held_line_writer(path)
 
     async def worker() -> None:
         await writer.record("a", {"answer": "金箍棒"})
@@ -464,9 +469,7 @@ async def test_line_policy_is_a_group_commit_rows_written_during_a_sync_share_th
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "a.jsonl"
-    spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
-    run = asyncio.create_task(writer.run())
+    spy, writer, run = _held_line_writer(path)
     first = writer.record("a", {"i": 0})
     await asyncio.to_thread(spy.entered.wait)
     later = [writer.record("a", {"i": i}) for i in range(1, 11)]
@@ -565,10 +568,8 @@ async def test_a_failed_write_fails_the_rows_still_waiting_for_a_sync_not_the_sy
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "a.jsonl"
-    spy = FsyncSpy(hold=True)
     first = len(orjson.dumps({"i": 0})) + 1
-    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy, write_fn=_full_disk_after(2 * first))
-    run = asyncio.create_task(writer.run())
+    spy, writer, run = _held_line_writer(path, write_fn=_full_disk_after(2 * first))
     synced = writer.record("a", {"i": 0})
     await asyncio.to_thread(spy.entered.wait)
     waiting = writer.record("a", {"i": 1})  # on file, waiting for the next sync
@@ -685,9 +686,7 @@ async def test_rows_after_close_and_unknown_ledgers_are_refused_at_once(tmp_path
 
 async def test_cancelling_the_writer_cancels_rows_it_did_not_sync(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    spy = FsyncSpy(hold=True)
-    writer = LedgerWriter({"a": path}, "line", fsync_fn=spy)
-    run = asyncio.create_task(writer.run())
+    spy, writer, run = _held_line_writer(path)
     in_sync = writer.record("a", {"i": 0})
     await asyncio.to_thread(spy.entered.wait)
     waiting = writer.record("a", {"i": 1})
