@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
-from pipeline.questions import Deduper  # noqa: E402
+from pipeline.qa.dedup import Deduper  # noqa: E402
 
 
 def add_many_us(questions: list[str], batch: int) -> float:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
 from bench.harness import KEY_ENV, PYTHON, REPO, Services, aspects, qa_settings  # noqa: E402
-from pipeline.questions import question_id  # noqa: E402
+from pipeline.qa.questions import question_id  # noqa: E402
 
 _ANSWER = "关于这个问题：根据知识库记载，《黑神话：悟空》由游戏科学开发，于2024年8月20日发行。\n玩家扮演“天命人”。"
 
@@ -101,7 +101,7 @@ def _rss_now() -> int:
 
 def child(cfg: Path) -> None:
     """Time the end of a run on the ledgers ``cfg`` names; print figures as JSON."""
-    from pipeline.qa import _write_report, write_conversations
+    from pipeline.qa.stage import _write_report, write_conversations
     from pipeline.settings import parse_settings
 
     settings = parse_settings(json.loads(cfg.read_text(encoding="utf-8")), environ={KEY_ENV: "x"})
@@ -113,7 +113,7 @@ def child(cfg: Path) -> None:
         t = time.perf_counter()
         if "ledgers" in inspect.signature(write_conversations).parameters:
             # As the run's end does: the ledgers opened once for both outputs.
-            from pipeline.report import open_ledgers
+            from pipeline.outputs.report import open_ledgers
 
             ledgers = closing.enter_context(open_ledgers(settings.state_dir))
             count = write_conversations(settings, ledgers)

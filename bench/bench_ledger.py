@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.jsonl import dumps_line  # noqa: E402
-from pipeline.ledger import LedgerWriter, read_ledger  # noqa: E402
+from pipeline.store.ledger import LedgerWriter, read_ledger  # noqa: E402
 
 
 def _question_row(i: int) -> dict[str, object]:

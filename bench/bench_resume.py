@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
 from bench.harness import KEY_ENV, aspects, qa_settings, run_qa_proc, services, start_qa_proc  # noqa: E402
-from pipeline.qa import earlier_questions, load_state  # noqa: E402
-from pipeline.questions import Deduper, question_id  # noqa: E402
+from pipeline.qa.stage import earlier_questions, load_state  # noqa: E402
+from pipeline.qa.questions import question_id  # noqa: E402
+from pipeline.qa.dedup import Deduper  # noqa: E402
 from pipeline.settings import parse_settings  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def write_ledgers(state_dir: Path, lines: int, pending: int, n_aspects: int) -> 
             qid = question_id(text)
             qf.write(orjson.dumps({"id": qid, "aspect": names[k % n_aspects], "text": text, "seq": k}) + b"\n")
             if k < lines - pending:
-                # Keys in the order pipeline.graph writes them (conv, turn and
+                # Keys in the order pipeline.qa.graph writes them (conv, turn and
                 # kind first), which is what the resume's head scan expects.
                 af.write(orjson.dumps({
                     "conv": qid, "turn": 1, "kind": "answered", "question": text, "answer": answer,

@@ -26,10 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.huixiangdou import HuixiangdouPool  # noqa: E402
-from pipeline.llm import LLMClient  # noqa: E402
-from pipeline.qa import run_qa  # noqa: E402
-from pipeline.questions import question_messages  # noqa: E402
+from pipeline.services.huixiangdou import HuixiangdouPool  # noqa: E402
+from pipeline.services.llm import LLMClient  # noqa: E402
+from pipeline.qa.stage import run_qa  # noqa: E402
+from pipeline.qa.questions import question_messages  # noqa: E402
 from pipeline.settings import Settings, parse_settings  # noqa: E402
 
 __all__ = ["bare_loop", "main"]

@@ -225,7 +225,7 @@ class RagSettings:
     backend: Literal["huixiangdou", "local", "auto"] = field(
         default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
     )
-    # The local backend's knobs (pipeline/local_rag.py); HuixiangDou ignores them.
+    # The local backend's knobs (pipeline/services/local_rag.py); HuixiangDou ignores them.
     top_k: int = field(default=4, metadata=_meta("passages sent to the LLM at most", ge=1))
     min_score: float = field(
         default=0.5, metadata=_meta("score a passage needs at least, in rare-word units", ge=0)

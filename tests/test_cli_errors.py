@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 import run
-from pipeline.ledger import RunLock
+from pipeline.store.ledger import RunLock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM

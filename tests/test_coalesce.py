@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.coalesce import Coalescer
-from pipeline.graph import Graph
+from pipeline.qa.coalesce import Coalescer
+from pipeline.qa.graph import Graph
 from pipeline.settings import parse_settings
-from pipeline.state import derive_state
+from pipeline.store.resume import derive_state
 
 
 class Recorder:

@@ -11,14 +11,8 @@ import re
 
 import pytest
 
-from pipeline.dataset import (
-    build_conversations,
-    compile_gate,
-    conversation_record,
-    gate_answer,
-    summarise,
-    write_dataset,
-)
+from pipeline.outputs.dataset import build_conversations, conversation_record, summarise, write_dataset
+from pipeline.qa.gate import compile_gate, gate_answer
 from pipeline.errors import SettingsError
 from pipeline.settings import ConversationSettings, parse_settings
 
@@ -277,7 +271,7 @@ def test_refusal_patterns_reject_as_any_one_of_them_would(
 def test_tidy_takes_its_shortcut_only_where_the_long_way_changes_nothing() -> None:
     import random
 
-    from pipeline.dataset import _tidy
+    from pipeline.qa.gate import _tidy
 
     def long_way(text: str) -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.questions import _FEW_KEYS, Deduper, _gram_hashes, _IntTable, _repeats, normalise
+from pipeline.qa.questions import normalise
+from pipeline.qa.dedup import _FEW_KEYS, Deduper, _gram_hashes, _IntTable, _repeats
 
 
 def test_a_new_question_is_accepted_and_counted() -> None:
@@ -289,8 +290,8 @@ def test_the_pipeline_never_imports_datasketch_or_scipy() -> None:
     # datasketch pulls in scipy: ~0.3 s of CPU in every run that checks a
     # question. Its permutations are drawn by the Deduper itself; datasketch
     # is only a test dependency, to hold the signatures to its own.
-    code = ("import sys, pipeline.qa\n"
-            "from pipeline.questions import Deduper\n"
+    code = ("import sys, pipeline.qa.stage\n"
+            "from pipeline.qa.dedup import Deduper\n"
             "d = Deduper(0.7)\n"
             "assert d.add('《黑神话：悟空》的主角是谁？') is None\n"
             "assert d.add('《黑神话：悟空》的主角是谁呢？') == 'near_duplicate'\n"

@@ -14,9 +14,8 @@ import pytest
 
 import run
 
-from pipeline.cli_formats import add_export_parser
 from pipeline.errors import InputError
-from pipeline.export import (
+from pipeline.outputs.export import (
     dataset_info_entry,
     export,
     from_alpaca,
@@ -302,7 +301,7 @@ def test_cli_options_name_output_dir_ratio_and_seed(tmp_path: Path, out_settings
 
 def test_cli_missing_or_empty_input_exits_2(tmp_path: Path, out_settings: Settings) -> None:
     parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers())
+    run.add_export_parser(parser.add_subparsers())
     args = parser.parse_args(["export", "--format", "openai", "--input", str(tmp_path / "nope.jsonl")])
     with pytest.raises(InputError, match="nope.jsonl: no such file"):
         args.func(args, out_settings)

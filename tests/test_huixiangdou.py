@@ -14,7 +14,8 @@ from aiohttp import web
 import pytest
 
 from pipeline.errors import FatalServiceError, ServersDown
-from pipeline.huixiangdou import EMPTY_ANSWER, IRRELEVANT_MATERIAL, START_COMMAND, HuixiangdouPool
+from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.services.hxd_protocol import EMPTY_ANSWER, IRRELEVANT_MATERIAL, START_COMMAND
 from pipeline.settings import HuixiangdouSettings
 from tests.fakes.huixiangdou_server import STATES, FakeHuixiangdou, default_answer
 from tests.fakes.hxd_fixtures import HxdClock

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.huixiangdou import (
+from pipeline.services.hxd_protocol import (
     EMPTY_ANSWER,
     IRRELEVANT_MATERIAL,
     StreamDecoder,

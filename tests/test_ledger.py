@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from pipeline.errors import InputError, LockedError
-from pipeline.ledger import (
+from pipeline.store.ledger import (
     AnswerIndex,
     LedgerError,
     LedgerWriter,
@@ -88,7 +88,7 @@ def test_torn_tail_is_cut_off_the_file_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, tail: bytes, why: str
 ) -> None:
     path = _write(tmp_path, GOOD + tail)
-    with caplog.at_level(logging.WARNING, logger="pipeline.ledger"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.store.ledger"):
         rows = read_ledger(path)
     assert rows == GOOD_ROWS, why
     assert path.read_bytes() == GOOD, "the torn bytes must be cut off the file itself"
@@ -260,7 +260,7 @@ def test_lock_is_free_again_after_release(tmp_path: Path) -> None:
 
 _HOLD_LOCK = """
 import sys
-from pipeline.ledger import RunLock
+from pipeline.store.ledger import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -19,13 +19,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.ledger import read_ledger, repair_tail
+from pipeline.store.ledger import read_ledger, repair_tail
 
 REPO = Path(__file__).resolve().parents[1]
 
 _CHILD = """
 import asyncio, sys
-from pipeline.ledger import LedgerWriter, read_ledger
+from pipeline.store.ledger import LedgerWriter, read_ledger
 
 async def main(path, policy, pad, limit):
     rows = read_ledger(path)

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from pipeline.errors import FatalServiceError, QuotaExhausted, RetryableError, ServiceError
-from pipeline.llm import (
+from pipeline.services.llm import (
     LLMClient,
     backoff_delay,
     estimate_prompt_tokens,

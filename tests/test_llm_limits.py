@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import openai
 import pytest
 
-from pipeline.llm import RPM_MARGIN, LLMClient, TokenBudget
+from pipeline.services.llm import RPM_MARGIN, LLMClient, TokenBudget
 from pipeline.settings import LLMSettings, Secret
 
 T = TypeVar("T")

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pipeline.errors import InputError, QuotaExhausted, SettingsError
-from pipeline.huixiangdou import HuixiangdouPool
-from pipeline.llm import LLMClient
-from pipeline.local_rag import (
+from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.services.llm import LLMClient
+from pipeline.services.local_rag import (
     INDEX_DIR,
     NOT_IN_MATERIAL,
     AutoAnswerer,
@@ -475,7 +475,7 @@ async def test_auto_falls_back_to_the_local_index_when_no_server_answers(
     )
     auto = AutoAnswerer(settings, llm_client)
     try:
-        with caplog.at_level("INFO", logger="pipeline.local_rag"):
+        with caplog.at_level("INFO", logger="pipeline.services.local_rag"):
             described = await auto.probe()
         outcome = await auto.ask("怎样破解黄风大圣的神风？")
     finally:

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.llm import estimate_prompt_tokens
-from pipeline.plan import ASSUMED_LLM_LATENCY_S, ASSUMED_RAG_LATENCY_S, plan_run
-from pipeline.questions import question_messages
-from pipeline.report import state_from_rows
+from pipeline.services.llm import estimate_prompt_tokens
+from pipeline.outputs.dry_run import ASSUMED_LLM_LATENCY_S, ASSUMED_RAG_LATENCY_S, plan_run
+from pipeline.qa.questions import question_messages
+from pipeline.outputs.report import state_from_rows
 from pipeline.settings import Settings, parse_settings
-from pipeline.state import RunState
+from pipeline.store.resume import RunState
 
 
 def settings(**sections: dict[str, Any]) -> Settings:

@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.graph import Graph
-from pipeline.qa import run_qa
+from pipeline.qa.graph import Graph
+from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
-from pipeline.state import target_turns
-from pipeline.validate import validate_file
+from pipeline.store.resume import target_turns
+from pipeline.outputs.validate import validate_file
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
@@ -234,7 +234,7 @@ async def test_a_second_run_on_the_same_out_dir_is_refused(
     tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
 ) -> None:
     from pipeline.errors import LockedError
-    from pipeline.ledger import RunLock
+    from pipeline.store.ledger import RunLock
 
     settings = make_settings(tmp_path, llm, servers)
     with RunLock(settings.out_dir), pytest.raises(LockedError, match="pid"):
@@ -346,7 +346,7 @@ async def test_a_resume_asks_huixiangdou_while_the_dedup_index_is_still_seeding(
     # must not wait for it, and producers must not screen before it is done.
     import threading
 
-    from pipeline.questions import Deduper
+    from pipeline.qa.dedup import Deduper
 
     async with FakeHuixiangdou(script={}, responder=lambda q: "web_search_fail") as hxd:
         settings = make_settings(tmp_path, llm, [hxd], questions={"aspects": ["战斗系统"], "per_aspect": 2})

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.qa
-from pipeline.ledger import LedgerError, LedgerWriter
-from pipeline.qa import run_qa
+import pipeline.qa.stage
+from pipeline.store.ledger import LedgerError, LedgerWriter
+from pipeline.qa.stage import run_qa
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM
 from tests.test_qa import asked, conversations, llm, make_settings, rows, servers  # noqa: F401
@@ -37,7 +37,7 @@ async def test_a_full_disk_stops_the_run_naming_the_ledger_and_keeps_what_was_re
     tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou], monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     settings = make_settings(tmp_path, llm, servers)
-    monkeypatch.setattr(pipeline.qa, "LedgerWriter", functools.partial(LedgerWriter, write_fn=_full_after(5)))
+    monkeypatch.setattr(pipeline.qa.stage, "LedgerWriter", functools.partial(LedgerWriter, write_fn=_full_after(5)))
     with pytest.raises(LedgerError, match=r"answers\.jsonl: No space left on device"):
         await run_qa(settings, install_signals=False)
     kept = rows(settings, "answers")

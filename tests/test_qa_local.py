@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.qa import run_qa
+from pipeline.qa.stage import run_qa
 from pipeline.settings import parse_settings
-from pipeline.validate import validate_file
+from pipeline.outputs.validate import validate_file
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
 from tests.test_local_rag import FACTS, grounded_responder, write_corpus

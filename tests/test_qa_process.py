@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.validate import validate_file
+from pipeline.outputs.validate import validate_file
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pipeline.presets import PRESETS
-from pipeline.questions import (
+from pipeline.qa.questions import (
     ensure_topic,
     fill_template,
     followup_messages,
@@ -180,7 +180,7 @@ def _random_list_texts(n: int, seed: int) -> list[str]:
 def test_plain_quoted_items_agree_with_literal_eval_wherever_they_answer() -> None:
     import ast
 
-    from pipeline.questions import _plain_quoted_items
+    from pipeline.qa.questions import _plain_quoted_items
 
     import random
 
@@ -204,7 +204,7 @@ def test_plain_quoted_items_agree_with_literal_eval_wherever_they_answer() -> No
 
 
 def test_matching_close_skips_quoted_and_escaped_brackets_as_a_char_scan_does() -> None:
-    from pipeline.questions import _CLOSE_OF, _matching_close
+    from pipeline.qa.questions import _CLOSE_OF, _matching_close
 
     def reference(text: str, start: int) -> int:
         closer, depth, quote, i = _CLOSE_OF[text[start]], 0, None, start

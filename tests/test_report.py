@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.dataset import summarise
-from pipeline.qa import run_qa
-from pipeline.report import (
+from pipeline.outputs.dataset import summarise
+from pipeline.qa.stage import run_qa
+from pipeline.outputs.report import (
     AnswerTally,
     build_report,
     open_ledgers,
@@ -296,7 +296,7 @@ def test_span_reader_serves_spans_in_any_order_from_few_reads(
 ) -> None:
     import os
 
-    from pipeline.report import SpanReader
+    from pipeline.outputs.report import SpanReader
 
     data = bytes(range(256)) * 1024  # 256 KiB
     path = tmp_path / "f.bin"

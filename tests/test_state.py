@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.qa import earlier_questions, load_state
+from pipeline.qa.stage import earlier_questions, load_state
 from pipeline.settings import parse_settings
-from pipeline.state import SAMPLE, derive_state, json_string, ledger_paths, question_block, target_turns
+from pipeline.store.resume import SAMPLE, derive_state, json_string, ledger_paths, question_block, target_turns
 
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import pytest
 
 import run
 from pipeline.errors import InputError
-from pipeline.ledger import RunLock
-from pipeline.report import last_run_outcome, lock_holder, read_rows, resume_command
+from pipeline.store.ledger import RunLock
+from pipeline.outputs.report import last_run_outcome, lock_holder, read_rows, resume_command
 from pipeline.settings import parse_settings
 
 SKIP = "Topics unrelated to the knowledge base. Updating good_questions and bad_questions can improve accuracy."

@@ -10,10 +10,9 @@ import pytest
 
 import run
 
-from pipeline.cli_formats import add_validate_parser
 from pipeline.errors import InputError
 from pipeline.settings import Settings
-from pipeline.validate import (
+from pipeline.outputs.validate import (
     Problem,
     check_record,
     format_problem,
@@ -260,7 +259,7 @@ def test_cli_warnings_pass_unless_strict(
 
 def test_cli_missing_file_is_an_input_error_naming_it(files: dict[str, Path], tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    add_validate_parser(parser.add_subparsers())
+    run.add_validate_parser(parser.add_subparsers())
     args = parser.parse_args(["validate", str(files["good"]), str(tmp_path / "nope.jsonl")])
     with pytest.raises(InputError, match="nope.jsonl: no such file"):
         args.func(args, Settings())

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.dataset import build_conversations
-from pipeline.qa import write_conversations
+from pipeline.outputs.dataset import build_conversations
+from pipeline.qa.stage import write_conversations
 from pipeline.settings import Settings, parse_settings
-from pipeline.state import ledger_paths
+from pipeline.store.resume import ledger_paths
 
 
 def _q(conv: str, seq: int) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def test_written_dataset_equals_the_in_memory_build(tmp_path: Path, case: str) -
 
 def _row(conv: str, turn: int, kind: str, *, answer: str = "", state: str = "success", reason: str = "",
          seconds: float = 0.5) -> dict[str, Any]:
-    """An answer row laid out as pipeline.graph writes it."""
+    """An answer row laid out as pipeline.qa.graph writes it."""
     return {"conv": conv, "turn": turn, "kind": kind, "question": f"{conv}/{turn}？\n\"引号\"",
             "answer": answer, "raw_answer": answer or "原答", "refs": ["a.md"], "state": state,
             "reason": reason, "server": "http://127.0.0.1:1", "attempts": 1, "seconds": seconds}
@@ -108,9 +108,9 @@ def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, m
     # The run's end opens the ledgers once: the dataset is written from the
     # answer tally, then the report is built from the same tally. Both must be
     # what the row-by-row transforms make of the same rows, byte for byte.
-    from pipeline.dataset import write_dataset
+    from pipeline.outputs.dataset import write_dataset
     from pipeline.jsonl import dumps_line
-    from pipeline.report import build_report, open_ledgers, render_markdown, state_from_ledgers, state_from_rows
+    from pipeline.outputs.report import build_report, open_ledgers, render_markdown, state_from_ledgers, state_from_rows
 
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
                                "questions": {"aspects": ["a"], "per_aspect": 8},

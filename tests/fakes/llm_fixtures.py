@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipeline.llm import LLMClient
+from pipeline.services.llm import LLMClient
 from pipeline.settings import LLMSettings, Secret
 from tests.fakes.llm_server import FakeLLM
 

@@ -1,8 +1,8 @@
 """The QA stage driver: lock the output folder, resume from the ledgers, run the
 graph against the LLM and the answer backend, and always leave a usable dataset.
 
-I/O lives here; the graph holds the scheduling, ``pipeline.state`` the resume
-plan and ``pipeline.dataset`` the records.
+I/O lives here; the graph holds the scheduling, ``pipeline.store.resume`` the resume
+plan and ``pipeline.outputs.dataset`` the records.
 """
 
 from __future__ import annotations
@@ -19,26 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset import conversations_from, write_dataset
+from pipeline.outputs.dataset import conversations_from, write_dataset
 from pipeline.errors import PipelineError
-from pipeline.graph import Graph, RunStats, StopReason
-from pipeline.huixiangdou import HuixiangdouPool
-from pipeline.ledger import (
+from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.store.ledger import (
     AnswerIndex,
     LedgerWriter,
     RunLock,
     gc_paused,
-    iter_ledger,
     iter_line_blocks,
     read_ledger,
     repair_tail,
     rows_of_block,
 )
-from pipeline.llm import LLMClient
-from pipeline.outcome import Answerer
-from pipeline.report import Ledgers, build_report, open_ledgers, state_from_ledgers, write_report
+from pipeline.services.llm import LLMClient
+from pipeline.services.answerer import Answerer
+from pipeline.outputs.report import Ledgers, build_report, open_ledgers, state_from_ledgers, write_report
 from pipeline.settings import Settings
-from pipeline.state import RunState, StateBuilder, first_turn_texts, ledger_paths, question_block
+from pipeline.store.resume import RunState, StateBuilder, first_turn_texts, ledger_paths, question_block
 
 __all__ = [
     "EXIT_CODES", "OutputError", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
@@ -104,15 +103,15 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
     ``repair``; the readers cut one anyway, as the next append would glue onto it).
 
     Streamed, not loaded: the answer ledger is indexed by byte offset
-    (:class:`~pipeline.ledger.AnswerIndex`), question rows pass through one
+    (:class:`~pipeline.store.ledger.AnswerIndex`), question rows pass through one
     at a time, and only what the plan keeps is read back: the history of
     conversations still pending. Rows held as dicts cost ~1.5 GB and 14 s
     for a million questions and answers.
 
     Blocks of rows in the form the pipeline writes them are scanned as raw
-    bytes (:class:`~pipeline.ledger.AnswerIndex`,
-    :func:`~pipeline.state.question_block`) and the rest parsed whole, so the
-    plan is :func:`~pipeline.state.derive_state`'s either way. ``block_size``
+    bytes (:class:`~pipeline.store.ledger.AnswerIndex`,
+    :func:`~pipeline.store.resume.question_block`) and the rest parsed whole, so the
+    plan is :func:`~pipeline.store.resume.derive_state`'s either way. ``block_size``
     is the read block (a seam for tests: small blocks mix the two paths).
     The plan records how much of the question ledger it read, for
     :func:`earlier_questions`."""
@@ -162,7 +161,7 @@ def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) 
 def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> int:
     """Rebuild ``conversations.jsonl`` from the ledgers, atomically.
 
-    ``ledgers``: :func:`~pipeline.report.open_ledgers` of the run's state
+    ``ledgers``: :func:`~pipeline.outputs.report.open_ledgers` of the run's state
     folder, when the caller has them open (the end of a run shares them with
     the report: one pass over the answer ledger serves both); else they are
     opened here. The answer ledger is indexed by byte offset, not loaded, and
@@ -181,7 +180,7 @@ def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
     hx = settings.huixiangdou
     if settings.rag.backend != "huixiangdou":
         # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
-        from pipeline.local_rag import AutoAnswerer, LocalAnswerer, answer_slots
+        from pipeline.services.local_rag import AutoAnswerer, LocalAnswerer, answer_slots
 
         if settings.rag.backend == "local":
             return LocalAnswerer(settings, llm), answer_slots(settings)

@@ -2,10 +2,10 @@
 
 The display pulls: :class:`Progress` is given the graph once it is built
 (``run_qa(on_graph=progress.attach)``) and reads its counters, the LLM
-client's :class:`~pipeline.llm.Usage` and the answer backend's ``stats()`` on
+client's :class:`~pipeline.services.llm.Usage` and the answer backend's ``stats()`` on
 its own timer, so the graph holds no display code. Every ``[run]
 progress_interval_s`` it logs one plain, grep-able line (``progress ...``) to
-the ``pipeline.progress`` logger: on a terminal ``run.py`` keeps those lines
+the ``pipeline.outputs.progress`` logger: on a terminal ``run.py`` keeps those lines
 out of the console (the live display shows the same) and in ``qa.log``.
 
 Pure parts, tested without a loop: :class:`Sample` (the counters at one
@@ -30,17 +30,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.dataset import ANSWER_KINDS
-from pipeline.plan import plan_run
+from pipeline.outputs.dataset import ANSWER_KINDS
+from pipeline.outputs.dry_run import plan_run
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
-    from pipeline.graph import Graph
+    from pipeline.qa.graph import Graph
 
 __all__ = ["LINE_LOGGER", "Progress", "RateWindow", "Sample", "eta_seconds", "format_line", "render",
            "take_sample"]
 
-LINE_LOGGER = "pipeline.progress"
+LINE_LOGGER = "pipeline.outputs.progress"
 log = logging.getLogger(LINE_LOGGER)
 
 # RPM and TPM are what the provider counts: requests and tokens in the last minute.

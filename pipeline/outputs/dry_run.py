@@ -7,11 +7,11 @@ ledgers, so a dry run on a half-done folder plans the resume) and counts:
   rounded up (a lower bound: duplicates and rejects cost more rounds);
 - follow-up calls: one per turn after the first, for the conversations still
   to write (expected turns ``(min_turns + max_turns) / 2``, the mean of the
-  uniform draw in :func:`pipeline.state.target_turns`) and for the turns left
+  uniform draw in :func:`pipeline.store.resume.target_turns`) and for the turns left
   in pending ones (their targets are known exactly);
 - RAG requests: one per turn still to ask; with ``[rag] backend = "local"``
   each is also an LLM call;
-- tokens: :func:`pipeline.llm.estimate_prompt_tokens` on the real prompts,
+- tokens: :func:`pipeline.services.llm.estimate_prompt_tokens` on the real prompts,
   built with typical-length questions and answers; completions at a typical
   length, and at most ``max_tokens``;
 - time: the LLM side is bound by rpm, tpm or concurrency x an assumed latency,
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.llm import estimate_prompt_tokens
-from pipeline.questions import followup_messages, question_messages
+from pipeline.services.llm import estimate_prompt_tokens
+from pipeline.qa.questions import followup_messages, question_messages
 from pipeline.settings import Settings
-from pipeline.state import SAMPLE, RunState
+from pipeline.store.resume import SAMPLE, RunState
 
 __all__ = ["ASSUMED_ANSWER_CHARS", "ASSUMED_LLM_LATENCY_S", "ASSUMED_RAG_LATENCY_S", "Plan", "plan_run"]
 
@@ -159,7 +159,7 @@ def plan_run(
     answer_calls = rag_requests if backend == "local" else 0
     if answer_calls:
         # Imported here: the local backend pulls in jieba and bm25s.
-        from pipeline.local_rag import answer_messages
+        from pipeline.services.local_rag import answer_messages
 
         # Passages fill the prompt up to max_context_chars.
         passages = "料" * settings.rag.max_context_chars

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.coalesce import Coalescer
-from pipeline.dataset import compile_gate
+from pipeline.qa.coalesce import Coalescer
+from pipeline.qa.gate import compile_gate
 from pipeline.errors import (
     FatalServiceError,
     QuotaExhausted,
@@ -36,21 +36,13 @@ from pipeline.errors import (
     ServersDown,
     ServiceError,
 )
-from pipeline.ledger import LedgerWriter
-from pipeline.llm import LLMClient
-from pipeline.outcome import Answerer, Outcome
-from pipeline.questions import (
-    Deduper,
-    ensure_topic,
-    followup_messages,
-    parse_followup,
-    parse_question_list,
-    question_id,
-    question_messages,
-    screen_question,
-)
+from pipeline.store.ledger import LedgerWriter
+from pipeline.services.llm import LLMClient
+from pipeline.services.answerer import Answerer, Outcome
+from pipeline.qa.questions import ensure_topic, followup_messages, parse_followup, parse_question_list, question_id, question_messages, screen_question
+from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
-from pipeline.state import SAMPLE, ConvPlan, RunState, target_turns
+from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -126,7 +118,7 @@ class Graph:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
         self._dedup = Deduper(settings.questions.near_duplicate_threshold)
         # Replies that arrive within [questions] screen_window_s are screened in
-        # one Deduper call (see pipeline.coalesce). A reply waiting there is
+        # one Deduper call (see pipeline.qa.coalesce). A reply waiting there is
         # as good as in flight: a SIGKILL loses it, like an unanswered call.
         self._screen = Coalescer(self._screen_batch, settings.questions.screen_window_s)
         self._gate = compile_gate(settings.conversations)
@@ -421,7 +413,7 @@ class Graph:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
         # conv, turn and kind first: a resume reads them from each line's head
-        # without parsing the texts (pipeline.ledger.iter_answer_heads).
+        # without parsing the texts (pipeline.store.ledger.iter_answer_heads).
         row = {
             "conv": plan.conv,
             "turn": plan.next_turn,

@@ -9,7 +9,7 @@ Ledgers under ``<out_dir>/state/``:
 
 ``questions.jsonl``  first-turn questions ``{"id", "aspect", "text", "seq"}`` and
                      follow-up questions ``{"id", "conv", "turn", "text"}``
-``answers.jsonl``    one row per answer attempt of a turn (see ``pipeline.dataset``)
+``answers.jsonl``    one row per answer attempt of a turn (see ``pipeline.outputs.dataset``)
 ``events.jsonl``     run start/end, aspects given up, usage snapshots
 """
 
@@ -101,7 +101,7 @@ class RunState:
     next_seq: int
     last_run: dict[str, Any] | None  # the last run_start/run_end pair, merged
     usage: dict[str, float]  # token and cost totals over all runs
-    # Bytes of the question ledger the plan was read from (by pipeline.qa.load_state;
+    # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
 
@@ -361,7 +361,7 @@ class QuestionBlock:
     followups: list[tuple[str, int, str]]
 
 
-# A question-ledger line, whole, as pipeline.graph writes it: a first turn, or
+# A question-ledger line, whole, as pipeline.qa.graph writes it: a first turn, or
 # a follow-up. A JSON string is [^"\\\x00-\x1f] (raw control characters are
 # invalid) or an escape; a match starts a line and ends one, so it is one line.
 _BODY: Final = rb'[^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*'
@@ -394,7 +394,7 @@ def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
 
 def question_block(block: bytes, end: int) -> QuestionBlock | None:
     """The rows of the whole lines ``block[:end]`` of a question ledger as
-    columns, or None unless every line is a row in the form pipeline.graph
+    columns, or None unless every line is a row in the form pipeline.qa.graph
     writes it (then parse the rows whole, which also names a bad line).
 
     Pure. This is what a resume spends its time on (a million rows), and one
@@ -445,7 +445,7 @@ def derive_state(
     max_answer_attempts: int,
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
-    :class:`StateBuilder`, which ``pipeline.qa.load_state`` feeds from the
+    :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
     files without holding them)."""
     turns: dict[tuple[str, int], list[Any]] = {}
     for row in answer_rows:

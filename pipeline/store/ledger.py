@@ -11,14 +11,14 @@ Three pieces, each small:
     line is skipped instead of cut.
 ``iter_answer_heads`` / ``AnswerIndex``
     The answer ledger is the big one (a row per answer attempt, most of its
-    bytes the answer text). Start-up (``pipeline.qa.load_state``) needs only each
+    bytes the answer text). Start-up (``pipeline.qa.stage.load_state``) needs only each
     row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
     that head with one regular expression per read block and read a whole row
     back by byte offset when it is needed; lines the pattern does not fit are
     parsed whole, with the same errors as ``iter_ledger``. ``AnswerIndex``
     indexes a block of rows in the usual shape with no Python code per row.
 ``iter_line_blocks`` / ``rows_of_block``
-    The same blocks for a reader of its own (``pipeline.state.question_block``
+    The same blocks for a reader of its own (``pipeline.store.resume.question_block``
     scans the question ledger's raw bytes), and the row parser to fall back on.
 ``RunLock``
     One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
@@ -437,7 +437,7 @@ def read_ledger(
 AnswerHead: TypeAlias = tuple[str, int, str, int, int]
 """``(conv, turn, kind, byte offset, byte length)`` of one answer-ledger row."""
 
-# The head of an answer row as pipeline.graph writes it: conv, turn, the
+# The head of an answer row as pipeline.qa.graph writes it: conv, turn, the
 # question, kind (kind third, question skipped, is read too: a writer that puts
 # the short keys first spares the scan the question text). A JSON string body
 # is [^"\\]*(?:\\.[^"\\]*)*, so this never matches inside a string, and only
@@ -511,7 +511,7 @@ def _heads_of_block(path: Path, block: bytes, end: int, offset: int) -> Iterator
         yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
 
 
-# A whole answer-ledger line in the form pipeline.graph writes it: a conv of
+# A whole answer-ledger line in the form pipeline.qa.graph writes it: a conv of
 # printable ASCII but quote and backslash (so its bytes are its UTF-8), a turn and one of the kinds AnswerIndex packs (anything
 # else goes by _HEAD, row by row). Captured: the line, its turn key (see
 # turn_key) and the kind. No group crosses a raw newline, so a match is one
@@ -537,7 +537,7 @@ class AnswerIndex:
     latest kind and byte span (and how many of its rows failed, for the few
     turns with any), reading a row back when asked (:meth:`turn`,
     :meth:`answered`, :meth:`read`). Use as a context manager (it keeps the
-    file open). The run's end and ``status`` use ``pipeline.report.AnswerTally``,
+    file open). The run's end and ``status`` use ``pipeline.outputs.report.AnswerTally``,
     which also keeps what the report counts.
 
     Memory: one dict entry per turn, a 26-byte key and an int (about 130
@@ -634,7 +634,7 @@ class AnswerIndex:
     def answered(self, convs: Iterable[bytes], turn: int) -> list[bool]:
         """Whether the latest row of ``turn`` of each conversation (its id as
         UTF-8 bytes) is "answered": :meth:`turn` for many at once, with no
-        Python code per conversation (a :data:`pipeline.state.AnsweredOf`)."""
+        Python code per conversation (a :data:`pipeline.store.resume.AnsweredOf`)."""
         keys = map(add, convs, repeat(_TURN_SEP + str(turn).encode()))
         codes = map(and_, map(self._turns.get, keys, repeat(self._OTHER)), repeat(7))
         return list(map(not_, codes))  # code 0 is "answered"

@@ -1,7 +1,7 @@
 """The embedded answer backend: BM25 over the corpus, answers by the LLM.
 
 For users with an LLM key and no HuixiangDou server. :class:`LocalAnswerer`
-implements :class:`pipeline.outcome.Answerer`, so the QA graph, ledgers, gate
+implements :class:`pipeline.services.answerer.Answerer`, so the QA graph, ledgers, gate
 and report are the same as on the HuixiangDou path.
 
 Index. The pretraining stage's chunks of ``data_dir`` (:func:`pipeline.corpus.discover`,
@@ -68,10 +68,10 @@ import numpy as np
 
 from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
 from pipeline.errors import InputError, RetryableError, ServersDown
-from pipeline.huixiangdou import HuixiangdouPool
+from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.jsonl import atomic_writer, dumps_line
-from pipeline.llm import LLMClient
-from pipeline.outcome import Answerer, Outcome
+from pipeline.services.llm import LLMClient
+from pipeline.services.answerer import Answerer, Outcome
 from pipeline.settings import SEED_SEPARATORS, RagSettings, Settings
 
 with warnings.catch_warnings():

@@ -7,7 +7,7 @@ Transforms (:func:`build_report`, :func:`render_markdown`,
 ``open_ledgers``   streams ``<out_dir>/state/*.jsonl`` *without* touching them:
                    a torn last line is skipped, never cut (``status`` and
                    ``qa --dry-run`` may run beside a live run, so they must not
-                   write; ``pipeline.ledger``'s readers do the reading, in
+                   write; ``pipeline.store.ledger``'s readers do the reading, in
                    their read-only mode). The answer ledger becomes an
                    :class:`AnswerTally` (a packed int per turn, 8 bytes per
                    row), never a list of rows, so the report at the end of a
@@ -37,16 +37,16 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-from pipeline.dataset import ANSWER_KINDS
+from pipeline.outputs.dataset import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
-from pipeline.ledger import iter_ledger, iter_ledger_spans
+from pipeline.store.ledger import iter_ledger, iter_ledger_spans
 from pipeline.settings import Settings
-from pipeline.state import RunState, StateBuilder, derive_state, ledger_paths
+from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
 
 __all__ = [
     "REPORT_JSON",
@@ -110,7 +110,7 @@ def read_ledgers(state_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def state_from_rows(settings: Settings, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> RunState:
-    """The resume plan of :func:`pipeline.state.derive_state` for these rows."""
+    """The resume plan of :func:`pipeline.store.resume.derive_state` for these rows."""
     c = settings.conversations
     return derive_state(
         rows.get("questions", []),
@@ -208,12 +208,12 @@ class AnswerTally:
     facts (kind, state, reason), its answer length, how many of the turn's
     rows failed, and where the row is, to read back the few rows the report
     quotes. Conversations and their turns iterate in the order
-    :func:`pipeline.dataset.latest_turns` gives them (first appearance), so
+    :func:`pipeline.outputs.dataset.latest_turns` gives them (first appearance), so
     "most common first" ties and example questions come out as they did when
     every row was held. About 150 bytes per turn; rows as dicts took ~3 KB.
 
-    Also a :data:`pipeline.state.TurnOf` / :data:`pipeline.state.RowOf` pair
-    (:meth:`turn`, :meth:`read`) for :class:`pipeline.state.StateBuilder`, and
+    Also a :data:`pipeline.store.resume.TurnOf` / :data:`pipeline.store.resume.RowOf` pair
+    (:meth:`turn`, :meth:`read`) for :class:`pipeline.store.resume.StateBuilder`, and
     the dataset's row lookup (:meth:`answered_row`), so one pass over the
     answer ledger serves the dataset, the resume plan and the report."""
 
@@ -334,7 +334,7 @@ class AnswerTally:
         return None if entry is None else _turn_in(entry, turn)
 
     def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
-        """``(latest kind, failed rows, ref)`` of one turn, or None (a :data:`~pipeline.state.TurnOf`)."""
+        """``(latest kind, failed rows, ref)`` of one turn, or None (a :data:`~pipeline.store.resume.TurnOf`)."""
         packed = self.latest(conv, turn)
         if packed is None:
             return None
@@ -343,7 +343,7 @@ class AnswerTally:
 
     def answered_row(self, conv: str, turn: int) -> Mapping[str, Any] | None:
         """The latest row of one turn when it is answered, else None without
-        reading anything (a :data:`pipeline.dataset.RowOf` for the dataset,
+        reading anything (a :data:`pipeline.outputs.dataset.RowOf` for the dataset,
         which stops a conversation at its first turn not answered)."""
         packed = self.latest(conv, turn)
         if packed is None or not self.facts[packed & _FID_MASK].answered:
@@ -373,7 +373,7 @@ class AnswerTally:
                            if p & _FID_MASK in answered))
 
     def summary(self) -> dict[str, Any]:
-        """What :func:`pipeline.dataset.summarise` says of the same rows."""
+        """What :func:`pipeline.outputs.dataset.summarise` says of the same rows."""
         by_kind: Counter[str] = Counter()
         by_state: Counter[str] = Counter()
         by_reason: Counter[str] = Counter()
@@ -461,7 +461,7 @@ def _as_ledgers(ledgers: Ledgers | Mapping[str, Iterable[Mapping[str, Any]]]) ->
 
 
 def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
-    """The resume plan (as ``pipeline.qa.load_state`` derives it) from
+    """The resume plan (as ``pipeline.qa.stage.load_state`` derives it) from
     streamed ledgers, without writing anything."""
     c = settings.conversations
     builder = StateBuilder(

@@ -35,7 +35,7 @@ import orjson
 
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer, write_jsonl_atomic
-from pipeline.validate import check_record
+from pipeline.outputs.validate import check_record
 
 __all__ = [
     "FORMATS",
