@@ -23,7 +23,7 @@ import logging
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,9 +100,12 @@ class Graph:
         workers: int,
         earlier_questions: Callable[[], Iterable[list[str]]],
         on_progress: Callable[[RunStats], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         """``earlier_questions`` yields the texts ``state`` counts as accepted,
-        a chunk at a time (it runs in a worker thread)."""
+        a chunk at a time (it runs in a worker thread). ``clock`` and ``sleep``
+        time the waits (servers down, quota, the grace of a stop); seams for tests."""
         self.settings = settings
         self.state = state
         self.llm = llm
@@ -111,6 +114,8 @@ class Graph:
         self.n_workers = workers
         self._earlier_questions = earlier_questions
         self.on_progress = on_progress
+        self._clock = clock
+        self._sleep = sleep
         self.stats = RunStats()
         self.stop_reason: StopReason = "complete"
         self.stop_detail = ""
@@ -197,7 +202,12 @@ class Graph:
             await asyncio.wait({waiter, done_all}, return_when=asyncio.FIRST_COMPLETED)
             if done_all.done():
                 return
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.run.grace_s)
+            grace = asyncio.ensure_future(self._sleep(self.settings.run.grace_s))
+            try:
+                await asyncio.wait({grace, done_all}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                grace.cancel()
+            pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
@@ -341,7 +351,7 @@ class Graph:
         """Every RAG server is resting: wait out one rest and try again, unless
         they have been down for ``down_timeout_s`` in all. True: try again."""
         hx = self.settings.huixiangdou
-        now = time.monotonic()
+        now = self._clock()
         if self._down_since is None:
             self._down_since = now
         if now - self._down_since >= hx.down_timeout_s:
@@ -353,10 +363,12 @@ class Graph:
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
+        slept = asyncio.ensure_future(self._sleep(seconds))
         try:
-            await asyncio.wait({stop}, timeout=seconds)
+            await asyncio.wait({stop, slept}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            slept.cancel()
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
