@@ -38,7 +38,7 @@ from typing import Any
 import openai
 from aiolimiter import AsyncLimiter
 
-from pipeline.errors import FatalServiceError, QuotaExhausted, RetryableError, ServiceError
+from pipeline.errors import FatalServiceError, QuotaExhausted, RetryableError, ServiceError, Stopped
 from pipeline.settings import LLMSettings
 
 __all__ = [
@@ -407,6 +407,7 @@ class LLMClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._halted = False
         self._openai = openai.AsyncOpenAI(
             api_key=settings.api_key.reveal(),
             base_url=settings.base_url,
@@ -434,6 +435,18 @@ class LLMClient:
         """Close the connection pool."""
         await self._openai.close()
 
+    def halt(self) -> None:
+        """Send no more requests, from now on: a call still waiting for its turn
+        (a concurrency slot, the rate limits, a retry's backoff) raises
+        :class:`Stopped` at the moment it would have been sent. Requests
+        already sent finish."""
+        self._halted = True
+
+    def _may_send(self) -> None:
+        """Called after every wait, right before a request leaves."""
+        if self._halted:
+            raise Stopped(f"LLM API at {self.settings.base_url}: request not sent, the run is stopping")
+
     async def chat(
         self,
         messages: list[dict[str, str]],
@@ -446,7 +459,8 @@ class LLMClient:
         server's ``Retry-After``), up to ``max_retries`` times.
 
         Raises :class:`RetryableError` when retries run out,
-        :class:`QuotaExhausted` at once, :class:`FatalServiceError` at once.
+        :class:`QuotaExhausted` at once, :class:`FatalServiceError` at once,
+        :class:`Stopped` once :meth:`halt` was called.
         """
         s = self.settings
         temperature = s.temperature if temperature is None else temperature
@@ -493,6 +507,7 @@ class LLMClient:
         s = self.settings
         async with self._slots:
             own = await self.budget.acquire(estimate)
+            self._may_send()
             try:
                 response = await self._openai.chat.completions.create(
                     model=s.model,
@@ -532,6 +547,7 @@ class LLMClient:
         try:
             async with self._slots:
                 await self.budget.acquire(1)
+                self._may_send()
                 page = await self._openai.models.list()
             offered = [m.id for m in page.data]
         except openai.NotFoundError:
@@ -548,6 +564,7 @@ class LLMClient:
         try:
             async with self._slots:
                 await self.budget.acquire(estimate_prompt_tokens([{"content": "ping"}]) + 1)
+                self._may_send()
                 await self._openai.chat.completions.create(
                     model=s.model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
                 )
