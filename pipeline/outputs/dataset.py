@@ -11,7 +11,7 @@ question row, ``state/questions.jsonl``, one per accepted question::
 answer row, ``state/answers.jsonl``, one per attempt at one turn::
 
     {"conv": qid_of_first_question, "turn": int (1-based), "question": str,
-     "kind": "answered" | "skipped" | "vetoed" | "failed" | "rejected",
+     "kind": "answered" | "skipped" | "vetoed" | "failed" | "refused" | "rejected",
      "answer": str, "raw_answer": str, "refs": [str], "state": str,
      "reason": str, "server": str, "attempts": int, "seconds": float}
 
@@ -43,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ANSWER_KINDS: tuple[str, ...] = ("answered", "skipped", "vetoed", "failed", "rejected")
+ANSWER_KINDS: tuple[str, ...] = ("answered", "skipped", "vetoed", "failed", "refused", "rejected")
 
 # The latest row of a conversation's turn, or None when it has none.
 RowOf = Callable[[str, int], Mapping[str, Any] | None]
