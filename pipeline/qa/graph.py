@@ -39,6 +39,7 @@ from pipeline.errors import (
     ServersDown,
     ServiceError,
     Stopped,
+    UnusableReply,
 )
 from pipeline.store.ledger import LedgerWriter
 from pipeline.services.llm import LLMClient
@@ -47,6 +48,7 @@ from pipeline.qa.questions import ensure_topic, followup_messages, parse_followu
 from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
+from pipeline.store.schema import answer_row, followup_row, question_row
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -268,8 +270,8 @@ class Graph:
                 text = await self._llm_text(messages)
             except Stopped:
                 return
-            except RetryableError as exc:
-                log.warning("question call for aspect %r failed after retries: %s", aspect, exc)
+            except (RetryableError, UnusableReply) as exc:
+                log.warning("question call for aspect %r failed: %s", aspect, exc)
                 stale += 1
                 continue
             self.stats.question_calls += 1
@@ -282,7 +284,7 @@ class Graph:
             stale = 0
             rows = []
             for q in fresh:
-                rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
+                rows.append(question_row(id=question_id(q), aspect=aspect, text=q, seq=self._seq))
                 self._seq += 1
             await self.writer.record_many("questions", rows)
             sample.extend(fresh)
@@ -416,9 +418,10 @@ class Graph:
         messages = followup_messages(self.settings.conversations, topic, last_q, last_a)
         try:
             text = await self._llm_text(messages)
-        except RetryableError as exc:
+        except (RetryableError, UnusableReply) as exc:
             self.stats.followup_calls += 1
-            await self._record_answer(plan, "", Outcome(kind="failed", state=f"LLM error: {exc}"))
+            state = f"LLM error: {exc}" if isinstance(exc, RetryableError) else "no follow-up question"
+            await self._record_answer(plan, "", Outcome(kind="failed", state=state))
             return None
         self.stats.followup_calls += 1
         followup = parse_followup(text)
@@ -428,7 +431,7 @@ class Graph:
         followup = ensure_topic(followup, topic)
         await self.writer.record(
             "questions",
-            {"id": question_id(followup), "conv": plan.conv, "turn": plan.next_turn, "text": followup},
+            followup_row(id=question_id(followup), conv=plan.conv, turn=plan.next_turn, text=followup),
         )
         return followup
 
@@ -452,22 +455,20 @@ class Graph:
         else:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
-        # conv, turn and kind first: a resume reads them from each line's head
-        # without parsing the texts (pipeline.store.ledger.iter_answer_heads).
-        row = {
-            "conv": plan.conv,
-            "turn": plan.next_turn,
-            "kind": kind,
-            "question": question,
-            "answer": answer,
-            "raw_answer": outcome.answer,
-            "refs": list(outcome.refs),
-            "state": outcome.state,
-            "reason": reason,
-            "server": outcome.server,
-            "attempts": outcome.attempts,
-            "seconds": round(outcome.seconds, 3),
-        }
+        row = answer_row(
+            conv=plan.conv,
+            turn=plan.next_turn,
+            kind=kind,
+            question=question,
+            answer=answer,
+            raw_answer=outcome.answer,
+            refs=outcome.refs,
+            state=outcome.state,
+            reason=reason,
+            server=outcome.server,
+            attempts=outcome.attempts,
+            seconds=outcome.seconds,
+        )
         await self.writer.record("answers", row)
         return row
 
@@ -475,9 +476,10 @@ class Graph:
 
     async def _llm_text(self, messages: list[dict[str, str]]) -> str:
         """The text of one LLM reply, waiting out exhausted quota when the
-        settings say so. Raises :class:`RetryableError` when the call failed
-        after its retries (that costs only this call) and :class:`Stopped`
-        when the run stops before or during the call."""
+        settings say so. Raises :class:`RetryableError` (failed after its
+        retries) or :class:`UnusableReply` (nothing usable in the reply) when
+        the call failed, which costs only its item, and :class:`Stopped` when
+        the run stops before or during the call."""
         while True:
             self._raise_if_stopping()
             try:
