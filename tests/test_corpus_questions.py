@@ -138,7 +138,7 @@ def test_selection_is_the_same_on_every_run_and_spans_point_at_the_text(tmp_path
     settings = make_settings(tmp_path, max_passages=5, passage_seed=3)
     first, second = plan_passages(settings), plan_passages(settings)
     assert first.selected_ids == second.selected_ids
-    assert [p.source() for p in first.passages] == [p.source() for p in second.passages]
+    assert first.passages == second.passages
     assert len(first.passages) == 5 and first.total > 5
     assert {p.file for p in first.passages} == set(CORPUS)  # 5 >= 4 files: every file has one
     for p in first.passages:
@@ -221,3 +221,18 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
         third.responder = responder(third)
         done = await run_qa(make_settings(tmp_path, third), install_signals=False)
         assert done.status == "complete" and passage_prompts(third) == []
+
+
+def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:
+    from pipeline.jsonl import dumps_line
+    from pipeline.store.schema import QUESTION_FIELDS, field_of, is_from_passage, question_row
+
+    row = question_row(id="00000000000000a1", aspect="", text="q?", seq=3, passage="00000000000000b2",
+                       file="a/b.txt", span=(10, 52))
+    assert dumps_line(row) == (b'{"id":"00000000000000a1","aspect":"","text":"q?","seq":3,'
+                               b'"passage":"00000000000000b2","file":"a/b.txt","span":[10,52]}\n')
+    assert is_from_passage(row)
+    aspect_row = question_row(id="00000000000000a1", aspect="A", text="q?", seq=3)
+    assert dumps_line(aspect_row) == b'{"id":"00000000000000a1","aspect":"A","text":"q?","seq":3}\n'
+    assert not is_from_passage(aspect_row)
+    assert field_of(aspect_row, QUESTION_FIELDS, "span") is None

@@ -54,10 +54,6 @@ class Passage:
     end: int
     text: str
 
-    def source(self) -> dict[str, Any]:
-        """The provenance fields of a question written from this passage."""
-        return {"passage": self.id, "file": self.file, "span": [self.start, self.end]}
-
 
 @dataclass(frozen=True, slots=True)
 class FileShare:

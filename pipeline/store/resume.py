@@ -7,10 +7,8 @@ disagree about where a run stands.
 
 Ledgers under ``<out_dir>/state/``:
 
-``questions.jsonl``  first-turn questions of an aspect ``{"id", "aspect", "text", "seq"}``
-                     or of a passage ``{"id", "passage", "file", "span", "text", "seq"}``,
-                     and follow-up questions ``{"id", "conv", "turn", "text"}``
-``answers.jsonl``    one row per answer attempt of a turn (see ``pipeline.outputs.dataset``)
+``questions.jsonl``  first-turn and follow-up questions (rows: :mod:`pipeline.store.schema`)
+``answers.jsonl``    one row per answer attempt of a turn (rows: :mod:`pipeline.store.schema`)
 ``events.jsonl``     run start/end, aspects given up, passages asked, usage snapshots
 """
 
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+
+from pipeline.store.schema import is_from_passage
 
 __all__ = [
     "AnsweredOf",
@@ -204,7 +204,7 @@ class StateBuilder:
         conv, text, seq = row["id"], row["text"], int(row["seq"])
         if seq >= self._next_seq:
             self._next_seq = seq + 1
-        if "passage" in row:  # written from a passage of the corpus
+        if is_from_passage(row):
             self._passages.add(row["passage"])
             self._corpus_questions += 1
             self._plan(conv, "", seq, text)
