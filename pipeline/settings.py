@@ -135,6 +135,13 @@ class LLMSettings:
     backoff_max_s: float = field(default=60.0, metadata=_meta("longest backoff delay", gt=0))
     temperature: float = field(default=0.7, metadata=_meta("sampling temperature", ge=0, le=2))
     max_tokens: int = field(default=1024, metadata=_meta("completion tokens at most", ge=1))
+    refusal_window: int = field(
+        default=20, metadata=_meta("last calls over which refusals are counted", ge=1)
+    )
+    max_refused_share: float = field(
+        default=0.5,
+        metadata=_meta("share of refused calls in refusal_window that stops the run", gt=0, le=1),
+    )
     price_input_per_m: float = field(
         default=1.33, metadata=_meta("price per million input tokens", ge=0)
     )

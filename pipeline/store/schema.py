@@ -106,14 +106,17 @@ FOLLOWUP_FIELDS: Final[tuple[Field, ...]] = (
     Field("text", "the follow-up question, as asked"),
 )
 
-ANSWER_KINDS: Final[tuple[str, ...]] = ("answered", "skipped", "vetoed", "failed", "rejected")
+ANSWER_KINDS: Final[tuple[str, ...]] = ("answered", "skipped", "vetoed", "failed", "refused", "rejected")
 """What an answer attempt came to. ``answered``: the backend answered and the
 answer gate let the answer through (the only kind that goes into the dataset);
 ``skipped``: the backend declined the question (no material, off-topic, not a
 question); ``vetoed``: the backend produced an answer and withdrew it (an
 irrelevant answer, a safety check); ``failed``: no usable reply (the backend or
 something behind it failed, or no follow-up question could be written),
-retried up to ``[run] max_answer_attempts``; ``rejected``: the backend answered
+retried up to ``[run] max_answer_attempts``; ``refused``: the LLM provider's
+content filter refused the prompt (the local backend's answer, or the
+follow-up that would have asked this turn; ``state`` quotes the provider),
+tried twice already; ``rejected``: the backend answered
 and the answer gate refused it (``reason`` says why). Every kind but
 ``failed`` is final for its turn."""
 
