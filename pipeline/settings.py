@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import tomllib
 import typing
 import urllib.parse
@@ -296,6 +297,14 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.out_dir / "state"
+
+    def command(self, *words: str) -> str:
+        """The command line that runs ``run.py *words`` on these same settings,
+        for a message to print: ``--settings`` is given unless they are the
+        default file (or the built-in defaults), so the command never falls
+        back to other settings on this ``out_dir``."""
+        given = "" if self.source in ("<defaults>", "settings.toml") else f" --settings {shlex.quote(self.source)}"
+        return f"python run.py{given} {' '.join(words)}".rstrip()
 
 
 _SECTIONS: dict[str, type] = {

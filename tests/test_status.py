@@ -3,6 +3,7 @@ they only read (no lock, no repair, no file created)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -230,3 +231,9 @@ def test_dry_run_needs_no_key_and_calls_nothing(tmp_path: Path, capsys: pytest.C
     assert "nothing recorded yet; the run would do:" in out
     assert "LLM requests: 2 (2 question batches, 0 follow-ups)" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_settings_path_with_spaces_is_quoted_in_every_printed_command() -> None:
+    s = dataclasses.replace(parse_settings({}, environ={}), source="my conf/run 1.toml")
+    assert resume_command(s) == "python run.py --settings 'my conf/run 1.toml' qa"
+    assert s.command("build") == "python run.py --settings 'my conf/run 1.toml' build"
