@@ -27,6 +27,8 @@ from typing import Any, Final
 
 import orjson
 
+from pipeline.errors import InputError
+
 __all__ = [
     "AnsweredOf",
     "ConvPlan",
@@ -191,11 +193,18 @@ class StateBuilder:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
-        if "conv" in row:
-            self.add_followup(row["conv"], int(row["turn"]), row["text"])
-            return
-        conv, text, seq = row["id"], row["text"], int(row["seq"])
-        aspect = row["aspect"]
+        try:
+            if "conv" in row:
+                self.add_followup(row["conv"], int(row["turn"]), row["text"])
+                return
+            conv, text, seq = row["id"], row["text"], int(row["seq"])
+            aspect = row["aspect"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"state/questions.jsonl: the row {orjson.dumps(row).decode()[:200]} is not a question "
+                "row (it needs id, aspect, text and seq, or id, conv, turn and text). The ledger is "
+                "damaged, so nothing was dropped: fix or delete that line, then run again"
+            ) from None
         self.accepted[aspect] = self.accepted.get(aspect, 0) + 1
         self._sample_tail({})
         self._recent_of(aspect).append(text)
