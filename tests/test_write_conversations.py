@@ -96,7 +96,6 @@ END_ANSWERS = [
     _row(HEX[0], 3, "skipped", state="no_doc"),  # ends the conversation after two turns
     _row("天", 1, "answered", answer="悟空"),
     _row("x-1", 1, "skipped", state="no_doc", seconds=0.0),
-    {"conv": "x-1", "turn": 0, "kind": "answered", "answer": "不算"},  # no valid turn: ignored
     {**_row(HEX[2], 2, "answered", answer="没有第一轮就不算"), "state": None},
 ]
 RUN = {"status": "complete", "detail": "", "seconds": 2.0, "questions_new": 6,
