@@ -145,6 +145,13 @@ class LLMSettings:
     backoff_max_s: float = field(default=60.0, metadata=_meta("longest backoff delay", gt=0))
     temperature: float = field(default=0.7, metadata=_meta("sampling temperature", ge=0, le=2))
     max_tokens: int = field(default=1024, metadata=_meta("completion tokens at most", ge=1))
+    refusal_window: int = field(
+        default=20, metadata=_meta("last calls over which refusals are counted", ge=1)
+    )
+    max_refused_share: float = field(
+        default=0.5,
+        metadata=_meta("share of refused calls in refusal_window that stops the run", gt=0, le=1),
+    )
     price_input_per_m: float = field(
         default=1.33, metadata=_meta("price per million input tokens", ge=0)
     )
@@ -188,7 +195,7 @@ class QuestionSettings:
             "游戏概述", "章节与故事情节", "主要角色", "人物剧情梳理", "游戏世界观", "建筑与环境",
             "战斗系统", "游戏玩法", "艺术与音乐", "文化内涵", "市场影响", "彩蛋、网络梗",
         ),
-        metadata=_meta("aspects to ask about", check="names"),
+        metadata=_meta("aspects to ask about", check="distinct"),
     )
     per_aspect: int = field(default=10, metadata=_meta("questions wanted per aspect", ge=1))
     batch_size: int = field(default=10, metadata=_meta("questions asked for per LLM call", ge=1))
@@ -204,6 +211,20 @@ class QuestionSettings:
     )
     screen_window_s: float = field(
         default=0.05, metadata=_meta("seconds a reply waits for others to be screened with it", ge=0, le=10)
+    )
+    # Questions written from the corpus's own passages (pipeline/qa/passages.py).
+    source: Literal["aspects", "corpus", "both"] = field(
+        default="aspects", metadata=_meta("where questions come from: 'aspects', 'corpus' or 'both'")
+    )
+    per_passage: int = field(default=3, metadata=_meta("questions asked for per passage at most", ge=1))
+    passage_size: int = field(default=400, metadata=_meta("characters per passage at most", ge=1))
+    passage_overlap: int = field(default=0, metadata=_meta("characters shared by neighbouring passages", ge=0))
+    max_passages: int = field(default=0, metadata=_meta("passages asked at most; 0 = every passage", ge=0))
+    passage_seed: int = field(default=0, metadata=_meta("seed of the selection under max_passages"))
+    passage_system_prompt: str = field(default="", metadata=_meta("passage question-writer system prompt; '' = preset"))
+    passage_user_prompt: str = field(default="", metadata=_meta("passage question-writer user prompt; '' = preset"))
+    check_passage_terms: bool = field(
+        default=False, metadata=_meta("flag in the report answers naming none of their passage's key terms")
     )
 
 
@@ -381,8 +402,11 @@ def _url(value: str, where: str) -> None:
 
 
 def _names(values: tuple[str, ...], where: str, each: Callable[[str, str], None] = _text) -> None:
-    if not values:
-        raise SettingsError(f"{where}: expected at least one entry, got []")
+    _list(values, where)
+    _distinct(values, where, each)
+
+
+def _distinct(values: tuple[str, ...], where: str, each: Callable[[str, str], None] = _text) -> None:
     seen: set[str] = set()
     for value in values:
         each(value, where)
@@ -418,6 +442,7 @@ _CHECKS: dict[str, Callable[[Any, str], None]] = {
     "url": _url,
     "urls": lambda v, w: _names(v, w, _url),
     "names": _names,
+    "distinct": _distinct,
     "list": _list,
     "file_name": _file_name,
     "regexes": _regexes,
@@ -461,6 +486,19 @@ def _cross_check(s: Settings) -> None:
             f"{src}: [questions] min_chars: expected at most max_chars "
             f"({s.questions.max_chars}), got {s.questions.min_chars}"
         )
+    if not s.questions.aspects and s.questions.source != "corpus":
+        raise SettingsError(
+            f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"
+        )
+    if s.questions.passage_overlap >= s.questions.passage_size:
+        raise SettingsError(
+            f"{src}: [questions] passage_overlap: expected less than passage_size "
+            f"({s.questions.passage_size}), got {s.questions.passage_overlap}"
+        )
+    if "{passage}" not in s.questions.passage_user_prompt:
+        raise SettingsError(
+            f"{src}: [questions] passage_user_prompt: expected the placeholder {{passage}}"
+        )
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(
@@ -499,6 +537,10 @@ def _apply_presets(s: Settings) -> Settings:
         s.questions,
         system_prompt=s.questions.system_prompt or preset.question_system,
         user_prompt=s.questions.user_prompt or preset.question_user,
+        passage_system_prompt=s.questions.passage_system_prompt or preset.passage_system,
+        passage_user_prompt=s.questions.passage_user_prompt or preset.passage_user,
+        # With source = "corpus" no aspect is asked: the aspects list is left empty.
+        aspects=() if s.questions.source == "corpus" else s.questions.aspects,
     )
     c = dataclasses.replace(
         s.conversations,

@@ -134,7 +134,7 @@ def test_shipped_file_sets_and_comments_every_key() -> None:
         ("[questions]\naspects = ['']\n", "[questions] aspects: expected a non-empty string, got ''"),
         ("[questions]\naspects = ['plot', ' ']\n", "[questions] aspects: expected a non-empty string"),
         ("[questions]\naspects = ['plot', 'cast', 'plot']\n", "[questions] aspects: 'plot' is listed twice"),
-        ("[questions]\naspects = []\n", "[questions] aspects: expected at least one entry"),
+        ("[questions]\naspects = []\n", "[questions] aspects: expected at least one"),
         ("[questions]\ntopic = ''\n", "[questions] topic: expected a non-empty string"),
         ("[huixiangdou]\nurls = ['']\n", "[huixiangdou] urls: expected an http:// or https:// URL, got ''"),
         ("[huixiangdou]\nurls = ['127.0.0.1:23333']\n", "[huixiangdou] urls: expected an http:// or https:// URL"),
