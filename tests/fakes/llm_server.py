@@ -50,7 +50,9 @@ __all__ = [
     "FakeLLM",
     "Failure",
     "format_questions",
+    "grounded_answer",
     "make_questions",
+    "passage_questions",
 ]
 
 Messages = list[dict[str, str]]
@@ -120,6 +122,15 @@ _EN_FOLLOWUPS = ("Can you say more about {a} and {b}?", "What happened next to {
 _ZH_ASK = re.compile(r"「(?P<aspect>[^」]+)」提出\s*(?P<n>\d+)\s*个")
 _EN_ASK = re.compile(r"Write (?P<n>\d+) different questions about the (?P<aspect>.+?) of ")
 _FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
+# The passage question writer's prompt (pipeline.presets passage_user).
+_PASSAGE = re.compile(r"<passage>\n(?P<passage>.*?)\n</passage>", re.S)
+_PASSAGE_N = re.compile(r"最多\s*(?P<n>\d+)\s*个问题|at most (?P<en>\d+) questions")
+# The local RAG backend's answer prompt (pipeline.presets rag_answer).
+_RAG = re.compile(r"(?:资料：|Material:)\n(?P<material>.*)\n\n(?:问题：|Question: )(?P<question>.*)$", re.S)
+_RAG_MARKER = "NOT_IN_MATERIAL"
+_SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]?")
+_QUOTED_FRAGMENT = re.compile(r"「(?P<zh>[^」]+)」|\"(?P<en>[^\"]+)\"")
+_FRAGMENT_CHARS = 12  # characters of a sentence a passage question quotes
 
 
 def _is_cjk(text: str) -> bool:
@@ -145,6 +156,39 @@ def make_questions(start: int, count: int, *, zh: bool = True) -> list[str]:
             text = f"{text[:-1]}（第{k}问）{text[-1]}" if zh else f"{text[:-1]} (#{k}){text[-1]}"
         out.append(text)
     return out
+
+
+def passage_questions(passage: str, n: int) -> list[str]:
+    """Up to ``n`` questions written FROM ``passage``: each quotes, verbatim, the
+    start of one of its sentences (the first ``n`` sentences long enough), so
+    a test can find the passage a question came from."""
+    out: list[str] = []
+    for m in _SENTENCE.finditer(passage):
+        sentence = m.group().strip()
+        fragment = sentence[:_FRAGMENT_CHARS].rstrip("。！？!?，,；;：: ")
+        if len(fragment) < 6 or "」" in fragment or '"' in fragment:
+            continue
+        zh = _is_cjk(fragment)
+        out.append(f"「{fragment}」说的是什么？" if zh else f'What is meant by "{fragment}"?')
+        if len(out) == n:
+            break
+    return out
+
+
+def grounded_answer(material: str, question: str) -> str:
+    """What a careful model answers from ``material`` only: the sentence that
+    holds the fragment a passage question quotes, or one that names a word of
+    a generated question; else the not-in-material marker."""
+    quoted = _QUOTED_FRAGMENT.search(question)
+    if quoted is not None:
+        needles = [quoted.group("zh") or quoted.group("en")]
+    else:
+        needles = [w for w in (*_ZH_WORDS, *_EN_WORDS) if w in question]
+    for needle in needles:
+        for m in _SENTENCE.finditer(material):
+            if needle in m.group():
+                return m.group().strip()
+    return _RAG_MARKER
 
 
 def format_questions(questions: Sequence[str], shape: str) -> str:
@@ -584,8 +628,10 @@ class FakeLLM:
         return self.default_responder(messages)
 
     def default_responder(self, messages: Messages) -> str:
-        """Questions for a question-writer prompt, one question for a follow-up
-        prompt, otherwise a short echo. Every question is new."""
+        """Questions for a question-writer prompt (from the passage given, for the
+        passage writer's), a grounded answer or the marker for the local
+        backend's answer prompt, one question for a follow-up prompt,
+        otherwise a short echo. Every aspect question is new."""
         text = "\n".join(str(m.get("content", "")) for m in messages)
         user = next((str(m.get("content", "")) for m in reversed(messages)
                      if m.get("role") == "user"), text)
@@ -596,6 +642,15 @@ class FakeLLM:
             start = self._take(n)
             shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
             return format_questions(make_questions(start, n, zh=zh), shape)
+        passage = _PASSAGE.search(user)
+        if passage is not None:
+            m = _PASSAGE_N.search(user)
+            n = int((m.group("n") or m.group("en")) if m else 3)
+            shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
+            return format_questions(passage_questions(passage.group("passage"), n), shape)
+        rag = _RAG.search(user)
+        if rag is not None and _RAG_MARKER in user:
+            return grounded_answer(rag.group("material"), rag.group("question").strip())
         if _FOLLOWUP.search(text):
             zh = _is_cjk(text)
             k = self._take(1)
