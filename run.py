@@ -4,6 +4,7 @@
     python run.py pretrain ...    incremental-pretraining JSONL only
     python run.py qa [--dry-run]  questions and answers (or what they would cost)
     python run.py status          where the QA stage stands, from its ledgers
+    python run.py build           conversations.jsonl and the report, from the ledgers alone
 
 Exit codes: 0 done; 1 failed, with a message saying what to fix (a service
 refused or is down, the disk is full, or another run holds the output folder:
@@ -203,6 +204,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         state = state_from_ledgers(settings, ledgers)
         status = build_status(settings, ledgers, state, lock_holder(settings.out_dir))
     print(render_status(status))
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild conversations.jsonl and the report from the ledgers alone."""
+    from pipeline.qa.stage import build_outputs
+
+    print(build_outputs(settings).line())
     return EXIT_OK
 
 
@@ -413,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     status.set_defaults(func=cmd_status)
+
+    build = sub.add_parser(
+        "build",
+        help="rebuild conversations.jsonl and the report from the ledgers (no service, no key)",
+        description=(
+            "Rebuild <out_dir>/conversations.jsonl and report.md/report.json from the ledgers under "
+            "<out_dir>/state/ and the current settings (system prompt, max_turns, aspects): nothing "
+            "is called and no key is needed. Refused while a run holds the output folder; removes "
+            "temporary files a killed write left behind."
+        ),
+    )
+    build.set_defaults(func=cmd_build)
 
     add_validate_parser(sub)
     add_export_parser(sub)

@@ -46,6 +46,7 @@ from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
 from pipeline.store.ledger import headless_answer, iter_ledger, iter_ledger_spans
 from pipeline.settings import Settings
+from pipeline.store.shape import Scope
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
 
 __all__ = [
@@ -120,6 +121,7 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Sequence[Mapping[str,
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, rows.get("events", [])),
     )
 
 
@@ -474,6 +476,7 @@ def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, ledgers.events),
     )
     for row in ledgers.questions():
         builder.add(row)
@@ -584,6 +587,17 @@ def _grouped(
     ]
 
 
+def _build_after_last_run(events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last ``build`` event after the last ``run_start``, or None."""
+    for ev in reversed(events):
+        kind = ev.get("event")
+        if kind == "build":
+            return {"time": ev.get("time"), "conversations": ev.get("conversations")}
+        if kind == "run_start":
+            return None
+    return None
+
+
 def _dropped_all_runs(events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     total: Counter[str] = Counter()
     for ev in events:
@@ -624,6 +638,7 @@ def build_report(
     *,
     conversations: int | None = None,
     now: float | None = None,
+    left_out: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The run report as plain data (what ``report.json`` holds).
 
@@ -668,6 +683,11 @@ def build_report(
             "pending": len(state.pending),
             "gave_up": state.gave_up,
             "in_dataset": conversations,
+            # Answered conversations the current settings leave out of the
+            # dataset, or cut (see pipeline.outputs.dataset.conversations_from).
+            "left_out": dict(left_out or {}),
+            # Conversations the resume plan no longer continues, by why.
+            "set_aside": dict(state.set_aside),
         },
         "outcomes": {k: summary["by_kind"].get(k, 0) for k in ANSWER_KINDS},
         "answer_rows": summary["rows"],
@@ -773,6 +793,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
     lines.append("")
+    if c.get("left_out"):
+        lines.append("Not in the dataset as made, by the current settings (the ledgers keep every row; "
+                     "restore the settings to bring them back): "
+                     + ", ".join(f"{why} {n}" for why, n in c["left_out"].items()) + ".")
+        lines.append("")
 
     lines += ["## Why questions got no answer", "",
               "The backend's last state for each unanswered turn, most common first. "
@@ -869,6 +894,7 @@ def build_status(
         for a in qs.aspects if a not in state.exhausted
     )
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
+    build = _build_after_last_run(ledgers.events)
     return {
         "out_dir": str(settings.out_dir),
         "last_run": {
@@ -887,7 +913,12 @@ def build_status(
         "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
                       "left": questions_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up},
+                          "turns_left": turns_left, "gave_up": state.gave_up,
+                          "set_aside": dict(state.set_aside)},
+        # The last `build` since the last run started, if any: {"time", "conversations"}.
+        "build": build,
+        # A run that never recorded its end may have died writing the dataset.
+        "rebuild": settings.command("build") if outcome == "crashed" and build is None else None,
         "by_kind": summary["by_kind"],
         "by_state": summary["by_state"],
         "rejections": summary["by_reason"],
@@ -936,6 +967,13 @@ def render_status(status: Mapping[str, Any]) -> str:
     c = status["conversations"]
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
                  f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
+    if c.get("set_aside"):
+        lines.append("left out by the current settings (kept in the ledgers): "
+                     + ", ".join(f"{why} {n}" for why, n in c["set_aside"].items()))
+    build = status.get("build")
+    if build:
+        lines.append(f"conversations.jsonl rebuilt by `build` {_iso(build.get('time'))}: "
+                     f"{build.get('conversations')} conversations")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
     lines.append("answers by HuixiangDou's last state:")
     if status["by_state"]:
@@ -953,6 +991,11 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"to start: {status['resume']}")
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
+    elif status.get("rebuild"):
+        lines.append(f"conversations.jsonl may predate the last answers (the run ended without "
+                     f"recording it was written); to rebuild it: {status['rebuild']}")
     else:
         lines.append("nothing left to do")
+    if status.get("rebuild") and status["resume"]:
+        lines.append(f"or, without resuming, rebuild conversations.jsonl from what is recorded: {status['rebuild']}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import orjson
 
 from pipeline.errors import InputError
 from pipeline.store.schema import is_from_passage
+from pipeline.store.shape import RunShapes, Scope
 
 __all__ = [
     "AnsweredOf",
@@ -107,6 +108,11 @@ class RunState:
     # questions recorded, or a ``passage`` event): never asked again.
     passages_asked: set[str] = field(default_factory=set)
     corpus_questions: int = 0  # first-turn questions written from passages
+    # Conversations the current settings leave out (pipeline.store.shape.Scope),
+    # by why: neither continued nor counted above.
+    set_aside: dict[str, int] = field(default_factory=dict)
+    # The shape the last run recorded (pipeline.store.shape), None before shapes were.
+    last_shape: dict[str, Any] | None = None
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
@@ -181,8 +187,11 @@ class StateBuilder:
         max_turns: int,
         max_answer_attempts: int,
         answered_of: AnsweredOf | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
+        self._scope = scope
+        self._set_aside: Counter[str] = Counter()
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
         self._recent: dict[str, deque[str]] = {}
@@ -213,6 +222,10 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
+        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
+        if why is not None:
+            self._set_aside[why] += 1
+            return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
@@ -237,6 +250,14 @@ class StateBuilder:
         row that ``answered_of`` says is finished, and only the texts the plan
         keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
+        if self._scope is not None and not self._scope.keeps_block(aspects, seqs):
+            # Some rows are left out: take them one at a time (rare: after a settings change).
+            for i in range(len(ids)):
+                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
+                          "seq": seqs[i]})
+            for conv, turn, text in block.followups:
+                self.add_followup(conv, turn, text)
+            return
         accepted = self.accepted
         counts = Counter(aspects)
         for aspect, n in counts.items():  # new aspects in order of first appearance
@@ -366,6 +387,8 @@ class StateBuilder:
             passages_asked=self._passages | {
                 str(ev["passage"]) for ev in events if ev.get("event") == "passage" and "passage" in ev},
             corpus_questions=self._corpus_questions,
+            set_aside=dict(self._set_aside.most_common()),
+            last_shape=dict(shape) if (shape := RunShapes(events).last) is not None else None,
         )
 
 
@@ -466,6 +489,7 @@ def derive_state(
     min_turns: int,
     max_turns: int,
     max_answer_attempts: int,
+    scope: Scope | None = None,
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
@@ -484,6 +508,7 @@ def derive_state(
         min_turns=min_turns,
         max_turns=max_turns,
         max_answer_attempts=max_answer_attempts,
+        scope=scope,
     )
     for row in question_rows:
         builder.add(row)
