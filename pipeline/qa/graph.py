@@ -427,6 +427,7 @@ class Graph:
             "server": outcome.server,
             "attempts": outcome.attempts,
             "seconds": round(outcome.seconds, 3),
+            "backend": self.answerer.backend,
         }
         await self.writer.record("answers", row)
         return row

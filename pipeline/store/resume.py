@@ -101,6 +101,8 @@ class RunState:
     next_seq: int
     last_run: dict[str, Any] | None  # the last run_start/run_end pair, merged
     usage: dict[str, float]  # token and cost totals over all runs
+    # The answer backend of the last run that recorded one ("huixiangdou", "local"), or None.
+    last_backend: str | None = None
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
@@ -343,6 +345,9 @@ class StateBuilder:
             next_seq=self._next_seq,
             last_run=last_run,
             usage=usage,
+            last_backend=next((ev["backend"] for ev in reversed(events)
+                               if ev.get("event") == "run_start" and isinstance(ev.get("backend"), str)),
+                              None),
         )
 
 
