@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, PipelineError, SettingsError
-from pipeline.outputs.export import FORMATS, export, read_conversations
+from pipeline.outputs.export import FORMATS, export, read_records, source_kind
 from pipeline.outputs.validate import format_problem, summary_line, validate_file
 from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
 
@@ -269,13 +269,20 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    """Convert conversations.jsonl to the chosen trainer format."""
-    source = Path(args.input) if args.input else settings.out_dir / "conversations.jsonl"
+    """Convert conversations.jsonl (or, for ``pretrain``, the pretraining file)
+    to the chosen trainer format."""
+    kind = source_kind(args.format)
+    if args.input:
+        source = Path(args.input)
+    elif kind == "pretraining":
+        source = settings.out_dir / settings.pretrain.output_name
+    else:
+        source = settings.out_dir / "conversations.jsonl"
     out_dir = Path(args.output_dir) if args.output_dir else settings.out_dir / "export"
     name = args.name or f"{source.stem}_{args.format}"
-    records = read_conversations(source)
+    records = read_records(source, kind)
     if not records:
-        raise InputError(f"{source}: no conversation records to export")
+        raise InputError(f"{source}: no {kind} records to export")
     result = export(
         records, args.format, out_dir, name, val_ratio=args.val_ratio, seed=args.seed
     )
@@ -324,15 +331,20 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to ``sub`` (from ``add_subparsers``)."""
     p: argparse.ArgumentParser = sub.add_parser(
         "export",
-        help="convert conversations.jsonl for LLaMA-Factory or OpenAI fine-tuning",
+        help="convert conversations.jsonl (or the pretraining file) for LLaMA-Factory or OpenAI",
         description=(
-            "Convert XTuner conversation records to LLaMA-Factory alpaca (with history) or "
-            "sharegpt JSONL, registered in <output-dir>/dataset_info.json, or to OpenAI "
-            "'messages' JSONL. With --val-ratio, also a seeded validation split."
+            "Convert XTuner conversation records to alpaca (with history), sharegpt or OpenAI "
+            "'messages' JSONL, or (--format pretrain) XTuner pretraining records to "
+            "{\"text\": chunk} JSONL for LLaMA-Factory's `stage: pt`; each file is registered in "
+            "<output-dir>/dataset_info.json. With --val-ratio, also a seeded validation split."
         ),
     )
     p.add_argument("--format", required=True, choices=FORMATS, help="target format")
-    p.add_argument("--input", help="conversation records (default: <out_dir>/conversations.jsonl)")
+    p.add_argument(
+        "--input",
+        help="XTuner records (default: <out_dir>/conversations.jsonl; for pretrain, "
+        "<out_dir>/incremental_pretraining.jsonl, i.e. [pretrain] output_name)",
+    )
     p.add_argument("--output-dir", help="where to write (default: <out_dir>/export)")
     p.add_argument(
         "--val-ratio",

@@ -178,8 +178,17 @@ def test_dataset_info_entries_match_llama_factory_columns_and_tags() -> None:
         "columns": {"messages": "conversations", "system": "system"},
         "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
     }
+    # LLaMA-Factory's defaults are sharegpt's keys: the entry names OpenAI's.
+    assert dataset_info_entry("openai", "z.jsonl") == {
+        "file_name": "z.jsonl",
+        "formatting": "openai",
+        "columns": {"messages": "messages"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "system_tag": "system"},
+    }
+    assert dataset_info_entry("pretrain", "t.jsonl") == {"file_name": "t.jsonl", "columns": {"prompt": "text"}}
     with pytest.raises(ValueError):
-        dataset_info_entry("openai", "z.jsonl")  # type: ignore[arg-type]
+        dataset_info_entry("csv", "z.csv")  # type: ignore[arg-type]
 
 
 def read_jsonl(path: Path) -> list[Record]:
@@ -222,11 +231,29 @@ def test_export_refuses_to_overwrite_an_unreadable_dataset_info(tmp_path: Path) 
     assert (tmp_path / "dataset_info.json").read_text(encoding="utf-8") == "{not json"
 
 
-def test_openai_export_writes_no_dataset_info(tmp_path: Path) -> None:
+def test_openai_export_registers_its_file_for_llama_factory(tmp_path: Path) -> None:
     result = export([conv(("问", "答"))], "openai", tmp_path, "wk")
-    assert result.dataset_info is None
-    assert not (tmp_path / "dataset_info.json").exists()
+    assert result.dataset_info == tmp_path / "dataset_info.json"
+    info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info == {"wk": dataset_info_entry("openai", "wk.jsonl")}
     assert read_jsonl(tmp_path / "wk.jsonl") == [to_openai(conv(("问", "答")))]
+
+
+def pretraining(text: str) -> Record:
+    return {"conversation": [{"input": "", "output": text}]}
+
+
+def test_pretrain_export_writes_text_lines_in_order_with_their_entry(tmp_path: Path) -> None:
+    chunks = ["第一段。\n有换行。", "second chunk with \"quotes\"", "第三段"]
+    result = export([pretraining(c) for c in chunks], "pretrain", tmp_path, "pt", val_ratio=0.34, seed=0)
+    train, val = read_jsonl(tmp_path / "pt_train.jsonl"), read_jsonl(tmp_path / "pt_val.jsonl")
+    assert all(set(r) == {"text"} for r in train + val)
+    assert sorted(r["text"] for r in train + val) == sorted(chunks)
+    assert len(val) == 1
+    info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info == {"pt_train": dataset_info_entry("pretrain", "pt_train.jsonl"),
+                    "pt_val": dataset_info_entry("pretrain", "pt_val.jsonl")}
+    assert result.line().startswith("exported 3 pretraining texts as pretrain: ")
 
 
 # ---- reading the input -------------------------------------------------------
@@ -297,6 +324,24 @@ def test_cli_options_name_output_dir_ratio_and_seed(tmp_path: Path, out_settings
     info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text(encoding="utf-8"))
     assert sorted(info) == ["wk_train", "wk_val"]
     assert len(read_jsonl(tmp_path / "lf" / "wk_val.jsonl")) == 2
+
+
+def test_cli_pretrain_reads_the_pretraining_file_by_default(
+    out_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = out_settings.out_dir
+    out.mkdir()
+    (out / "incremental_pretraining.jsonl").write_bytes(
+        b"".join(dumps_line(pretraining(t)) for t in ("甲", "乙")))
+    assert cli(["export", "--format", "pretrain"], out_settings) == 0
+    written = out / "export" / "incremental_pretraining_pretrain.jsonl"
+    assert read_jsonl(written) == [{"text": "甲"}, {"text": "乙"}]
+    assert "exported 2 pretraining texts as pretrain" in capsys.readouterr().out
+    # Conversation records are not pretraining text: refused, naming the line.
+    (out / "conversations.jsonl").write_bytes(dumps_line(RECORDS["one-turn"]))
+    assert cli(["export", "--format", "pretrain", "--input", str(out / "conversations.jsonl")],
+               out_settings) == 2
+    assert "conversations.jsonl:1: a conversation record" in capsys.readouterr().err
 
 
 def test_cli_missing_or_empty_input_exits_2(tmp_path: Path, out_settings: Settings) -> None:

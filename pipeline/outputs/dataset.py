@@ -1,23 +1,8 @@
-"""Dataset: the answer gate, XTuner conversation records, and building the
-dataset from the ledgers.
+"""Dataset: XTuner conversation records built from the ledgers.
 
-Ledger row schemas (the graph writes them, :mod:`pipeline.store.ledger` appends and
-reads them, this module turns them into the dataset):
-
-question row, ``state/questions.jsonl``, one per accepted question::
-
-    {"id": qid, "aspect": str, "text": str, "seq": int}
-
-answer row, ``state/answers.jsonl``, one per attempt at one turn::
-
-    {"conv": qid_of_first_question, "turn": int (1-based), "question": str,
-     "kind": "answered" | "skipped" | "vetoed" | "failed" | "rejected",
-     "answer": str, "raw_answer": str, "refs": [str], "state": str,
-     "reason": str, "server": str, "attempts": int, "seconds": float}
-
-``answer`` is the gated, cleaned answer (set when ``kind`` is "answered");
-"rejected" means the backend answered and :func:`gate_answer` refused it,
-``reason`` saying why. Retries append new rows; the latest row of a turn wins.
+The rows it reads are defined in :mod:`pipeline.store.schema`; a turn's
+outcome is its latest answer row (a retry appends a new one), and only turns
+whose latest row is ``answered`` go into the dataset.
 """
 
 from __future__ import annotations
@@ -32,7 +17,6 @@ from typing import Any
 from pipeline.jsonl import write_jsonl_atomic
 
 __all__ = [
-    "ANSWER_KINDS",
     "build_conversations",
     "conversation_record",
     "conversations_from",
@@ -42,8 +26,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ANSWER_KINDS: tuple[str, ...] = ("answered", "skipped", "vetoed", "failed", "rejected")
 
 # The latest row of a conversation's turn, or None when it has none.
 RowOf = Callable[[str, int], Mapping[str, Any] | None]

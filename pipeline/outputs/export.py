@@ -10,14 +10,19 @@ OpenAI fine-tuning takes and what can be streamed and checked line by line):
               ``[question, answer]`` pairs
 ``sharegpt``  LLaMA-Factory: ``conversations`` of ``{"from": "human"|"gpt",
               "value"}`` plus ``system``
-``openai``    ``{"messages": [{"role": "system"|"user"|"assistant", "content"}]}``
+``openai``    ``{"messages": [{"role": "system"|"user"|"assistant", "content"}]}``:
+              OpenAI fine-tuning, and LLaMA-Factory (``formatting: "openai"``, 0.9.4+)
 
-For alpaca and sharegpt a ``dataset_info.json`` beside the files registers
-them (entries of other datasets in an existing file are kept). An optional
+and, from pretraining records (``{"conversation": [{"input": "", "output": text}]}``):
+
+``pretrain``  ``{"text": chunk}``: LLaMA-Factory's pretraining input (``stage: pt``)
+
+A ``dataset_info.json`` beside the files registers them for LLaMA-Factory
+(entries of other datasets in an existing file are kept). An optional
 validation split is drawn with a fixed seed, so a re-run gives the same split.
 
 Pure transforms (``to_*``, ``from_*``, :func:`split`, :func:`dataset_info_entry`)
-are separate from the I/O (:func:`read_conversations`, :func:`export`).
+are separate from the I/O (:func:`read_records`, :func:`export`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import orjson
 
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer, write_jsonl_atomic
-from pipeline.outputs.validate import check_record
+from pipeline.outputs.validate import Kind, check_record
 
 __all__ = [
     "FORMATS",
@@ -47,16 +52,19 @@ __all__ = [
     "from_openai",
     "from_sharegpt",
     "read_conversations",
+    "read_records",
+    "source_kind",
     "split",
     "to_alpaca",
     "to_openai",
+    "to_pretrain",
     "to_sharegpt",
 ]
 
 log = logging.getLogger(__name__)
 
-Format = Literal["alpaca", "sharegpt", "openai"]
-FORMATS: tuple[Format, ...] = ("alpaca", "sharegpt", "openai")
+Format = Literal["alpaca", "sharegpt", "openai", "pretrain"]
+FORMATS: tuple[Format, ...] = ("alpaca", "sharegpt", "openai", "pretrain")
 DATASET_INFO = "dataset_info.json"
 
 T = TypeVar("T")
@@ -121,6 +129,11 @@ def to_openai(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"messages": messages}
 
 
+def to_pretrain(record: Mapping[str, Any]) -> dict[str, Any]:
+    """XTuner pretraining record -> LLaMA-Factory pretraining record ``{"text": chunk}``."""
+    return {"text": record["conversation"][0]["output"]}
+
+
 def from_alpaca(record: Mapping[str, Any]) -> dict[str, Any]:
     """LLaMA-Factory alpaca record -> XTuner record. ``input``, when present,
     is joined to ``instruction`` with a newline, as LLaMA-Factory does."""
@@ -168,7 +181,13 @@ CONVERTERS: dict[Format, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "alpaca": to_alpaca,
     "sharegpt": to_sharegpt,
     "openai": to_openai,
+    "pretrain": to_pretrain,
 }
+
+
+def source_kind(fmt: Format) -> Kind:
+    """The kind of XTuner record ``fmt`` is made from."""
+    return "pretraining" if fmt == "pretrain" else "conversation"
 
 
 def split(records: Sequence[T], ratio: float, seed: int) -> tuple[list[T], list[T]]:
@@ -207,6 +226,16 @@ _SHAREGPT_TAGS = {
     "user_tag": "human",
     "assistant_tag": "gpt",
 }
+# LLaMA-Factory's defaults are sharegpt's (conversations/from/value/human/gpt),
+# so an "openai" entry must name the OpenAI keys itself.
+_OPENAI_COLUMNS = {"messages": "messages"}
+_OPENAI_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
 
 
 def dataset_info_entry(fmt: Format, file_name: str) -> dict[str, Any]:
@@ -221,6 +250,16 @@ def dataset_info_entry(fmt: Format, file_name: str) -> dict[str, Any]:
             "columns": dict(_SHAREGPT_COLUMNS),
             "tags": dict(_SHAREGPT_TAGS),
         }
+    if fmt == "openai":
+        return {
+            "file_name": file_name,
+            "formatting": "openai",
+            "columns": dict(_OPENAI_COLUMNS),
+            "tags": dict(_OPENAI_TAGS),
+        }
+    if fmt == "pretrain":
+        # Alpaca formatting with the text as the prompt: what `stage: pt` reads.
+        return {"file_name": file_name, "columns": {"prompt": "text"}}
     raise ValueError(f"LLaMA-Factory has no dataset_info entry for format {fmt!r}")
 
 
@@ -240,14 +279,13 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def read_conversations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read XTuner conversation records from ``path``.
+def read_records(path: str | os.PathLike[str], kind: Kind = "conversation") -> list[dict[str, Any]]:
+    """Read XTuner records of ``kind`` from ``path``.
 
     Blank lines are skipped; anything the validator calls an error (bad JSON,
-    wrong shape, ``system`` after turn 1, template markers, a pretraining
-    record) raises :class:`InputError` naming the file and line, because
-    exporting it would silently train on the wrong thing.
-    """
+    wrong shape, ``system`` after turn 1, template markers) or a record of the
+    other kind raises :class:`InputError` naming the file and line, because
+    exporting it would silently train on the wrong thing."""
     p = Path(path)
     records: list[dict[str, Any]] = []
     for number, raw in _iter_lines(p):
@@ -257,19 +295,26 @@ def read_conversations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InputError(f"{p}:{number}: invalid JSON: {exc}") from exc
-        kind, _, problems = check_record(obj)
+        found, _, problems = check_record(obj)
         errors = [msg for msg, sev in problems if sev == "error"]
         if errors:
             raise InputError(
                 f"{p}:{number}: {'; '.join(errors)} (run `python run.py validate {p}`)"
             )
-        if kind != "conversation":
-            raise InputError(
-                f"{p}:{number}: a pretraining record (one turn, empty input); "
-                "export converts conversation records"
-            )
+        if found != kind:
+            if found == "pretraining":
+                why = "a pretraining record (one turn, empty input); this format converts conversation records"
+            else:
+                why = ("a conversation record; --format pretrain converts pretraining records "
+                       "(one turn, empty input)")
+            raise InputError(f"{p}:{number}: {why}")
         records.append(obj)
     return records
+
+
+def read_conversations(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """:func:`read_records` of conversation records."""
+    return read_records(path, "conversation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +331,11 @@ class ExportResult:
     def line(self) -> str:
         """One human-readable summary line."""
         files = ", ".join(f"{p} ({n})" for p, n in self.files)
-        text = f"exported {self.conversations} conversations ({self.turns} turns) as {self.format}: {files}"
+        if source_kind(self.format) == "pretraining":
+            what = f"{self.conversations} pretraining texts"
+        else:
+            what = f"{self.conversations} conversations ({self.turns} turns)"
+        text = f"exported {what} as {self.format}: {files}"
         if self.dataset_info is not None:
             text += f"; registered {', '.join(self.dataset_names)} in {self.dataset_info}"
         return text
@@ -321,8 +370,9 @@ def export(
 ) -> ExportResult:
     """Convert ``records`` to ``fmt`` and write ``<name>.jsonl`` (or
     ``<name>_train.jsonl`` and ``<name>_val.jsonl`` with a split) under
-    ``output_dir``, each atomically; for LLaMA-Factory formats also register
-    them in ``output_dir/dataset_info.json``."""
+    ``output_dir``, each atomically, and register them in
+    ``output_dir/dataset_info.json`` for LLaMA-Factory. ``records`` are of
+    :func:`source_kind` of ``fmt``."""
     out = Path(output_dir)
     convert = CONVERTERS[fmt]
     if val_ratio > 0:
@@ -336,12 +386,9 @@ def export(
         target = out / f"{dataset}.jsonl"
         count = write_jsonl_atomic(target, (convert(r) for r in part))
         files.append((target, count))
-        if fmt != "openai":
-            entries[dataset] = dataset_info_entry(fmt, target.name)
-    info_path: Path | None = None
-    if entries:
-        info_path = out / DATASET_INFO
-        _update_dataset_info(info_path, name, entries)
+        entries[dataset] = dataset_info_entry(fmt, target.name)
+    info_path = out / DATASET_INFO
+    _update_dataset_info(info_path, name, entries)
     turns = sum(len(r["conversation"]) for r in records)
     log.info("export %s: %d conversations to %s", fmt, len(records), out)
     return ExportResult(

@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.outputs.dataset import ANSWER_KINDS
+from pipeline.store.schema import ANSWER_KINDS
 from pipeline.outputs.dry_run import plan_run
 from pipeline.settings import Settings
 

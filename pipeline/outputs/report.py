@@ -41,7 +41,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from pipeline.outputs.dataset import ANSWER_KINDS
+from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
 from pipeline.store.ledger import iter_ledger, iter_ledger_spans

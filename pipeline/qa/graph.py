@@ -43,6 +43,7 @@ from pipeline.qa.questions import ensure_topic, followup_messages, parse_followu
 from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
+from pipeline.store.schema import answer_row, followup_row, question_row
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -261,7 +262,7 @@ class Graph:
             stale = 0
             rows = []
             for q in fresh:
-                rows.append({"id": question_id(q), "aspect": aspect, "text": q, "seq": self._seq})
+                rows.append(question_row(id=question_id(q), aspect=aspect, text=q, seq=self._seq))
                 self._seq += 1
             await self.writer.record_many("questions", rows)
             sample.extend(fresh)
@@ -388,7 +389,7 @@ class Graph:
         followup = ensure_topic(followup, topic)
         await self.writer.record(
             "questions",
-            {"id": question_id(followup), "conv": plan.conv, "turn": plan.next_turn, "text": followup},
+            followup_row(id=question_id(followup), conv=plan.conv, turn=plan.next_turn, text=followup),
         )
         return followup
 
@@ -412,23 +413,21 @@ class Graph:
         else:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
-        # conv, turn and kind first: a resume reads them from each line's head
-        # without parsing the texts (pipeline.store.ledger.iter_answer_heads).
-        row = {
-            "conv": plan.conv,
-            "turn": plan.next_turn,
-            "kind": kind,
-            "question": question,
-            "answer": answer,
-            "raw_answer": outcome.answer,
-            "refs": list(outcome.refs),
-            "state": outcome.state,
-            "reason": reason,
-            "server": outcome.server,
-            "attempts": outcome.attempts,
-            "seconds": round(outcome.seconds, 3),
-            "backend": self.answerer.backend,
-        }
+        row = answer_row(
+            conv=plan.conv,
+            turn=plan.next_turn,
+            kind=kind,
+            question=question,
+            answer=answer,
+            raw_answer=outcome.answer,
+            refs=outcome.refs,
+            state=outcome.state,
+            reason=reason,
+            server=outcome.server,
+            attempts=outcome.attempts,
+            seconds=outcome.seconds,
+            backend=self.answerer.backend,
+        )
         await self.writer.record("answers", row)
         return row
 

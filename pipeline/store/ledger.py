@@ -39,7 +39,7 @@ bytes). Two bad lines in a row at the end are corruption, not a tear; they are
 left in place for ``read_ledger`` to report. This keeps ``repair_tail``
 idempotent: it never eats more than one complete line, however often it runs.
 
-Row schemas belong to the stages; this module only sees dicts.
+The rows themselves are defined in :mod:`pipeline.store.schema`.
 """
 
 from __future__ import annotations

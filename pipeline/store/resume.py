@@ -7,9 +7,8 @@ disagree about where a run stands.
 
 Ledgers under ``<out_dir>/state/``:
 
-``questions.jsonl``  first-turn questions ``{"id", "aspect", "text", "seq"}`` and
-                     follow-up questions ``{"id", "conv", "turn", "text"}``
-``answers.jsonl``    one row per answer attempt of a turn (see ``pipeline.outputs.dataset``)
+``questions.jsonl``  first-turn and follow-up questions (rows: :mod:`pipeline.store.schema`)
+``answers.jsonl``    one row per answer attempt of a turn (rows: :mod:`pipeline.store.schema`)
 ``events.jsonl``     run start/end, aspects given up, usage snapshots
 """
 
