@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.dataset import conversations_from, write_dataset
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
+from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.store.ledger import (
     AnswerIndex,
     LedgerWriter,
@@ -88,6 +89,9 @@ class QAResult:
         parts = [
             f"qa {self.status}",
             f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
+            *([f"passages {self.stats['passages'][0]}/{self.stats['passages'][1]} asked, "
+               f"{self.stats.get('corpus_questions', 0)} questions from them"]
+              if self.stats.get("passages", [0, 0])[1] else []),
             "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
             f"conversations {self.conversations}",
             f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
@@ -197,6 +201,23 @@ def earlier_backend(state: RunState, answers: Path) -> Backend | None:
     return "local" if b'"server":"local"' in tail else "huixiangdou"
 
 
+def plan_corpus(settings: Settings) -> PassagePlan | None:
+    """The passages to write questions from, when ``[questions] source`` asks
+    for them (None for "aspects"); logged as it is the run's first cost."""
+    if settings.questions.source == "aspects":
+        return None
+    started = time.monotonic()
+    plan = plan_passages(settings)
+    if not plan.selected_ids and settings.questions.source == "corpus":
+        raise InputError(
+            f"{settings.data_dir}: no passage to write questions from (no readable text in files matching "
+            f"{', '.join(settings.pretrain.patterns)}); set [paths] data_dir, or [questions] source = \"aspects\""
+        )
+    log.info("passages: %d selected of %d in %d files (%.1f s)", len(plan.selected_ids), plan.total,
+             len(plan.files), time.monotonic() - started)
+    return plan
+
+
 async def run_qa(
     settings: Settings,
     *,
@@ -209,6 +230,7 @@ async def run_qa(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
+        passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm) as llm:
             # Fail before anything is paid for when a service is misconfigured.
             await llm.probe()
@@ -217,7 +239,8 @@ async def run_qa(
             log.info("%s", choice.line())
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph
+                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    passages,
                 )
             finally:
                 await answerer.aclose()
@@ -232,6 +255,7 @@ async def _run_graph(
     on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
+    passages: PassagePlan | None,
 ) -> QAResult:
     described = await answerer.probe()
     log.info("%s", described)
@@ -242,7 +266,7 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier)
+                  earlier_questions=earlier, passages=passages.passages if passages else ())
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
@@ -250,6 +274,8 @@ async def _run_graph(
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
                                    "questions_before": state.total_questions(),
                                    "backend": answerer.backend})
+    if passages is not None:
+        await writer.record("events", passages.event())
     main = asyncio.current_task()
     restore = _install_signal_handlers(graph, main) if install_signals else (lambda: None)
     try:
