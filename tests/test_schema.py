@@ -53,8 +53,8 @@ def test_rows_keep_the_byte_layout_of_earlier_versions() -> None:
     row = answer_row(conv="00000000000000a1", turn=2, kind="answered", question="q", answer="a",
                      raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
                      attempts=1, seconds=1.23456)
-    # Fields added since (the backend) go after every earlier one: the old bytes stay a prefix.
-    assert dumps_line(row) == ANSWER_LINE[:-2] + b',"backend":""}\n'
+    assert dumps_line(row) == ANSWER_LINE
+    # A field added since (the backend) goes after every earlier one: the old bytes stay a prefix.
     row = answer_row(conv="00000000000000a1", turn=2, kind="answered", question="q", answer="a",
                      raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
                      attempts=1, seconds=1.23456, backend="huixiangdou")

@@ -137,4 +137,5 @@ def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, m
     assert (settings.out_dir / "conversations.jsonl").read_bytes() == expected_path.read_bytes()
     assert report == expected
     assert render_markdown(report) == render_markdown(expected)
-    assert report["outcomes"] == {"answered": 5, "skipped": 2, "vetoed": 1, "failed": 0, "rejected": 1}
+    assert report["outcomes"] == {"answered": 5, "skipped": 2, "vetoed": 1, "failed": 0, "refused": 0,
+                                  "rejected": 1}
