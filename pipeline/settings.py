@@ -136,6 +136,13 @@ class LLMSettings:
     backoff_max_s: float = field(default=60.0, metadata=_meta("longest backoff delay", gt=0))
     temperature: float = field(default=0.7, metadata=_meta("sampling temperature", ge=0, le=2))
     max_tokens: int = field(default=1024, metadata=_meta("completion tokens at most", ge=1))
+    refusal_window: int = field(
+        default=20, metadata=_meta("last calls over which refusals are counted", ge=1)
+    )
+    max_refused_share: float = field(
+        default=0.5,
+        metadata=_meta("share of refused calls in refusal_window that stops the run", gt=0, le=1),
+    )
     price_input_per_m: float = field(
         default=1.33, metadata=_meta("price per million input tokens", ge=0)
     )
@@ -195,6 +202,20 @@ class QuestionSettings:
     )
     screen_window_s: float = field(
         default=0.05, metadata=_meta("seconds a reply waits for others to be screened with it", ge=0, le=10)
+    )
+    # Questions written from the corpus's own passages (pipeline/qa/passages.py).
+    source: Literal["aspects", "corpus", "both"] = field(
+        default="aspects", metadata=_meta("where questions come from: 'aspects', 'corpus' or 'both'")
+    )
+    per_passage: int = field(default=3, metadata=_meta("questions asked for per passage at most", ge=1))
+    passage_size: int = field(default=400, metadata=_meta("characters per passage at most", ge=1))
+    passage_overlap: int = field(default=0, metadata=_meta("characters shared by neighbouring passages", ge=0))
+    max_passages: int = field(default=0, metadata=_meta("passages asked at most; 0 = every passage", ge=0))
+    passage_seed: int = field(default=0, metadata=_meta("seed of the selection under max_passages"))
+    passage_system_prompt: str = field(default="", metadata=_meta("passage question-writer system prompt; '' = preset"))
+    passage_user_prompt: str = field(default="", metadata=_meta("passage question-writer user prompt; '' = preset"))
+    check_passage_terms: bool = field(
+        default=False, metadata=_meta("flag in the report answers naming none of their passage's key terms")
     )
 
 
@@ -411,8 +432,19 @@ def _cross_check(s: Settings) -> None:
         )
     if not s.huixiangdou.urls:
         raise SettingsError(f"{src}: [huixiangdou] urls: expected at least one URL")
-    if not s.questions.aspects:
-        raise SettingsError(f"{src}: [questions] aspects: expected at least one aspect")
+    if not s.questions.aspects and s.questions.source != "corpus":
+        raise SettingsError(
+            f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"
+        )
+    if s.questions.passage_overlap >= s.questions.passage_size:
+        raise SettingsError(
+            f"{src}: [questions] passage_overlap: expected less than passage_size "
+            f"({s.questions.passage_size}), got {s.questions.passage_overlap}"
+        )
+    if "{passage}" not in s.questions.passage_user_prompt:
+        raise SettingsError(
+            f"{src}: [questions] passage_user_prompt: expected the placeholder {{passage}}"
+        )
     if not s.identity.languages:
         raise SettingsError(f"{src}: [identity] languages: expected at least one of 'zh', 'en'")
     if len(set(s.identity.languages)) != len(s.identity.languages):
@@ -455,6 +487,10 @@ def _apply_presets(s: Settings) -> Settings:
         s.questions,
         system_prompt=s.questions.system_prompt or preset.question_system,
         user_prompt=s.questions.user_prompt or preset.question_user,
+        passage_system_prompt=s.questions.passage_system_prompt or preset.passage_system,
+        passage_user_prompt=s.questions.passage_user_prompt or preset.passage_user,
+        # With source = "corpus" no aspect is asked: the aspects list is left empty.
+        aspects=() if s.questions.source == "corpus" else s.questions.aspects,
     )
     c = dataclasses.replace(
         s.conversations,

@@ -26,6 +26,7 @@ PURE = (
     "pipeline.qa.gate",
     "pipeline.qa.identity",
     "pipeline.services.hxd_protocol",
+    "pipeline.services.replies",
 )
 IO_MODULES = ("os", "io", "pathlib", "shutil", "socket", "asyncio", "aiohttp", "aiofiles", "openai",
               "httpx", "subprocess", "tempfile", "pipeline.jsonl", "pipeline.services.llm",

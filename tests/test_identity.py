@@ -22,7 +22,7 @@ from pipeline.qa.identity import KINDS, Facts, answer_messages, check_answer, fo
 from pipeline.qa.identity_stage import run_identity
 from pipeline.settings import ConversationSettings, IdentitySettings, Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
-from tests.fakes.llm_server import FakeLLM
+from tests.fakes.llm_server import Failure, FakeLLM
 
 SYSTEM = "你是小明，由星河工作室开发的AI助手，专注于回答园艺相关的问题。"
 
@@ -284,3 +284,16 @@ async def test_the_command_line_runs_it_and_export_registers_it_beside_the_conve
     assert run.main(argv) == 0
     info = json.loads((tmp_path / "out" / "export" / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["identity_sharegpt"]["file_name"] == "identity_sharegpt.jsonl"
+
+
+async def test_refusals_and_reasoning_are_handled_per_answer(llm: FakeLLM, tmp_path: Path) -> None:
+    # The first question-writing call refused by the provider's filter (twice: the
+    # client tries once more), then every reply wrapped in reasoning.
+    llm.script(Failure.refusal("deepseek"), Failure.refusal("deepseek"))
+    llm.think = "closed"
+    settings = make_settings(tmp_path, llm, records=1, languages=["en"])  # one call at a time
+    result = await run_identity(settings, install_signals=False)
+    assert (result.status, result.records) == ("complete", 1)
+    assert not any("<think>" in r["conversation"][0]["output"] or "draft" in r["conversation"][0]["output"]
+                   for r in records(settings))
+    assert load_identity(settings).dropped["reply_refused"] == 1

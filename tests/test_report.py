@@ -107,7 +107,8 @@ def test_top_no_answer_states_come_with_example_questions(tmp_path: Path, ledger
 def test_counts_follow_the_latest_attempt_of_each_turn(tmp_path: Path, ledgers: dict[str, Any]) -> None:
     s = settings(tmp_path)
     report = build_report(s, ledgers, state_from_rows(s, ledgers), conversations=2)
-    assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "rejected": 1}
+    assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "refused": 0,
+                                  "rejected": 1}
     assert report["answer_rows"] == 8
     assert report["questions"] == {"accepted": 7, "target": 8}
     assert report["aspects"]["战斗"]["first_turn"]["answered"] == 2

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import QuotaExhausted, RetryableError, SettingsError
+from pipeline.errors import QuotaExhausted, RetryableError, SettingsError, UnusableReply
 from pipeline.outputs.identity import identity_ledger, load_identity, write_identity
 from pipeline.outputs.report import REPORT_JSON, build_report, open_ledgers, state_from_ledgers, write_report
 from pipeline.qa.dedup import Deduper
@@ -150,6 +150,10 @@ class _Maker:
         except RetryableError as exc:
             log.warning("identity %s/%s: no questions this round: %s", lang, kind, exc)
             return 0
+        except UnusableReply as exc:  # refused by the content filter, or nothing usable
+            log.warning("identity %s/%s: no questions this round: %s", lang, kind, exc)
+            await self.record(batch_row(lang, kind, n, 0, {f"reply_{exc.kind}": 1}, (0, 0)))
+            return 0
         items = parse_question_list(reply.text)
         dropped: Counter[str] = Counter()
         if not items:
@@ -177,10 +181,12 @@ class _Maker:
         max_chars = self.ident.max_answer_chars
         try:
             reply = await self.llm.chat(answer_messages(self.state.facts, q.lang, q.text, max_chars))
-        except RetryableError as exc:
-            # Counted as an attempt: a question the service keeps failing on is given up, not looped on.
-            log.warning("identity answer to %r failed: %s", q.text, exc)
-            await self.record(answer_row(q.id, "", "llm_error", (0, 0)))
+        except (RetryableError, UnusableReply) as exc:
+            # Counted as an attempt: a question the service keeps failing on (or the
+            # provider keeps refusing) is given up, not looped on.
+            reason = f"reply_{exc.kind}" if isinstance(exc, UnusableReply) else "llm_error"
+            log.warning("identity answer to %r lost (%s): %s", q.text, reason, exc)
+            await self.record(answer_row(q.id, "", reason, (0, 0)))
             return
         text = reply.text.strip()
         reason = check_answer(text, self.state.facts, q.lang, max_chars)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.dataset import conversations_from, write_dataset
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.store.ledger import (
     AnswerIndex,
@@ -85,6 +86,9 @@ class QAResult:
         parts = [
             f"qa {self.status}",
             f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
+            *([f"passages {self.stats['passages'][0]}/{self.stats['passages'][1]} asked, "
+               f"{self.stats.get('corpus_questions', 0)} questions from them"]
+              if self.stats.get("passages", [0, 0])[1] else []),
             "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
             f"conversations {self.conversations}",
             f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
@@ -175,6 +179,23 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
     return write_dataset(settings.out_dir / DATASET_NAME, records)
 
 
+def plan_corpus(settings: Settings) -> PassagePlan | None:
+    """The passages to write questions from, when ``[questions] source`` asks
+    for them (None for "aspects"); logged as it is the run's first cost."""
+    if settings.questions.source == "aspects":
+        return None
+    started = time.monotonic()
+    plan = plan_passages(settings)
+    if not plan.selected_ids and settings.questions.source == "corpus":
+        raise InputError(
+            f"{settings.data_dir}: no passage to write questions from (no readable text in files matching "
+            f"{', '.join(settings.pretrain.patterns)}); set [paths] data_dir, or [questions] source = \"aspects\""
+        )
+    log.info("passages: %d selected of %d in %d files (%.1f s)", len(plan.selected_ids), plan.total,
+             len(plan.files), time.monotonic() - started)
+    return plan
+
+
 def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
     """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
     hx = settings.huixiangdou
@@ -200,11 +221,13 @@ async def run_qa(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
+        passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm) as llm:
             answerer, workers = make_answerer(settings, llm)
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph
+                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    passages,
                 )
             finally:
                 await answerer.aclose()
@@ -219,6 +242,7 @@ async def _run_graph(
     on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
+    passages: PassagePlan | None,
 ) -> QAResult:
     # Fail before anything is paid for when a service is misconfigured.
     await llm.probe()
@@ -231,13 +255,15 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier)
+                  earlier_questions=earlier, passages=passages.passages if passages else ())
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
                                    "questions_before": state.total_questions()})
+    if passages is not None:
+        await writer.record("events", passages.event())
     main = asyncio.current_task()
     restore = _install_signal_handlers(graph, main) if install_signals else (lambda: None)
     try:
