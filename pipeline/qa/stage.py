@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,23 +226,27 @@ async def run_qa(
     on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
-    ``on_graph`` receives the graph once built (for a display, or a test's stop)."""
+    ``on_graph`` receives the graph once built (for a display, or a test's stop);
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
-        async with LLMClient(settings.llm) as llm:
+        async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
             # Fail before anything is paid for when a service is misconfigured.
             await llm.probe()
             earlier = earlier_backend(state, ledger_paths(settings.state_dir)["answers"])
-            answerer, choice, workers = await open_answerer(settings, llm, earlier=earlier)
+            answerer, choice, workers = await open_answerer(settings, llm, earlier=earlier,
+                                                            clock=clock, sleep=sleep)
             log.info("%s", choice.line())
             try:
                 return await _run_graph(
                     settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
-                    passages,
+                    passages, clock, sleep,
                 )
             finally:
                 await answerer.aclose()
@@ -258,6 +262,8 @@ async def _run_graph(
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
 ) -> QAResult:
     described = await answerer.probe()
     log.info("%s", described)
@@ -268,7 +274,8 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else ())
+                  earlier_questions=earlier, passages=passages.passages if passages else (),
+                  clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pipeline.services.answerer import Answerer
@@ -120,11 +121,17 @@ async def reachable_servers(urls: Sequence[str], *, timeout: float = CONNECT_TIM
 
 
 async def open_answerer(
-    settings: Settings, llm: LLMClient, *, earlier: Backend | None
+    settings: Settings,
+    llm: LLMClient,
+    *,
+    earlier: Backend | None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> tuple[Answerer, BackendChoice, int]:
     """The answerer of this run, the choice with its reason, and how many
     answer workers keep it busy (HuixiangDou: one per server slot; local: one
-    per LLM call in flight). Probes HuixiangDou only where the rule needs it."""
+    per LLM call in flight). Probes HuixiangDou only where the rule needs it.
+    ``clock`` and ``sleep`` time the HuixiangDou pool's waits (seams for tests)."""
     hx = settings.huixiangdou
     up: list[str] | None = None
     if settings.rag.backend == "auto" and earlier is None:
@@ -132,7 +139,7 @@ async def open_answerer(
     choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=hx.urls,
                             data_dir=str(settings.paths.data_dir))
     if choice.backend == "huixiangdou":
-        return HuixiangdouPool(hx), choice, len(hx.urls) * hx.concurrency_per_server
+        return HuixiangdouPool(hx, clock=clock, sleep=sleep), choice, len(hx.urls) * hx.concurrency_per_server
     # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
     from pipeline.services.local_rag import LocalAnswerer
 
