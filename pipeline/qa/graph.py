@@ -546,6 +546,7 @@ class Graph:
             attempts=outcome.attempts,
             seconds=outcome.seconds,
             shape=self.shape,
+            backend=self.answerer.backend,
         )
         await self.writer.record("answers", row)
         return row
