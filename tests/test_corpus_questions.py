@@ -186,6 +186,16 @@ async def test_every_file_gets_questions_and_every_question_traces_to_its_passag
     assert len(answered) >= len(questions) - 1
     for a in answered:
         assert by_id[a["conv"]]["file"] in a["refs"]
+    # Any record of the dataset traces to its passage through the side file, line by line.
+    records = rows(settings.out_dir / "conversations.jsonl")
+    sources = rows(settings.out_dir / "conversations.provenance.jsonl")
+    assert len(records) == len(sources) == len(answered)
+    for n, (record, source) in enumerate(zip(records, sources), 1):
+        assert set(record) == {"conversation"}  # the dataset stays XTuner records
+        q = by_id[source["conv"]]
+        assert source == {"line": n, "conv": q["id"], "source": "corpus", "passage": q["passage"],
+                          "file": q["file"], "span": q["span"]}
+        assert record["conversation"][0]["input"] == q["text"]
 
 
 async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
@@ -236,3 +246,30 @@ def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_l
     assert dumps_line(aspect_row) == b'{"id":"00000000000000a1","aspect":"A","text":"q?","seq":3}\n'
     assert not is_from_passage(aspect_row)
     assert field_of(aspect_row, QUESTION_FIELDS, "span") is None
+
+
+def test_the_side_file_names_each_records_aspect_or_passage_line_by_line(tmp_path: Path) -> None:
+    from pipeline.outputs.dataset import write_dataset_with_sources, conversations_with_sources
+    from pipeline.store.schema import question_row
+
+    questions = [
+        question_row(id="00000000000000a1", aspect="战斗", text="a?", seq=0),
+        question_row(id="00000000000000a2", aspect="", text="b?", seq=1, passage="00000000000000f1",
+                     file="x/y.txt", span=(3, 9)),
+        question_row(id="00000000000000a3", aspect="战斗", text="c?", seq=2),  # not answered
+    ]
+    answered = {"00000000000000a1": "A", "00000000000000a2": "B"}
+
+    def row_of(conv: str, turn: int) -> dict[str, Any] | None:
+        if turn != 1 or conv not in answered:
+            return None
+        return {"kind": "answered", "question": "q", "answer": answered[conv]}
+
+    path = tmp_path / "conversations.jsonl"
+    assert write_dataset_with_sources(path, conversations_with_sources(questions, row_of, "", 1)) == 2
+    assert [r["conversation"][0]["output"] for r in rows(path)] == ["A", "B"]
+    assert rows(tmp_path / "conversations.provenance.jsonl") == [
+        {"line": 1, "conv": "00000000000000a1", "source": "aspect", "aspect": "战斗"},
+        {"line": 2, "conv": "00000000000000a2", "source": "corpus", "passage": "00000000000000f1",
+         "file": "x/y.txt", "span": [3, 9]},
+    ]
