@@ -273,3 +273,74 @@ def test_the_side_file_names_each_records_aspect_or_passage_line_by_line(tmp_pat
         {"line": 2, "conv": "00000000000000a2", "source": "corpus", "passage": "00000000000000f1",
          "file": "x/y.txt", "span": [3, 9]},
     ]
+
+
+async def test_the_report_shows_coverage_per_file_yield_by_source_and_flags_off_passage_answers(
+    tmp_path: Path,
+) -> None:
+    """One file's facts are missing from the knowledge base (its questions are
+    skipped) and one answer talks about something else: the report names the
+    uncovered file and why, and flags the answer without dropping it."""
+    write_corpus(tmp_path / "data")
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as fake:
+        def respond(messages: list[dict[str, str]]) -> str:
+            user = messages[-1]["content"]
+            if "NOT_IN_MATERIAL" in user and "Quillmere" in user.rsplit("Question:", 1)[-1]:
+                return "NOT_IN_MATERIAL"  # as if the orchard file were not in the knowledge base
+            if "NOT_IN_MATERIAL" in user and "「科尔德河发源于阿斯玛高原" in user:
+                return "这个问题的答案是一只会飞的大象。"  # names nothing of its passage
+            return fake.default_responder(messages)
+
+        fake.responder = respond
+        settings = make_settings(tmp_path, fake, aspects=["战斗系统"], per_aspect=2, source="both",
+                                 check_passage_terms=True)
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete", result.detail
+
+    report = orjson.loads((settings.out_dir / "report.json").read_bytes())
+    cov = report["coverage"]
+    per_file = {r["file"]: r for r in cov["per_file"]}
+    assert set(per_file) == set(CORPUS)
+    orchard = per_file["english/orchard.txt"]
+    assert orchard["answered"] == 0 and orchard["skipped"] == orchard["questions"] > 0
+    assert cov["uncovered"] == [{"file": "english/orchard.txt",
+                                 "why": "the backend found no answer (is the file in the knowledge base?)"}]
+    assert cov["files"] == 4 and cov["files_covered"] == 3 and cov["files_share"] == 0.75
+    plan = plan_passages(settings)
+    assert cov["passages_selected"] == cov["passages_asked"] == len(plan.passages)
+    orchard_passages = sum(1 for p in plan.passages if p.file == "english/orchard.txt")
+    assert cov["passages_covered"] == len(plan.passages) - orchard_passages
+    for r in cov["per_file"]:
+        assert r["questions"] == r["asked"] == r["answered"] + r["skipped"] + r["no_answer"]
+
+    corpus, aspect = report["sources"]["corpus"], report["sources"]["aspect"]
+    assert corpus["questions"] == sum(r["questions"] for r in cov["per_file"])
+    assert corpus["answered"] == sum(r["answered"] for r in cov["per_file"])
+    assert aspect["questions"] == 2 and aspect["asked"] == 2
+
+    flagged = report["off_passage"]["flagged"]
+    assert [f["file"] for f in flagged] == ["地理/科尔德河.txt"]
+    assert flagged[0]["answer"] == "这个问题的答案是一只会飞的大象。"
+    assert report["off_passage"]["checked"] == corpus["answered"]
+    records = rows(settings.out_dir / "conversations.jsonl")
+    assert any(r["conversation"][0]["output"] == flagged[0]["answer"] for r in records)  # flagged, kept
+
+    md = (settings.out_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Coverage of the corpus" in md and "- `english/orchard.txt`: the backend found no answer" in md
+    assert "| corpus |" in md and "| aspect |" in md
+
+
+def test_key_terms_leave_out_what_most_passages_share_and_an_answer_must_name_one() -> None:
+    from pipeline.qa.terms import document_frequency, key_terms, names_any
+
+    passages = ["黑神话的瓦伦塔城建于2024年。", "黑神话的科尔德河很长。", "黑神话的马格努斯会炼金。",
+                "The Quillmere orchard grows blue pears."]
+    df, n = document_frequency(passages)
+    keys = key_terms(passages[0], df, n)
+    assert "黑神" not in keys and "瓦伦" in keys and "2024" in keys  # 3 of 4 passages say 黑神话
+    assert names_any("瓦伦塔城是首都。", keys) and names_any("It was 2024.", keys)
+    assert not names_any("黑神话很好玩。", keys)
+    en = key_terms(passages[3], df, n)
+    assert names_any("QUILLMERE has pears", en) and not names_any("The pears are blue.", en - {"blue", "pears"})
+    assert "the" not in en
