@@ -344,3 +344,23 @@ def test_key_terms_leave_out_what_most_passages_share_and_an_answer_must_name_on
     en = key_terms(passages[3], df, n)
     assert names_any("QUILLMERE has pears", en) and not names_any("The pears are blue.", en - {"blue", "pears"})
     assert "the" not in en
+
+
+def test_the_dry_run_counts_one_call_per_passage_not_asked_yet(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pipeline.outputs.dry_run import plan_run
+    from pipeline.outputs.report import state_from_rows
+
+    write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, max_passages=5, per_passage=2)
+    ids = plan_passages(settings, read=False).selected_ids
+    fresh = state_from_rows(settings, {})
+    plan = plan_run(settings, fresh, passages=ids)
+    assert plan.passage_calls == 5 and plan.question_calls == 0  # source "corpus": no aspect asked
+    assert plan.questions_left == 10 and plan.rag_requests == 10
+    assert plan.llm_calls == 5 + 10  # the local backend answers with the LLM too
+    assert plan.cost > 0 and any("5 passages" in line for line in plan.lines())
+    resumed = dataclasses.replace(fresh, passages_asked=set(ids[:3]))
+    assert plan_run(settings, resumed, passages=ids).passage_calls == 2
+    assert plan_run(settings, fresh).passage_calls == 0
