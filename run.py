@@ -171,6 +171,22 @@ async def _qa_with_progress(settings: Settings, live: bool, console: Any) -> Any
         return await run_qa(settings, on_graph=progress.attach)
 
 
+def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
+    """Make (or resume) the identity records: <out_dir>/identity.jsonl."""
+    if not settings.llm.api_key:
+        print(
+            f"error: the identity command needs an LLM API key: set the environment variable "
+            f"{settings.llm.api_key_env} (its name is [llm] api_key_env in {settings.source})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from pipeline.qa.identity_stage import run_identity
+
+    result = _run_async(run_identity(settings))
+    print(result.line())
+    return result.exit_code
+
+
 def cmd_dry_run(settings: Settings) -> int:
     """Print what ``qa`` would do, from the ledgers alone: no call, no lock, no write."""
     from pipeline.outputs.dry_run import plan_run
@@ -420,6 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     status.set_defaults(func=cmd_status)
+
+    identity = sub.add_parser(
+        "identity",
+        help="identity (self-cognition) records: who the assistant is, in its own voice",
+        description=(
+            "Have the LLM write varied questions a user asks an assistant about itself (who are "
+            "you, what can you do, who made you, what can't you do, greetings) in each of "
+            "[identity] languages, and answer each as the assistant named in [identity], "
+            "consistent with [conversations] system_prompt. Every answer must say the name and "
+            "no other model or company. Writes <out_dir>/identity.jsonl (XTuner records, the "
+            "system prompt on turn 1) and resumes where the last run stopped."
+        ),
+    )
+    identity.set_defaults(func=cmd_identity)
 
     add_validate_parser(sub)
     add_export_parser(sub)

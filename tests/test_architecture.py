@@ -25,6 +25,7 @@ PURE = (
     "pipeline.qa.dedup",
     "pipeline.qa.gate",
     "pipeline.qa.terms",
+    "pipeline.qa.identity",
     "pipeline.services.hxd_protocol",
     "pipeline.services.replies",
 )

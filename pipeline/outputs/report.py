@@ -45,6 +45,7 @@ from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_c
 from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
+from pipeline.outputs.identity import identity_report, identity_section
 from pipeline.store.ledger import headless_answer, iter_ledger, iter_ledger_spans
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
@@ -693,6 +694,7 @@ def build_report(
         "answer_chars": _lengths(tally.answer_chars()),
         "latency": {"rag_all_runs": _latency(tally.rag_seconds)},
         "usage": _usage(state.usage),
+        "identity": identity_report(settings),
         "run": None,
     }
     if run is not None:
@@ -825,6 +827,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "",
               f"RAG latency over all recorded attempts: p50 {_fmt_s(rag['p50_s'])}, "
               f"p95 {_fmt_s(rag['p95_s'])} ({rag['n']} attempts).", ""]
+    if report.get("identity"):
+        lines += identity_section(report["identity"])
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,12 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
     return plan
 
 
-def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
+def make_answerer(
+    settings: Settings,
+    llm: LLMClient,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> tuple[Answerer, int]:
     """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
     hx = settings.huixiangdou
     if settings.rag.backend != "huixiangdou":
@@ -208,7 +213,7 @@ def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
         if settings.rag.backend == "local":
             return LocalAnswerer(settings, llm), answer_slots(settings)
         return AutoAnswerer(settings, llm), AutoAnswerer.slots(settings)
-    return HuixiangdouPool(hx), len(hx.urls) * hx.concurrency_per_server
+    return HuixiangdouPool(hx, clock=clock, sleep=sleep), len(hx.urls) * hx.concurrency_per_server
 
 
 async def run_qa(
@@ -217,19 +222,22 @@ async def run_qa(
     on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
-    ``on_graph`` receives the graph once built (for a display, or a test's stop)."""
+    ``on_graph`` receives the graph once built (for a display, or a test's stop);
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
-        async with LLMClient(settings.llm) as llm:
-            answerer, workers = make_answerer(settings, llm)
+        async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
+            answerer, workers = make_answerer(settings, llm, clock, sleep)
             try:
                 return await _run_graph(
                     settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
-                    passages,
+                    passages, clock, sleep,
                 )
             finally:
                 await answerer.aclose()
@@ -245,6 +253,8 @@ async def _run_graph(
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
 ) -> QAResult:
     # Fail before anything is paid for when a service is misconfigured.
     await llm.probe()
@@ -257,7 +267,8 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else ())
+                  earlier_questions=earlier, passages=passages.passages if passages else (),
+                  clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
