@@ -123,10 +123,14 @@ def plan_run(
     llm_latency_s: float = ASSUMED_LLM_LATENCY_S,
     rag_latency_s: float = ASSUMED_RAG_LATENCY_S,
     answer_chars: int = ASSUMED_ANSWER_CHARS,
+    backend: str | None = None,
     passages: Sequence[str] = (),
 ) -> Plan:
-    """Count the calls, tokens, cost and time of running ``settings`` from
-    ``state``; ``passages``: the ids of the selected passages of the corpus
+    """Count the calls, tokens, cost and time of running ``settings`` from ``state``.
+    ``backend``: the answer backend the run would use ("huixiangdou" or
+    "local", as :func:`pipeline.services.backend.choose_backend` decides);
+    None takes ``[rag] backend``, counting "auto" as HuixiangDou.
+    ``passages``: the ids of the selected passages of the corpus
     (:func:`pipeline.qa.passages.plan_passages`), those asked already left out."""
     qs, cs, llm, hx = settings.questions, settings.conversations, settings.llm, settings.huixiangdou
     q_chars = (qs.min_chars + qs.max_chars) // 2
@@ -175,7 +179,7 @@ def plan_run(
     prompt += followup_calls * fu_prompt
     completion += followup_calls * min(llm.max_tokens, per_question_tokens + 4)
 
-    backend = settings.rag.backend
+    backend = backend or settings.rag.backend
     answer_calls = rag_requests if backend == "local" else 0
     if answer_calls:
         # Imported here: the local backend pulls in jieba and bm25s.
