@@ -21,6 +21,7 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
+from tests.test_local_rag import write_corpus as write_files
 
 # Each file: facts only it holds. Sentences are long enough for the fake to quote.
 CORPUS: dict[str, str] = {
@@ -44,12 +45,8 @@ CORPUS: dict[str, str] = {
 }
 
 
-def write_corpus(root: Path, files: dict[str, str] = CORPUS) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
+def write_corpus(root: Path) -> Path:
+    return write_files(root, CORPUS)
 
 
 def make_settings(tmp_path: Path, fake: FakeLLM | None = None, **questions: Any) -> Settings:
