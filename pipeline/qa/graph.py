@@ -137,6 +137,7 @@ class Graph:
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
         self._down_since: float | None = None  # when every RAG server was first seen down
+        self._down_logged: float | None = None  # when that was last logged
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -220,11 +221,15 @@ class Graph:
 
     async def _progress(self) -> None:
         interval = self.settings.run.progress_interval_s
+        last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
             if self.on_progress is not None:
                 self.on_progress(self.stats)
-            await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
+            usage = self.llm.usage.snapshot()
+            if usage != last:  # a row per change, not per tick
+                last = usage
+                await self.writer.record("events", {"event": "usage", "usage": usage})
 
     # ---- producing questions -------------------------------------------------------
 
@@ -408,9 +413,16 @@ class Graph:
                 except FatalServiceError as exc:
                     self.request_stop("fatal", str(exc))
 
+    @property
+    def servers_down_since(self) -> float | None:
+        """When every RAG server was first seen down (``time.monotonic``), or
+        None while one answers."""
+        return self._down_since
+
     async def _on_servers_down(self, exc: ServersDown) -> bool:
-        """Every RAG server is resting: wait out one rest and try again, unless
-        they have been down for ``down_timeout_s`` in all. True: try again."""
+        """Every RAG server is resting: wait until the backend says one may be
+        tried (``exc.retry_in``, else a rest) and try again, unless they have
+        been down for ``down_timeout_s`` in all. True: try again."""
         hx = self.settings.huixiangdou
         now = time.monotonic()
         if self._down_since is None:
@@ -418,8 +430,14 @@ class Graph:
         if now - self._down_since >= hx.down_timeout_s:
             self.request_stop("servers_down", str(exc))
             return False
-        log.warning("%s; trying again in %.0f s", exc, hx.rest_s)
-        await self._sleep_unless_stopping(max(hx.rest_s, 0.01))
+        wait = exc.retry_in if exc.retry_in is not None else hx.rest_s
+        wait = min(wait, self._down_since + hx.down_timeout_s - now)
+        if self._down_logged is None or now - self._down_logged >= 60.0:
+            # Once a minute, not once per worker and check.
+            self._down_logged = now
+            log.warning("%s Waiting for one to answer (checked every %.0f s; the run stops after "
+                        "%.0f s of this, resumable)", exc, hx.recheck_s, hx.down_timeout_s)
+        await self._sleep_unless_stopping(max(wait, 0.01))
         return not self.stopping
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -440,7 +458,7 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
-            self._down_since = None
+            self._down_since = self._down_logged = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))
