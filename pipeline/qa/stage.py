@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ class QAResult:
     conversations: int
     stats: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    # The command that resumes this run, with the options the user gave.
+    resume: str = "python run.py qa"
 
     @property
     def exit_code(self) -> int:
@@ -98,7 +100,7 @@ class QAResult:
         if self.detail:
             text += f"\n{self.detail}"
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
-            text += "\nrun `python run.py qa` again to resume where it stopped"
+            text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
 
 
@@ -196,7 +198,12 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
     return plan
 
 
-def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
+def make_answerer(
+    settings: Settings,
+    llm: LLMClient,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> tuple[Answerer, int]:
     """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
     hx = settings.huixiangdou
     if settings.rag.backend != "huixiangdou":
@@ -206,7 +213,7 @@ def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
         if settings.rag.backend == "local":
             return LocalAnswerer(settings, llm), answer_slots(settings)
         return AutoAnswerer(settings, llm), AutoAnswerer.slots(settings)
-    return HuixiangdouPool(hx), len(hx.urls) * hx.concurrency_per_server
+    return HuixiangdouPool(hx, clock=clock, sleep=sleep), len(hx.urls) * hx.concurrency_per_server
 
 
 async def run_qa(
@@ -215,19 +222,22 @@ async def run_qa(
     on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
-    ``on_graph`` receives the graph once built (for a display, or a test's stop)."""
+    ``on_graph`` receives the graph once built (for a display, or a test's stop);
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
-        async with LLMClient(settings.llm) as llm:
-            answerer, workers = make_answerer(settings, llm)
+        async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
+            answerer, workers = make_answerer(settings, llm, clock, sleep)
             try:
                 return await _run_graph(
                     settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
-                    passages,
+                    passages, clock, sleep,
                 )
             finally:
                 await answerer.aclose()
@@ -243,6 +253,8 @@ async def _run_graph(
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
 ) -> QAResult:
     # Fail before anything is paid for when a service is misconfigured.
     await llm.probe()
@@ -255,7 +267,8 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else ())
+                  earlier_questions=earlier, passages=passages.passages if passages else (),
+                  clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
@@ -308,6 +321,7 @@ async def _run_graph(
         conversations=count or 0,
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
+        resume=settings.command("qa"),
     )
 
 
@@ -325,7 +339,7 @@ def _write_dataset(settings: Settings, ledgers: Ledgers) -> int:
         raise OutputError(
             f"cannot write {path}: {exc.strerror or exc}. Every answer recorded so far is kept in "
             f"the ledgers under {settings.state_dir} and the previous {DATASET_NAME} is unchanged; "
-            "free some space, then run `python run.py qa` again to rebuild it"
+            f"free some space, then run `{settings.command('qa')}` again to rebuild it"
         ) from exc
 
 

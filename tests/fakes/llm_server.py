@@ -408,6 +408,7 @@ class FakeLLM:
         self._shape_cycle = itertools.cycle(SHAPES)
         self._stopping = asyncio.Event()
         self._in_flight_waiters: list[tuple[int, asyncio.Event]] = []
+        self._answered_waiters: list[tuple[Callable[[], bool], asyncio.Event]] = []
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -459,6 +460,14 @@ class FakeLLM:
         self._in_flight_waiters.append((n, event))
         await event.wait()
 
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checked as each request is answered."""
+        if condition():
+            return
+        event = asyncio.Event()
+        self._answered_waiters.append((condition, event))
+        await event.wait()
+
     # -- handlers ----------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -479,6 +488,9 @@ class FakeLLM:
             response = await self._chat_inner(request)
         finally:
             self.in_flight -= 1
+            for condition, event in self._answered_waiters:
+                if condition():
+                    event.set()
         return response
 
     async def _chat_inner(self, request: web.Request) -> web.StreamResponse:
