@@ -255,7 +255,7 @@ class ConversationSettings:
 @dataclass(frozen=True, slots=True)
 class RagSettings:
     backend: Literal["huixiangdou", "local", "auto"] = field(
-        default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
+        default="auto", metadata=_meta("'auto', 'huixiangdou' or 'local'")
     )
     # The local backend's knobs (pipeline/services/local_rag.py); HuixiangDou ignores them.
     top_k: int = field(default=4, metadata=_meta("passages sent to the LLM at most", ge=1))
