@@ -253,7 +253,7 @@ async def test_no_server_running_names_the_urls_and_pays_nothing(tmp_path: Path,
 
     async with FakeHuixiangdou() as hxd:
         dead = hxd.url
-    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]})
+    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]}, rag={"backend": "huixiangdou"})
     with pytest.raises(ServersDown) as info:
         await run_qa(settings, install_signals=False)
     assert dead in str(info.value) and "huixiangdou.server" in str(info.value)

@@ -560,6 +560,7 @@ class Graph:
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
+            backend=self.answerer.backend,
         )
         await self.writer.record("answers", row)
         return row
