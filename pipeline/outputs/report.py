@@ -41,6 +41,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_coverage
 from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
@@ -666,13 +667,15 @@ def build_report(
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
+    sources = SourceTally()
     for q in ledgers.questions():
         if "conv" in q:
             continue
+        first = tally.latest(str(q.get("id")), 1)
+        sources.add(q, facts[first & _FID_MASK].kind_text if first is not None else None)
         aspect = str(q.get("aspect", ""))
         if aspect not in per_aspect:
             continue
-        first = tally.latest(str(q.get("id")), 1)
         kind = facts[first & _FID_MASK].kind_first if first is not None else "unasked"
         per_aspect[aspect]["first_turn"][kind] = per_aspect[aspect]["first_turn"].get(kind, 0) + 1
 
@@ -680,8 +683,14 @@ def build_report(
     report: dict[str, Any] = {
         "generated": _iso(now if now is not None else _dt.datetime.now().timestamp()),
         "out_dir": str(settings.out_dir),
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects)},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "corpus": state.corpus_questions},
         "aspects": per_aspect,
+        "sources": sources.sources(),
+        "coverage": sources.coverage(ledgers.events),
+        "off_passage": (off_passage_answers(settings.data_dir, sources.answered,
+                                            lambda conv: tally.answered_row(conv, 1))
+                        if qs.check_passage_terms and sources.answered else None),
         "conversations": {
             "finished": state.finished,
             "pending": len(state.pending),
@@ -787,6 +796,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
 
     c = report["conversations"]
+    lines += render_coverage(report)
     lines += ["## Answers (all runs, latest attempt of each turn)", ""]
     lines.append(", ".join(f"{k} {v}" for k, v in report["outcomes"].items()))
     lines.append("")

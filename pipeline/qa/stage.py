@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.dataset import conversations_from, write_dataset
+from pipeline.outputs.dataset import conversations_with_sources, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
@@ -180,8 +180,8 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
             return write_conversations(settings, opened)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if "conv" not in r)
-    records = conversations_from(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
-    return write_dataset(settings.out_dir / DATASET_NAME, records)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
 
 
 def earlier_backend(state: RunState, answers: Path) -> Backend | None:
