@@ -206,9 +206,16 @@ def cmd_dry_run(settings: Settings) -> int:
     choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=urls,
                             data_dir=str(settings.paths.data_dir))
     print(f"answers would come from: {choice.line()}")
+    passages: list[str] = []
+    if settings.questions.source != "aspects":
+        from pipeline.qa.passages import plan_passages
+
+        selection = plan_passages(settings, read=False)
+        passages = selection.selected_ids
+        print(f"passages: {len(passages)} selected of {selection.total} in {len(selection.files)} files")
     fresh = state_from_rows(settings, {})
     if state.total_questions() or state.pending or state.finished:
-        whole = plan_run(settings, fresh, backend=choice.backend)
+        whole = plan_run(settings, fresh, backend=choice.backend, passages=passages)
         print(f"the whole job: {whole.llm_calls} LLM requests, {whole.rag_requests} RAG requests, "
               f"cost about {whole.cost:.4f}")
         print(f"already done: {state.total_questions()} questions written, {state.finished} "
@@ -216,7 +223,7 @@ def cmd_dry_run(settings: Settings) -> int:
         print("a resume would still do:")
     else:
         print("nothing recorded yet; the run would do:")
-    for line in plan_run(settings, state, backend=choice.backend).lines():
+    for line in plan_run(settings, state, backend=choice.backend, passages=passages).lines():
         print(f"  {line}")
     return EXIT_OK
 

@@ -109,14 +109,14 @@ async def test_a_run_records_its_end_only_once_its_dataset_is_in_place(
 ) -> None:
     settings = make_settings(tmp_path, llm, servers, questions={"per_aspect": 2})
     seen: list[list[str]] = []
-    real = stage.write_dataset
+    real = stage.write_dataset_with_sources
 
     def watching(path: Path, records: Any) -> int:
         # What a SIGKILL during the final write would leave in the event ledger.
         seen.append([e["event"] for e in rows(settings, "events")])
         return real(path, records)
 
-    monkeypatch.setattr(stage, "write_dataset", watching)
+    monkeypatch.setattr(stage, "write_dataset_with_sources", watching)
     result = await run_qa(settings, install_signals=False)
 
     assert result.status == "complete"
@@ -134,7 +134,7 @@ async def test_a_dataset_that_cannot_be_written_makes_the_run_not_complete(
     def full(path: Path, records: Any) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(stage, "write_dataset", full)
+    monkeypatch.setattr(stage, "write_dataset_with_sources", full)
     with pytest.raises(stage.OutputError, match="python run.py --settings test build"):
         await run_qa(settings, install_signals=False)
     end = rows(settings, "events")[-1]

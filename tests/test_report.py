@@ -110,7 +110,7 @@ def test_counts_follow_the_latest_attempt_of_each_turn(tmp_path: Path, ledgers: 
     assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "refused": 0,
                                   "rejected": 1}
     assert report["answer_rows"] == 8
-    assert report["questions"] == {"accepted": 7, "target": 8}
+    assert report["questions"] == {"accepted": 7, "target": 8, "corpus": 0}
     assert report["aspects"]["战斗"]["first_turn"]["answered"] == 2
     assert report["aspects"]["战斗"]["first_turn"]["skipped"] == 2
     assert report["aspects"]["剧情"]["questions"] == 3

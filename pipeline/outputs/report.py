@@ -41,6 +41,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_coverage
 from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
@@ -681,13 +682,15 @@ def build_report(
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
+    sources = SourceTally()
     for q in ledgers.questions():
         if "conv" in q:
             continue
+        first = tally.latest(str(q.get("id")), 1)
+        sources.add(q, facts[first & _FID_MASK].kind_text if first is not None else None)
         aspect = str(q.get("aspect", ""))
         if aspect not in per_aspect:
             continue
-        first = tally.latest(str(q.get("id")), 1)
         kind = facts[first & _FID_MASK].kind_first if first is not None else "unasked"
         per_aspect[aspect]["first_turn"][kind] = per_aspect[aspect]["first_turn"].get(kind, 0) + 1
 
@@ -695,8 +698,14 @@ def build_report(
     report: dict[str, Any] = {
         "generated": _iso(now if now is not None else _dt.datetime.now().timestamp()),
         "out_dir": str(settings.out_dir),
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects)},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "corpus": state.corpus_questions},
         "aspects": per_aspect,
+        "sources": sources.sources(),
+        "coverage": sources.coverage(ledgers.events),
+        "off_passage": (off_passage_answers(settings.data_dir, sources.answered,
+                                            lambda conv: tally.answered_row(conv, 1))
+                        if qs.check_passage_terms and sources.answered else None),
         "conversations": {
             "finished": state.finished,
             "pending": len(state.pending),
@@ -807,6 +816,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
 
     c = report["conversations"]
+    lines += render_coverage(report)
     lines += ["## Answers (all runs, latest attempt of each turn)", ""]
     lines.append(", ".join(f"{k} {v}" for k, v in report["outcomes"].items()))
     lines.append("")
@@ -923,7 +933,10 @@ def build_status(
         max(0, qs.per_aspect - state.accepted.get(a, 0))
         for a in qs.aspects if a not in state.exhausted
     )
-    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
+    selection = next((ev for ev in reversed(ledgers.events) if ev.get("event") == "passages"), None)
+    selected = int(selection.get("selected", 0)) if selection is not None else 0
+    passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
+    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
     build = _build_after_last_run(ledgers.events)
     return {
         "out_dir": str(settings.out_dir),
@@ -940,8 +953,9 @@ def build_status(
                 "exhausted": a in state.exhausted}
             for a in qs.aspects
         },
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
-                      "left": questions_left},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "left": questions_left, "corpus": state.corpus_questions},
+        "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
                           "turns_left": turns_left, "gave_up": state.gave_up,
                           "set_aside": dict(state.set_aside)},
@@ -990,6 +1004,9 @@ def render_status(status: Mapping[str, Any]) -> str:
             lines.append(f"  {last['detail']}")
     q = status["questions"]
     lines.append(f"questions: {q['accepted']}/{q['target']}")
+    p = status["passages"]
+    if p["selected"] or q["corpus"]:
+        lines.append(f"corpus questions: {q['corpus']}, from {p['asked']} of {p['selected']} passages asked")
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.dataset import conversations_from, write_dataset
+from pipeline.outputs.dataset import conversations_with_sources, provenance_path, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
@@ -109,6 +109,10 @@ class QAResult:
         text = "; ".join(parts)
         if self.detail:
             text += f"\n{self.detail}"
+        asked, selected = self.stats.get("passages", [0, 0])
+        if asked < selected and self.status == "complete":
+            text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
+                     f"(see qa.log); run `{self.resume}` again to ask them")
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
@@ -193,9 +197,9 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None,
             return write_conversations(settings, opened, left_out)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if "conv" not in r)
-    records = conversations_from(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns,
-                                 c.max_turns, scope=Scope.of(settings, ledgers.events), left_out=left_out)
-    return write_dataset(settings.out_dir / DATASET_NAME, records)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns,
+                                       c.max_turns, scope=Scope.of(settings, ledgers.events), left_out=left_out)
+    return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
 
 
 def earlier_backend(state: RunState, answers: Path) -> Backend | None:
@@ -432,7 +436,7 @@ def _write_report(settings: Settings, run: dict[str, Any] | None, conversations:
 
 # Files the QA stage replaces atomically under out_dir: a temporary file of
 # theirs left by a killed process is removed under the run lock.
-_OUTPUTS = (DATASET_NAME, REPORT_MD, REPORT_JSON)
+_OUTPUTS = (DATASET_NAME, provenance_path(DATASET_NAME).name, REPORT_MD, REPORT_JSON)
 
 
 @dataclass(slots=True)
