@@ -347,6 +347,7 @@ async def test_the_report_shows_coverage_per_file_yield_by_source_and_flags_off_
     records = rows(settings.out_dir / "conversations.jsonl")
     assert any(r["conversation"][0]["output"] == flagged[0]["answer"] for r in records)  # flagged, kept
 
+    assert report["run"]["questions_new"] == aspect["questions"] + corpus["questions"]
     md = (settings.out_dir / "report.md").read_text(encoding="utf-8")
     assert "## Coverage of the corpus" in md and "- `english/orchard.txt`: the backend found no answer" in md
     assert "| corpus |" in md and "| aspect |" in md
