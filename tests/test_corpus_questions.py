@@ -409,3 +409,13 @@ async def test_a_question_both_sources_write_is_kept_once(tmp_path: Path) -> Non
     assert texts.count(shared) == 1 and "瓦伦塔城的守护者使用什么武器？" in texts
     assert len(texts) == len(set(texts))
     assert result.stats["dropped"].get("duplicate", 0) >= 1
+
+
+def test_progress_lines_show_the_passages_asked_only_when_there_are_some() -> None:
+    from pipeline.outputs.progress import Sample, format_line
+
+    base = dict(t=0.0, elapsed=61.0, accepted={"a": 3}, target={"a": 10}, outcomes={}, in_flight=0,
+                llm_calls=1, prompt_tokens=1, completion_tokens=1, cost=0.0)
+    line = format_line(Sample(**base, passages=(4, 9), corpus_questions=11), 1, 1, (60, 100), None)
+    assert "| questions 3/10 | passages 4/9 questions 11 | answered 0" in line
+    assert "passages" not in format_line(Sample(**base), 1, 1, (60, 100), None)
