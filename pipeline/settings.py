@@ -49,14 +49,15 @@ SEED_SEPARATORS: tuple[str, ...] = (
 )
 
 # Chinese-aware order: paragraphs, lines, sentence ends, clause marks, spaces,
-# then characters. Sentence marks rank above the space so a stray space does
+# then characters (no zero width space: the reader removes it). Sentence
+# marks rank above the space so a stray space does
 # not cut a Chinese paragraph mid-sentence.
 CHINESE_SEPARATORS: tuple[str, ...] = (
     "\n\n", "\n",
     "。", "！", "？", "；", "…",
     "! ", "? ", "; ", ". ",
     "，", "、", "：", ", ", ": ",
-    " ", "\u200b", "",
+    " ", "",
 )
 
 
@@ -122,6 +123,9 @@ class PretrainSettings:
     )
     seed_compatible: bool = field(
         default=False, metadata=_meta("reproduce the reference script's chunks exactly")
+    )
+    bad_bytes_limit: int = field(
+        default=16, metadata=_meta("bad bytes a file may hold and still be read as text", ge=0)
     )
     output_name: str = field(
         default="incremental_pretraining.jsonl", metadata=_meta("file name under out_dir", check="file_name")
