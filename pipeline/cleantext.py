@@ -39,7 +39,7 @@ for _ch in "\u200b\u2060":
     _RULES[_ch] = ("", "zero_width")
 for _ch in "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069":
     _RULES[_ch] = ("", "bidi")
-for _code in [*range(0x00, 0x09), *range(0x0E, 0x20), *range(0x7F, 0xA0)]:
+for _code in [*range(0x09), *range(0x0E, 0x20), *range(0x7F, 0xA0)]:
     _RULES.setdefault(chr(_code), ("", "control"))
 
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(cat for _, cat in _RULES.values()))

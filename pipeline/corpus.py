@@ -498,12 +498,21 @@ def iter_blocks(
     path: str | os.PathLike[str],
     encoding: str,
     block_chars: int = DEFAULT_BLOCK_CHARS,
+    *,
+    clean: bool = True,
 ) -> Iterator[str]:
     """A file's decoded, newline-normalised text in pieces that together are
-    the whole text, in order, each cut at a boundary by :func:`cut_point`.
-    Bad bytes read as U+FFFD (:func:`probe` counts them and refuses a file
-    with too many). At most about three blocks of text are held at once. A
-    file no longer than ``block_chars`` comes as one piece."""
+    the whole text, in order, each cut at a boundary by :func:`cut_point`,
+    each with invisible and control characters normalised unless ``clean``
+    is false (:func:`pipeline.cleantext.clean_text`). Bad bytes read as
+    U+FFFD (:func:`probe` counts them and refuses a file with too many). At
+    most about three blocks of text are held at once. A file no longer than
+    ``block_chars`` comes as one piece."""
+    pieces = _raw_blocks(path, encoding, block_chars)
+    return (clean_text(p)[0] for p in pieces) if clean else pieces
+
+
+def _raw_blocks(path: str | os.PathLike[str], encoding: str, block_chars: int) -> Iterator[str]:
     if block_chars < 1:
         raise ValueError(f"block_chars must be at least 1, got {block_chars}")
     with open(path, encoding=encoding, errors="replace", newline=None) as fh:
@@ -537,9 +546,7 @@ def iter_chunks(
     undecodable files."""
     if encoding is None:
         encoding = probe(path).encoding
-    for piece in iter_blocks(path, encoding, block_chars):
-        if clean:
-            piece = clean_text(piece)[0]
+    for piece in iter_blocks(path, encoding, block_chars, clean=clean):
         yield from splitter.split_text(piece)
 
 
@@ -552,8 +559,8 @@ def iter_spans(
     block_chars: int = DEFAULT_BLOCK_CHARS,
 ) -> Iterator[tuple[int, int, str]]:
     """:func:`iter_chunks` with where each chunk lies: ``(start, end, chunk)``,
-    character offsets into the file's decoded, newline-normalised text (BOM
-    removed), so ``text[start:end] == chunk``. ``overlap`` is the splitter's
+    character offsets into the file's decoded, newline-normalised and cleaned
+    text (:func:`iter_blocks`), so ``text[start:end] == chunk``. ``overlap`` is the splitter's
     ``chunk_overlap``: a chunk starts at most that far before the previous
     one ends."""
     base = 0
@@ -665,7 +672,7 @@ def run_pretrain(
             first_line = chunks + 1
             file_chunks = file_dups = file_chars = 0
             file_cleaned: Counter[str] = Counter()
-            for piece in iter_blocks(path, info.encoding, block_chars):
+            for piece in iter_blocks(path, info.encoding, block_chars, clean=False):
                 text, changed = clean_text(piece)
                 file_cleaned.update(changed)
                 if not seed_compatible:
