@@ -419,3 +419,50 @@ def test_progress_lines_show_the_passages_asked_only_when_there_are_some() -> No
     line = format_line(Sample(**base, passages=(4, 9), corpus_questions=11), 1, 1, (60, 100), None)
     assert "| questions 3/10 | passages 4/9 questions 11 | answered 0" in line
     assert "passages" not in format_line(Sample(**base), 1, 1, (60, 100), None)
+
+
+@pytest.mark.parametrize(("language", "asks"), [("zh", "最多2个问题"), ("en", "at most 2 questions")])
+def test_passage_prompts_follow_the_language_and_carry_the_passage_and_its_file(language: str, asks: str) -> None:
+    from pipeline.qa.questions import passage_messages
+
+    settings = parse_settings({"questions": {"language": language, "topic": "Zelok"}})
+    system, user = passage_messages(settings.questions, "瓦伦塔城是首都。", "a/b.txt", 2)
+    assert "Zelok" in system["content"] and asks in user["content"]
+    assert "<passage>\n瓦伦塔城是首都。\n</passage>" in user["content"] and "a/b.txt" in user["content"]
+    custom = parse_settings({"questions": {"passage_system_prompt": "Only {n} about {topic}.",
+                                           "passage_user_prompt": "From {file}: {passage} {{json}}"}})
+    system, user = passage_messages(custom.questions, "P", "f.txt", 3)
+    assert system["content"] == "Only 3 about 黑神话：悟空." and user["content"] == "From f.txt: P {json}"
+
+
+@pytest.mark.parametrize(("questions", "message"), [
+    ({"source": "chapters"}, "[questions] source: expected 'aspects' or 'corpus' or 'both'"),
+    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected less than passage_size"),
+    ({"passage_user_prompt": "no placeholder"}, "[questions] passage_user_prompt: expected the placeholder {passage}"),
+    ({"max_passages": -1}, "[questions] max_passages: expected a value >= 0"),
+    ({"per_passage": 0}, "[questions] per_passage: expected a value >= 1"),
+])
+def test_bad_passage_settings_name_their_key(questions: dict[str, Any], message: str) -> None:
+    from pipeline.errors import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        parse_settings({"questions": questions}, source="s.toml")
+    assert message in str(caught.value) and "s.toml" in str(caught.value)
+
+
+def test_source_corpus_asks_no_aspect_and_needs_none() -> None:
+    settings = parse_settings({"questions": {"source": "corpus", "aspects": []}})
+    assert settings.questions.aspects == ()
+    assert parse_settings({"questions": {"source": "corpus"}}).questions.aspects == ()
+
+
+async def test_source_corpus_on_a_folder_without_text_stops_before_any_call(tmp_path: Path, llm: FakeLLM) -> None:
+    from pipeline.errors import InputError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "empty.txt").write_text("", encoding="utf-8")
+    settings = make_settings(tmp_path, llm)
+    with pytest.raises(InputError) as caught:
+        await run_qa(settings, install_signals=False)
+    assert str(tmp_path / "data") in str(caught.value) and "no passage to write questions from" in str(caught.value)
+    assert llm.calls == 0
