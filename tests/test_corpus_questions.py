@@ -83,14 +83,15 @@ def quoted(question: str) -> str:
     return m.group(1) or m.group(2)
 
 
+def passage_of(messages: list[dict[str, str]]) -> str | None:
+    """The passage a passage question-writer prompt carries, else None."""
+    m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.DOTALL)
+    return m.group(1) if m is not None else None
+
+
 def passage_prompts(fake: FakeLLM) -> list[str]:
     """The passages the fake was asked to write questions from, in order."""
-    out = []
-    for messages in fake.requests:
-        m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
-        if m is not None:
-            out.append(m.group(1))
-    return out
+    return [p for p in map(passage_of, fake.requests) if p is not None]
 
 
 # --------------------------------------------------------------------------- selection (pure)
@@ -201,9 +202,9 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
 
     def responder(fake: FakeLLM) -> Any:
         def respond(messages: list[dict[str, str]]) -> str:
-            m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
-            if m is not None:
-                served.append(m.group(1))
+            passage = passage_of(messages)
+            if passage is not None:
+                served.append(passage)
             return fake.default_responder(messages)
         return respond
 
@@ -256,7 +257,12 @@ def test_the_closing_line_says_how_many_passages_were_not_asked_and_what_to_do()
 
 def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:
     from pipeline.jsonl import dumps_line
-    from pipeline.store.schema import QUESTION_FIELDS, field_of, is_from_passage, question_row
+    from pipeline.store.schema import (
+        QUESTION_FIELDS,
+        field_of,
+        is_from_passage,
+        question_row,
+    )
 
     row = question_row(id="00000000000000a1", aspect="", text="q?", seq=3, passage="00000000000000b2",
                        file="a/b.txt", span=(10, 52))
@@ -270,7 +276,10 @@ def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_l
 
 
 def test_the_side_file_names_each_records_aspect_or_passage_line_by_line(tmp_path: Path) -> None:
-    from pipeline.outputs.dataset import write_dataset_with_sources, conversations_with_sources
+    from pipeline.outputs.dataset import (
+        conversations_with_sources,
+        write_dataset_with_sources,
+    )
     from pipeline.store.schema import question_row
 
     questions = [

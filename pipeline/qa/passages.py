@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import UndecodableFile, discover, iter_blocks, iter_spans, make_splitter, probe
+from pipeline.corpus import (
+    UndecodableFile,
+    discover,
+    iter_blocks,
+    iter_spans,
+    make_splitter,
+    probe,
+)
 from pipeline.settings import SEED_SEPARATORS, Settings
 
 __all__ = ["FileShare", "Passage", "PassagePlan", "allot", "draw", "passage_id", "plan_passages"]
