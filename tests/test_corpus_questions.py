@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.qa.passages import allot, draw, passage_id, plan_passages
+from pipeline.qa.passages import allot, draw, file_text, passage_id, plan_passages
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
@@ -142,6 +142,7 @@ def test_selection_is_the_same_on_every_run_and_spans_point_at_the_text(tmp_path
     for p in first.passages:
         text = (data / p.file).read_text(encoding="utf-8")
         assert text[p.start : p.end] == p.text and p.id == passage_id(p.text)
+        assert file_text(data / p.file)[p.start : p.end] == p.text
     everything = plan_passages(make_settings(tmp_path))
     assert len(everything.passages) == everything.total
     assert plan_passages(make_settings(tmp_path, max_passages=5, passage_seed=4)).selected_ids != first.selected_ids
@@ -475,3 +476,15 @@ async def test_source_corpus_on_a_folder_without_text_stops_before_any_call(tmp_
         await run_qa(settings, install_signals=False)
     assert str(tmp_path / "data") in str(caught.value) and "no passage to write questions from" in str(caught.value)
     assert llm.calls == 0
+
+
+def test_spans_count_the_cleaned_text_the_passages_were_cut_from(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = "第一句话\u200b里藏着零宽字符\x07和响铃。\n\n第二句话说瓦伦塔城有九座城门。\n"
+    (data / "dirty.txt").write_text(raw, encoding="utf-8")
+    plan = plan_passages(make_settings(tmp_path, passage_size=20))
+    text = file_text(data / "dirty.txt")
+    assert text != raw  # the reader cleaned it
+    assert [text[p.start : p.end] for p in plan.passages] == [p.text for p in plan.passages]
+    assert "\x07" not in "".join(p.text for p in plan.passages)
