@@ -545,6 +545,9 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(f"{src}: [identity] languages: expected at least one of 'zh', 'en'")
     if len(set(s.identity.languages)) != len(s.identity.languages):
         raise SettingsError(f"{src}: [identity] languages: each language once, got {list(s.identity.languages)}")
+    name = s.identity.output_name
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise SettingsError(f"{src}: [identity] output_name: expected a plain file name under out_dir, got {name!r}")
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(
