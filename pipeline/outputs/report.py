@@ -711,6 +711,8 @@ def build_report(
             "finished": state.finished,
             "pending": len(state.pending),
             "gave_up": state.gave_up,
+            "short": state.short,
+            "keep_short": settings.conversations.keep_short,
             "in_dataset": conversations,
             # Answered conversations the current settings leave out of the
             # dataset, or cut (see pipeline.outputs.dataset.conversations_from).
@@ -832,6 +834,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     in_ds = "unknown" if c["in_dataset"] is None else c["in_dataset"]
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
+    if c.get("short"):
+        fate = ("kept in the dataset with the turns they have" if c.get("keep_short", True) else
+                "left out of the dataset when under [conversations] min_turns (keep_short = false)")
+        lines.append(f"Short: {c['short']} ended before their target turns, every fresh follow-up "
+                     f"skipped, vetoed or rejected; {fate}.")
+    declined = sum(report["outcomes"].get(k, 0) for k in ("skipped", "vetoed"))
+    if declined:
+        lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
+                     "`python run.py qa --retry skipped,vetoed` asks them again.")
     lines.append("")
     if c.get("left_out"):
         lines.append("Not in the dataset as made, by the current settings (the ledgers keep every row; "
@@ -963,7 +974,7 @@ def build_status(
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up,
+                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short,
                           "set_aside": dict(state.set_aside)},
         # The last `build` since the last run started, if any: {"time", "conversations"}.
         "build": build,
@@ -1020,7 +1031,8 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"  {aspect}{pad}  {a['questions']}/{a['target']}{extra}")
     c = status["conversations"]
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
-                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
+                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures, "
+                 f"{c.get('short', 0)} short of their target turns")
     if c.get("set_aside"):
         lines.append("left out by the current settings (kept in the ledgers): "
                      + ", ".join(f"{why} {n}" for why, n in c["set_aside"].items()))
