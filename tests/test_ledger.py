@@ -163,7 +163,6 @@ HEAD_ROWS = [
     _answer("00000000000000ab", 2, "failed", 'a "quoted" \\ question, "kind":"vetoed" inside'),
     _answer("天", 1, "skipped", kind_first=True),
     {"turn": 1, "conv": "x", "kind": "vetoed"},  # another key order: parsed whole
-    {"conv": "y", "turn": 0, "kind": "answered"},  # no valid turn: left out
     {"conv": "z", "turn": 1},  # no kind
     _answer("00000000000000cd", 1, "rejected", "\u9996\n", kind_first=True),
 ]
@@ -178,8 +177,17 @@ def test_answer_heads_are_conv_turn_kind_and_the_span_of_each_row(tmp_path: Path
         ("00000000000000ab", 1, "answered"), ("00000000000000ab", 2, "failed"), ("天", 1, "skipped"),
         ("x", 1, "vetoed"), ("z", 1, ""), ("00000000000000cd", 1, "rejected")]
     data = path.read_bytes()
-    assert [orjson.loads(data[off:off + n]) for *_, off, n in heads] == [
-        r for r in HEAD_ROWS if r.get("turn") != 0]
+    assert [orjson.loads(data[off:off + n]) for *_, off, n in heads] == HEAD_ROWS
+
+
+@pytest.mark.parametrize("row", [{}, {"conv": "y", "turn": 0, "kind": "answered"}, {"conv": 7, "turn": 1}])
+def test_an_answer_row_without_conv_and_turn_is_named_as_damage(tmp_path: Path, row: dict[str, Any]) -> None:
+    good = orjson.dumps(_answer("00000000000000ab", 1, "answered")) + b"\n"
+    path = _write(tmp_path, good + orjson.dumps(row) + b"\n" + good)
+    with pytest.raises(InputError, match=r"line 2 \(byte offset \d+\) is an answer row without a string 'conv'"):
+        list(iter_answer_heads(path))
+    with pytest.raises(InputError, match=r"line 2 "), AnswerIndex(path):
+        pass
 
 
 def test_answer_heads_name_a_bad_line_in_the_middle(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ import orjson
 from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
-from pipeline.store.ledger import iter_ledger, iter_ledger_spans
+from pipeline.store.ledger import headless_answer, iter_ledger, iter_ledger_spans
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
 
@@ -257,7 +257,8 @@ class AnswerTally:
         add = tally.add
         try:
             for row, offset, length in iter_ledger_spans(p, block_size=_READ_BLOCK, repair=False):
-                add(row, offset << 32 | length)
+                if not add(row, offset << 32 | length):
+                    raise headless_answer(p, offset)
         except BaseException:
             fh.close()
             raise
@@ -276,8 +277,9 @@ class AnswerTally:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def add(self, row: Mapping[str, Any], ref: int) -> None:
-        """Count one row (file order); ``ref`` is what ``read`` turns back into it."""
+    def add(self, row: Mapping[str, Any], ref: int) -> bool:
+        """Count one row (file order); ``ref`` is what ``read`` turns back into it.
+        False for a row without a valid ``conv``/``turn``, counted in ``ignored``."""
         self.rows += 1
         seconds = row.get("seconds")
         if isinstance(seconds, (int, float)) and seconds > 0:
@@ -285,7 +287,7 @@ class AnswerTally:
         conv, turn = row.get("conv"), row.get("turn")
         if not isinstance(conv, str) or type(turn) is not int or turn < 1:
             self.ignored += 1
-            return
+            return False
         kind, state, reason = row.get("kind"), row.get("state"), row.get("reason")
         if type(kind) is str and type(state) is str and type(reason) is str:
             # The usual row: its facts follow from these three strings alone,
@@ -317,6 +319,7 @@ class AnswerTally:
             else:
                 items += (turn, packed)
             self._convs[key] = tuple(items)
+        return True
 
     def _fid(self, facts: _Facts) -> int:
         """The id of ``facts``, interned."""
@@ -844,9 +847,7 @@ def last_run_outcome(last_run: Mapping[str, Any] | None, holder: Mapping[str, An
 
 def resume_command(settings: Settings) -> str:
     """The command that resumes this output folder's run."""
-    if settings.source in ("<defaults>", "settings.toml"):
-        return "python run.py qa"
-    return f"python run.py --settings {settings.source} qa"
+    return settings.command("qa")
 
 
 def build_status(

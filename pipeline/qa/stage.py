@@ -75,6 +75,8 @@ class QAResult:
     conversations: int
     stats: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    # The command that resumes this run, with the options the user gave.
+    resume: str = "python run.py qa"
 
     @property
     def exit_code(self) -> int:
@@ -98,7 +100,7 @@ class QAResult:
         if self.detail:
             text += f"\n{self.detail}"
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
-            text += "\nrun `python run.py qa` again to resume where it stopped"
+            text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
 
 
@@ -308,6 +310,7 @@ async def _run_graph(
         conversations=count or 0,
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
+        resume=settings.command("qa"),
     )
 
 
@@ -325,7 +328,7 @@ def _write_dataset(settings: Settings, ledgers: Ledgers) -> int:
         raise OutputError(
             f"cannot write {path}: {exc.strerror or exc}. Every answer recorded so far is kept in "
             f"the ledgers under {settings.state_dir} and the previous {DATASET_NAME} is unchanged; "
-            "free some space, then run `python run.py qa` again to rebuild it"
+            f"free some space, then run `{settings.command('qa')}` again to rebuild it"
         ) from exc
 
 

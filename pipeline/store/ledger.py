@@ -81,6 +81,7 @@ __all__ = [
     "LedgerWriter",
     "RunLock",
     "gc_paused",
+    "headless_answer",
     "iter_answer_heads",
     "iter_ledger",
     "iter_ledger_spans",
@@ -455,6 +456,13 @@ def _head_of_row(row: dict[str, Any]) -> tuple[str, int, str] | None:
     return conv, turn, kind if isinstance(kind, str) else ""
 
 
+def headless_answer(path: str | os.PathLike[str], offset: int) -> InputError:
+    """The error for an answer row at ``offset`` without a string ``conv`` and
+    a ``turn`` >= 1 (``{}``, say): damage, named like any other bad line,
+    since skipping it would drop an answer without a word."""
+    return _corrupt(Path(path), offset, "is an answer row without a string 'conv' and an integer 'turn' >= 1")
+
+
 def _heads_slow(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
     """Line by line: the head pattern where it fits, else a full parse that names a bad line."""
     pos = 0
@@ -467,17 +475,18 @@ def _heads_slow(path: Path, block: bytes, end: int, offset: int) -> Iterator[Ans
         elif line.strip():
             row = _parse_slow(path, [line], offset + pos)[0]
             head = _head_of_row(row)
-            if head is not None:
-                yield *head, offset + pos, nl + 1 - pos
+            if head is None:
+                raise headless_answer(path, offset + pos)
+            yield *head, offset + pos, nl + 1 - pos
         pos = nl + 1
 
 
 def iter_answer_heads(
     path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
 ) -> Iterator[AnswerHead]:
-    """The head of every answer-ledger row with a string ``conv`` and an
-    integer ``turn`` >= 1, in file order (rows without are skipped; a missing
-    ``kind`` reads as ``""``). Same file rules as :func:`iter_ledger`: the torn
+    """The head of every answer-ledger row, in file order (a missing ``kind``
+    reads as ``""``; a row without a string ``conv`` and an integer ``turn``
+    >= 1 is damage, :func:`headless_answer`). Same file rules as :func:`iter_ledger`: the torn
     tail is cut first, a bad line elsewhere raises
     :class:`~pipeline.errors.InputError` naming it.
 
@@ -570,10 +579,14 @@ class AnswerIndex:
             self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
         except FileNotFoundError:
             return self
-        for block, end, offset in _line_blocks(self._path, self._block_size):
-            if not self._add_plain_block(block, end, offset):
-                for head in _heads_of_block(self._path, block, end, offset):
-                    self._add_head(*head)
+        try:
+            for block, end, offset in _line_blocks(self._path, self._block_size):
+                if not self._add_plain_block(block, end, offset):
+                    for head in _heads_of_block(self._path, block, end, offset):
+                        self._add_head(*head)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _add_plain_block(self, block: bytes, end: int, offset: int) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from pipeline.errors import InputError
 from pipeline.store.schema import is_from_passage
 
 __all__ = [
@@ -198,18 +199,25 @@ class StateBuilder:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
-        if "conv" in row:
-            self.add_followup(row["conv"], int(row["turn"]), row["text"])
-            return
-        conv, text, seq = row["id"], row["text"], int(row["seq"])
+        try:
+            if "conv" in row:
+                self.add_followup(row["conv"], int(row["turn"]), row["text"])
+                return
+            conv, text, seq = row["id"], row["text"], int(row["seq"])
+            aspect = None if is_from_passage(row) else row["aspect"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"state/questions.jsonl: the row {orjson.dumps(row).decode()[:200]} is not a question "
+                "row (it needs id, aspect, text and seq, or id, conv, turn and text). The ledger is "
+                "damaged, so nothing was dropped: fix or delete that line, then run again"
+            ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
-        if is_from_passage(row):
+        if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
             self._plan(conv, "", seq, text)
             return
-        aspect = row["aspect"]
         self.accepted[aspect] = self.accepted.get(aspect, 0) + 1
         self._sample_tail({})
         self._recent_of(aspect).append(text)
