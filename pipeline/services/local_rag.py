@@ -74,6 +74,7 @@ from pipeline.errors import ContentRefused, InputError, RetryableError, ServersD
 from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
+from pipeline.services.replies import REFUSED
 from pipeline.services.answerer import Answerer, Outcome
 from pipeline.settings import SEED_SEPARATORS, RagSettings, Settings
 
@@ -124,7 +125,6 @@ INDEX_VERSION = 1
 NO_PASSAGE = "no passage above threshold"
 NOT_IN_MATERIAL_STATE = "not in the material"
 UNUSABLE = "LLM reply unusable"
-REFUSED = "refused by the provider"
 SUCCESS = "success"
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
