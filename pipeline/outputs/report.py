@@ -624,7 +624,7 @@ def short_advice(short: Mapping[str, str], resume: str = "python run.py qa") -> 
                       f"see report.md) are asked again by the next `{resume}`")
     if any(why == "saturated" for why in short.values()):
         advice.append("a saturated aspect (the model had nothing new) reopens when [questions] "
-                      "per_aspect or max_stale_rounds is raised, or with `python run.py qa --retry-short`")
+                      f"per_aspect or max_stale_rounds is raised, or with `{resume} --retry-short`")
     return "; ".join(advice)
 
 
@@ -766,6 +766,7 @@ def build_report(
         "dropped_questions": _dropped_all_runs(ledgers.events),
         "unusable_replies": _unusable_replies(ledgers.events),
         "short": _short_aspects(settings, state),
+        "command": resume_command(settings),
         "answer_chars": _lengths(tally.answer_chars()),
         "latency": {"rag_all_runs": _latency(tally.rag_seconds)},
         "usage": _usage(state.usage),
@@ -848,7 +849,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append("LLM replies with nothing usable this run: " + _reasons(run["unusable"]))
             lines.append("")
     if report["short"]:
-        lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'])}.", ""]
+        lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'], report['command'])}.", ""]
 
     q = report["questions"]
     lines += ["## Questions per aspect (all runs)", "",
@@ -996,6 +997,7 @@ def build_status(
             for a in qs.aspects
         },
         "short": short,
+        "command": resume_command(settings),
         "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
                       "left": questions_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
@@ -1066,7 +1068,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
     elif status.get("short"):
-        lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'])}")
+        lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'], status['command'])}")
     else:
         lines.append("nothing left to do")
     return "\n".join(lines)

@@ -654,7 +654,7 @@ class Graph:
             f"the provider refused {self.llm.usage.refused_share():.0%} of the last {s.refusal_window} "
             f"LLM calls on content grounds ([llm] max_refused_share = {s.max_refused_share:g}); the run "
             "stopped rather than spend the quota on refusals. report.md lists what was refused; change "
-            "the topic, aspects or prompts (or the provider), then run `python run.py qa` to resume"
+            "the topic, aspects or prompts (or the provider) before resuming"
         ))
 
     async def _on_quota(self, exc: QuotaExhausted) -> bool:

@@ -389,6 +389,8 @@ class FakeLLM:
         # Every refuse_every-th chat request (counted from 1) is refused in refusal_style.
         self.refuse_every = refuse_every
         self.refusal_style = refusal_style
+        # A content filter: prompts for which it returns True are refused in refusal_style.
+        self.refuse_if: Callable[[Messages], bool] | None = None
         self.clock = clock  # for the RPM window; tests may move it
         self.failures: collections.deque[Failure] = collections.deque()
         self.gate: asyncio.Event | None = None  # when set up, answers wait for it
@@ -501,7 +503,9 @@ class FakeLLM:
             if failure.kind == "reply":
                 return self._reply(body, messages, failure)
             return await self._fail(request, failure)
-        if self.refuse_every and self.calls % self.refuse_every == 0:
+        if (self.refuse_every and self.calls % self.refuse_every == 0) or (
+            self.refuse_if is not None and self.refuse_if(messages)
+        ):
             failure = Failure.refusal(self.refusal_style)
             if failure.kind == "reply":
                 return self._reply(body, messages, failure)
