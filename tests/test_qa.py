@@ -16,9 +16,13 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from pipeline.store.resume import target_turns
 from pipeline.outputs.validate import validate_file
+from tests.fakes.clock import FakeClock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 SYSTEM = "你是测试助手。"
 
@@ -252,7 +256,7 @@ async def test_no_server_running_names_the_urls_and_pays_nothing(tmp_path: Path,
 
     async with FakeHuixiangdou() as hxd:
         dead = hxd.url
-    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]})
+    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]}, rag={"backend": "huixiangdou"})
     with pytest.raises(ServersDown) as info:
         await run_qa(settings, install_signals=False)
     assert dead in str(info.value) and "huixiangdou.server" in str(info.value)
@@ -294,52 +298,54 @@ def failing_first(n: int) -> Any:
 async def test_servers_down_for_a_while_are_waited_for_then_the_run_goes_on(
     tmp_path: Path, llm: FakeLLM
 ) -> None:
+    clock = FakeClock()
     async with FakeHuixiangdou(responder=failing_first(3)) as hxd:
         settings = make_settings(
             tmp_path, llm, [hxd],
-            huixiangdou={"failures_before_rest": 3, "rest_s": 0.05, "down_timeout_s": 60},
+            huixiangdou={"failures_before_rest": 3, "rest_s": 30, "down_timeout_s": 600},
         )
-        result = await run_qa(settings, install_signals=False)
+        run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        result = await clock.drive(run)
     assert result.status == "complete"
+    assert 30 in clock.slept, "the run waited out a rest"
     assert len(conversations(settings)) == 12
 
 
 async def test_servers_down_longer_than_the_timeout_stop_the_run_cleanly(
     tmp_path: Path, llm: FakeLLM
 ) -> None:
+    clock = FakeClock()
     async with FakeHuixiangdou(responder=failing_first(10**6)) as hxd:
         settings = make_settings(
             tmp_path, llm, [hxd],
-            huixiangdou={"failures_before_rest": 1, "rest_s": 0.01, "down_timeout_s": 0.2},
+            huixiangdou={"failures_before_rest": 1, "rest_s": 30, "down_timeout_s": 300},
         )
-        result = await run_qa(settings, install_signals=False)
+        run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        result = await clock.drive(run)
     assert result.status == "servers_down" and result.exit_code == 1
     assert hxd.url in result.detail
     assert conversations(settings) == []
     assert len(rows(settings, "questions")) > 0, "the questions already paid for are kept"
 
 
-async def until(condition: Any, seconds: float = 10.0) -> None:
-    """Wait for a condition the test cannot be told about directly, with a deadline."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 async def test_on_quota_wait_sleeps_probes_and_goes_on(
     tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
 ) -> None:
+    clock = FakeClock()
     llm.quota_after = 2
-    settings = make_settings(tmp_path, llm, servers, run={"on_quota": "wait", "quota_wait_s": 0.05})
+    settings = make_settings(tmp_path, llm, servers, run={"on_quota": "wait", "quota_wait_s": 600})
+    run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+    await llm.wait_until(lambda: llm.status_counts[429] >= 1)
+    await clock.sleeping()
+    clock.advance(600)  # the first probe: still no quota
+    await llm.wait_until(lambda: llm.status_counts[429] >= 2)
+    await clock.sleeping()
+    llm.quota_after = None  # topped up
 
-    async def top_up() -> None:
-        await until(lambda: llm.status_counts[429] >= 2)  # the call and at least one probe
-        llm.quota_after = None
-
-    result, _ = await asyncio.gather(run_qa(settings, install_signals=False), top_up())
+    result = await clock.drive(run)
 
     assert result.status == "complete"
+    assert clock.slept.count(600) >= 2, "waited, probed, waited again"
     assert len(conversations(settings)) == 12
     assert set(asked(servers).values()) == {1}
 

@@ -15,6 +15,9 @@ from pipeline.outputs.validate import validate_file
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
 from tests.test_local_rag import FACTS, grounded_responder, write_corpus
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 # Both in Chinese: a zh run screens out questions in another language before any backend sees them.
 OFF_TOPIC = ("量子纠缠实验的诺贝尔奖得主是谁？", "怎样在家里烤出好吃的酸面包？")

@@ -223,7 +223,8 @@ class Progress:
     def attach(self, graph: Graph) -> None:
         """Start following ``graph`` (``run_qa``'s ``on_graph``)."""
         self._graph = graph
-        self._remaining = plan_run(self.settings, graph.state).rag_requests
+        self._remaining = plan_run(self.settings, graph.state,
+                                   passages=[p.id for p in graph.passages]).rag_requests
         now = self._clock()
         self._last_line = self._started = now
         # A first point at the start, so the first rates count from here.

@@ -90,6 +90,8 @@ class HuixiangdouPool:
     and ``rng`` are seams for tests: rests, backoff and jitter without waiting.
     """
 
+    backend = "huixiangdou"
+
     def __init__(
         self,
         settings: HuixiangdouSettings,
