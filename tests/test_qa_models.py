@@ -21,10 +21,10 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
-from tests.fakes.llm_server import FakeLLM, Failure
+from tests.fakes.llm_server import Failure, FakeLLM
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLLOWUP = re.compile(r"追问|follow-up", re.I)
+FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
 
 
 def make_settings(tmp_path: Path, fake: FakeLLM, hxd: FakeHuixiangdou, **sections: dict[str, Any]) -> Settings:

@@ -30,16 +30,16 @@ from pipeline.errors import InputError
 from pipeline.store.schema import is_from_passage
 
 __all__ = [
-    "AnsweredOf",
-    "aspects_given_up",
-    "ConvPlan",
     "LEDGERS",
+    "SAMPLE",
+    "AnsweredOf",
+    "ConvPlan",
     "QuestionBlock",
     "RowOf",
     "RunState",
-    "SAMPLE",
     "StateBuilder",
     "TurnOf",
+    "aspects_given_up",
     "derive_state",
     "first_turn_texts",
     "json_string",
