@@ -93,7 +93,12 @@ class FatalServiceError(ServiceError):
 
 
 class ServersDown(ServiceError):
-    """No RAG server can take a request; the message names the URLs."""
+    """No RAG server can take a request; the message names the URLs and says
+    what to check. ``retry_in``: seconds until one may be tried again."""
+
+    def __init__(self, message: str, *, service: str = "", retry_in: float | None = None) -> None:
+        super().__init__(message, service=service)
+        self.retry_in = retry_in
 
 
 class UnusableReply(ServiceError):

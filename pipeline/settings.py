@@ -180,7 +180,14 @@ class HuixiangdouSettings:
     failures_before_rest: int = field(
         default=3, metadata=_meta("consecutive failures before a server is rested", ge=1)
     )
-    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested", ge=0))
+    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested at most", ge=0))
+    recheck_s: float = field(
+        default=10.0, metadata=_meta("seconds between questions sent to a resting server to see it back", gt=0)
+    )
+    instant_rejection_s: float = field(
+        default=0.1,
+        metadata=_meta("an LLM-judged rejection faster than this is HuixiangDou's own LLM failing; 0 = off", ge=0),
+    )
     down_timeout_s: float = field(
         default=900.0,
         metadata=_meta("seconds every server may be down before the run stops", ge=0),
@@ -540,6 +547,9 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(f"{src}: [identity] languages: expected at least one of 'zh', 'en'")
     if len(set(s.identity.languages)) != len(s.identity.languages):
         raise SettingsError(f"{src}: [identity] languages: each language once, got {list(s.identity.languages)}")
+    name = s.identity.output_name
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise SettingsError(f"{src}: [identity] output_name: expected a plain file name under out_dir, got {name!r}")
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(

@@ -88,10 +88,15 @@ async def llm() -> AsyncIterator[FakeLLM]:
 
 
 def make_settings(tmp_path: Path, llm: FakeLLM, urls: list[str], **rag: Any) -> Settings:
+    return parse_settings(_settings_dict(tmp_path, llm, urls, **rag), source="test",
+                          environ={FAKE_KEY_ENV: FAKE_KEY})
+
+
+def _settings_dict(tmp_path: Path, llm: FakeLLM, urls: list[str], **rag: Any) -> dict[str, Any]:
     data = tmp_path / "data"
     if not data.exists():
         write_corpus(data)
-    return parse_settings(
+    return (
         {
             "paths": {"data_dir": str(data), "out_dir": str(tmp_path / "out")},
             "llm": {"base_url": llm.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
@@ -101,9 +106,7 @@ def make_settings(tmp_path: Path, llm: FakeLLM, urls: list[str], **rag: Any) -> 
                           "max_chars": 80},
             "conversations": {"min_answer_chars": 2},
             "rag": rag,
-        },
-        source="test",
-        environ={FAKE_KEY_ENV: FAKE_KEY},
+        }
     )
 
 
@@ -222,3 +225,27 @@ def test_dry_run_says_which_backend_auto_would_use(
     out = capsys.readouterr().out
     assert f"answers would come from: rag backend: local (auto: no HuixiangDou server at {down}" in out
     assert "local index + LLM" in out
+
+
+async def test_auto_resuming_a_huixiangdou_run_with_no_server_stops_instead_of_answering_locally(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    from pipeline.errors import ServersDown
+
+    async with FakeHuixiangdou() as fake:
+        first = make_settings(tmp_path, llm, [fake.url])
+        assert (await run_qa(first, install_signals=False)).status == "complete"
+        gone = fake.url
+    answers_before = (first.state_dir / "answers.jsonl").read_bytes()
+    assert {r["backend"] for r in rows(first.state_dir / "answers.jsonl")} == {"huixiangdou"}
+    # More questions wanted, the server gone: auto must not quietly go on with the local backend.
+    again = parse_settings({**_settings_dict(tmp_path, llm, [gone]),
+                            "questions": {"aspects": ["游戏概述"], "per_aspect": len(FACTS) + 2,
+                                          "batch_size": len(FACTS), "max_chars": 80}},
+                           source="test", environ={FAKE_KEY_ENV: FAKE_KEY})
+    calls = llm.calls
+    with pytest.raises(ServersDown, match=gone):
+        await run_qa(again, install_signals=False)
+    assert (again.state_dir / "answers.jsonl").read_bytes() == answers_before
+    assert llm.calls - calls <= 1  # at most the start-up probe of the LLM; no local answer
+    assert not (again.state_dir / "local_index").exists()

@@ -21,6 +21,7 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
+from tests.test_local_rag import write_corpus as write_files
 
 # Each file: facts only it holds. Sentences are long enough for the fake to quote.
 CORPUS: dict[str, str] = {
@@ -44,12 +45,8 @@ CORPUS: dict[str, str] = {
 }
 
 
-def write_corpus(root: Path, files: dict[str, str] = CORPUS) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
+def write_corpus(root: Path) -> Path:
+    return write_files(root, CORPUS)
 
 
 def make_settings(tmp_path: Path, fake: FakeLLM | None = None, **questions: Any) -> Settings:
@@ -218,6 +215,9 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
     assert stopped.status == "quota"
     before = list(served)
     assert 0 < len(before)
+    status = status_of(settings)
+    assert status["passages"]["left"] == status["passages"]["selected"] - len(set(before)) > 0
+    assert status["resume"] is not None
 
     async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as second:
         second.responder = responder(second)
@@ -231,6 +231,27 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
         third.responder = responder(third)
         done = await run_qa(make_settings(tmp_path, third), install_signals=False)
         assert done.status == "complete" and passage_prompts(third) == []
+    status = status_of(settings)
+    assert status["passages"]["left"] == 0 and status["resume"] is None
+    assert status["questions"]["corpus"] > 0
+
+
+def status_of(settings: Settings) -> dict[str, Any]:
+    from pipeline.outputs.report import build_status, open_ledgers, state_from_ledgers
+
+    with open_ledgers(settings.state_dir) as ledgers:
+        return build_status(settings, ledgers, state_from_ledgers(settings, ledgers), None)
+
+
+def test_the_closing_line_says_how_many_passages_were_not_asked_and_what_to_do() -> None:
+    from pipeline.qa.stage import QAResult
+
+    line = QAResult(status="complete", detail="", conversations=4,
+                    stats={"passages": [3, 5], "corpus_questions": 6}).line()
+    assert "passages 3/5 asked, 6 questions from them" in line
+    assert "2 of 5 passages not asked: their calls failed (see qa.log); run `python run.py qa` again" in line
+    whole = QAResult(status="complete", detail="", conversations=4, stats={"passages": [5, 5]}).line()
+    assert "not asked" not in whole
 
 
 def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:

@@ -1019,7 +1019,10 @@ def build_status(
         max(0, qs.per_aspect - state.accepted.get(a, 0))
         for a in qs.aspects if a not in state.exhausted
     )
-    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
+    selection = next((ev for ev in reversed(ledgers.events) if ev.get("event") == "passages"), None)
+    selected = int(selection.get("selected", 0)) if selection is not None else 0
+    passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
+    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
     short = _short_aspects(settings, state)
     return {
         "out_dir": str(settings.out_dir),
@@ -1038,8 +1041,9 @@ def build_status(
         },
         "short": short,
         "command": resume_command(settings),
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
-                      "left": questions_left},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "left": questions_left, "corpus": state.corpus_questions},
+        "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
                           "turns_left": turns_left, "gave_up": state.gave_up},
         "by_kind": summary["by_kind"],
@@ -1083,6 +1087,9 @@ def render_status(status: Mapping[str, Any]) -> str:
             lines.append(f"  {last['detail']}")
     q = status["questions"]
     lines.append(f"questions: {q['accepted']}/{q['target']}")
+    p = status["passages"]
+    if p["selected"] or q["corpus"]:
+        lines.append(f"corpus questions: {q['corpus']}, from {p['asked']} of {p['selected']} passages asked")
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))

@@ -170,6 +170,7 @@ class Graph:
         self._quota_wait: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup  # the run's, set by run()
         self._down_since: float | None = None  # when every RAG server was first seen down
+        self._down_logged: float | None = None  # when that was last logged
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -275,11 +276,15 @@ class Graph:
 
     async def _progress(self) -> None:
         interval = self.settings.run.progress_interval_s
+        last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
             if self.on_progress is not None:
                 self.on_progress(self.stats)
-            await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
+            usage = self.llm.usage.snapshot()
+            if usage != last:  # a row per change, not per tick
+                last = usage
+                await self.writer.record("events", {"event": "usage", "usage": usage})
 
     # ---- producing questions -------------------------------------------------------
 
@@ -517,10 +522,17 @@ class Graph:
         if self.stopping:
             raise Stopped(f"the run is stopping ({self.stop_reason})")
 
+    @property
+    def servers_down_since(self) -> float | None:
+        """When every RAG server was first seen down (on the run's clock), or
+        None while one answers."""
+        return self._down_since
+
     async def _on_servers_down(self, exc: ServersDown) -> None:
-        """Every RAG server is resting: wait out one rest, unless they have
-        been down for ``down_timeout_s`` in all. Returns when the caller may
-        try again; raises :class:`Stopped` otherwise."""
+        """Every RAG server is resting: wait until the backend says one may be
+        tried (``exc.retry_in``, else a rest), unless they have been down for
+        ``down_timeout_s`` in all. Returns when the caller may try again;
+        raises :class:`Stopped` otherwise."""
         hx = self.settings.huixiangdou
         now = self._clock()
         if self._down_since is None:
@@ -528,8 +540,14 @@ class Graph:
         if now - self._down_since >= hx.down_timeout_s:
             self.request_stop("servers_down", str(exc))
         else:
-            log.warning("%s; trying again in %.0f s", exc, hx.rest_s)
-            await self._sleep_unless_stopping(max(hx.rest_s, 0.01))
+            wait = exc.retry_in if exc.retry_in is not None else hx.rest_s
+            wait = min(wait, self._down_since + hx.down_timeout_s - now)
+            if self._down_logged is None or now - self._down_logged >= 60.0:
+                # Once a minute, not once per worker and check.
+                self._down_logged = now
+                log.warning("%s Waiting for one to answer (checked every %.0f s; the run stops after "
+                            "%.0f s of this, resumable)", exc, hx.recheck_s, hx.down_timeout_s)
+            await self._sleep_unless_stopping(max(wait, 0.01))
         self._raise_if_stopping()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -552,7 +570,7 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
-            self._down_since = None
+            self._down_since = self._down_logged = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))

@@ -112,6 +112,10 @@ class QAResult:
         text = "; ".join(parts)
         if self.detail:
             text += f"\n{self.detail}"
+        asked, selected = self.stats.get("passages", [0, 0])
+        if asked < selected and self.status in ("complete", "short"):
+            text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
+                     f"(see qa.log); run `{self.resume}` again to ask them")
         if self.status in ("quota", "interrupted", "servers_down", "crashed", "refused"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
         if self.status == "short":
