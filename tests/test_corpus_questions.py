@@ -347,6 +347,7 @@ async def test_the_report_shows_coverage_per_file_yield_by_source_and_flags_off_
     records = rows(settings.out_dir / "conversations.jsonl")
     assert any(r["conversation"][0]["output"] == flagged[0]["answer"] for r in records)  # flagged, kept
 
+    assert report["run"]["questions_new"] == aspect["questions"] + corpus["questions"]
     md = (settings.out_dir / "report.md").read_text(encoding="utf-8")
     assert "## Coverage of the corpus" in md and "- `english/orchard.txt`: the backend found no answer" in md
     assert "| corpus |" in md and "| aspect |" in md
@@ -385,3 +386,36 @@ def test_the_dry_run_counts_one_call_per_passage_not_asked_yet(tmp_path: Path) -
     resumed = dataclasses.replace(fresh, passages_asked=set(ids[:3]))
     assert plan_run(settings, resumed, passages=ids).passage_calls == 2
     assert plan_run(settings, fresh).passage_calls == 0
+
+
+async def test_a_question_both_sources_write_is_kept_once(tmp_path: Path) -> None:
+    from tests.fakes.llm_server import passage_questions
+
+    write_corpus(tmp_path / "data")
+    shared = passage_questions(CORPUS["瓦伦塔.txt"], 1)[0]  # what the passage writer will write too
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as fake:
+        def respond(messages: list[dict[str, str]]) -> str:
+            if "「战斗系统」" in messages[-1]["content"]:
+                return orjson.dumps([shared, "瓦伦塔城的守护者使用什么武器？"]).decode()
+            return fake.default_responder(messages)
+
+        fake.responder = respond
+        settings = make_settings(tmp_path, fake, source="both", aspects=["战斗系统"], per_aspect=2,
+                                 max_stale_rounds=1)
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete", result.detail
+    texts = [r["text"] for r in rows(settings.state_dir / "questions.jsonl") if "conv" not in r]
+    assert texts.count(shared) == 1 and "瓦伦塔城的守护者使用什么武器？" in texts
+    assert len(texts) == len(set(texts))
+    assert result.stats["dropped"].get("duplicate", 0) >= 1
+
+
+def test_progress_lines_show_the_passages_asked_only_when_there_are_some() -> None:
+    from pipeline.outputs.progress import Sample, format_line
+
+    base = dict(t=0.0, elapsed=61.0, accepted={"a": 3}, target={"a": 10}, outcomes={}, in_flight=0,
+                llm_calls=1, prompt_tokens=1, completion_tokens=1, cost=0.0)
+    line = format_line(Sample(**base, passages=(4, 9), corpus_questions=11), 1, 1, (60, 100), None)
+    assert "| questions 3/10 | passages 4/9 questions 11 | answered 0" in line
+    assert "passages" not in format_line(Sample(**base), 1, 1, (60, 100), None)

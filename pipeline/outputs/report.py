@@ -686,11 +686,12 @@ _ROUND_ADVICE: Final[Mapping[str, str]] = {
 }
 
 
-def _dropped_all_runs(events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _all_runs(events: Sequence[Mapping[str, Any]], counter: str) -> dict[str, int]:
+    """One of the run statistics' counters (e.g. "dropped"), summed over every finished run."""
     total: Counter[str] = Counter()
     for ev in events:
         if ev.get("event") == "run_end" and isinstance(ev.get("stats"), dict):
-            for reason, n in (ev["stats"].get("dropped") or {}).items():
+            for reason, n in (ev["stats"].get(counter) or {}).items():
                 if isinstance(n, int):
                     total[reason] += n
     return dict(total.most_common())
@@ -792,7 +793,8 @@ def build_report(
             {"reason": g["value"], "count": g["count"], "examples": g["examples"]}
             for g in _grouped(tally, lambda f: f.reason_group if f.rejected else None, TOP_STATES, EXAMPLES)
         ],
-        "dropped_questions": _dropped_all_runs(ledgers.events),
+        "dropped_questions": _all_runs(ledgers.events, "dropped"),
+        "gate_edits": _all_runs(ledgers.events, "edited"),
         "unusable_replies": _unusable_replies(ledgers.events),
         "short": _short_aspects(settings, state),
         "command": resume_command(settings),
@@ -929,6 +931,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         lines.append("None.")
     lines.append("")
+    edits = report["gate_edits"]
+    lines.append("Answers the gate changed, kept or not (all finished runs; `pipeline/qa/gate.py` names each rule): "
+                 + (", ".join(f"{k} {v}" for k, v in edits.items()) if edits else "none."))
+    lines.append("")
 
     lines += ["## Questions dropped (all finished runs)", ""]
     dropped = report["dropped_questions"]
@@ -1050,7 +1056,7 @@ def build_status(
         "by_backend": summary["by_backend"],
         "by_state": summary["by_state"],
         "rejections": summary["by_reason"],
-        "dropped": _dropped_all_runs(ledgers.events),
+        "dropped": _all_runs(ledgers.events, "dropped"),
         "usage": _usage(state.usage),
         "resume": None if done else resume_command(settings),
     }

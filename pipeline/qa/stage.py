@@ -382,7 +382,8 @@ def _run_summary(
         "status": status,
         "detail": graph.stop_detail,
         "seconds": end["seconds"],
-        "questions_new": max(0, sum(stats.accepted.values()) - state.total_questions()),
+        "questions_new": max(0, sum(stats.accepted.values()) - sum(state.accepted.values()))
+                         + stats.corpus_questions,
         "stats": end["stats"],
         "usage": end["usage"],
         "llm_seconds": list(llm.usage.latencies),
