@@ -245,6 +245,10 @@ class ConversationSettings:
     system_prompt: str = field(default="", metadata=_meta("system prompt of the first turn; '' = preset"))
     min_turns: int = field(default=1, metadata=_meta("turns per conversation at least", ge=1))
     max_turns: int = field(default=1, metadata=_meta("turns per conversation at most", ge=1))
+    keep_short: bool = field(
+        default=True,
+        metadata=_meta("keep a conversation that ended with fewer answered turns than min_turns"),
+    )
     followup_prompt: str = field(default="", metadata=_meta("follow-up writer prompt; '' = preset"))
     min_answer_chars: int = field(default=10, metadata=_meta("shortest accepted answer", ge=0))
     max_answer_chars: int = field(default=4000, metadata=_meta("longest accepted answer", ge=1))
@@ -331,6 +335,11 @@ class ConversationSettings:
                        check="regexes"),
     )
 
+
+    @property
+    def dataset_min_turns(self) -> int:
+        """Answered turns a conversation needs to enter the dataset."""
+        return 1 if self.keep_short else self.min_turns
 
 @dataclass(frozen=True, slots=True)
 class RagSettings:

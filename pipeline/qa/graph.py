@@ -60,6 +60,10 @@ StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"
 
 _DONE = None  # queue sentinel
 
+# Answer kinds of a follow-up turn that get a fresh follow-up question: the
+# verdict is about that question, not about the conversation before it.
+_FRESH_FOLLOWUP = frozenset({"skipped", "vetoed", "rejected"})
+
 
 @dataclass(slots=True)
 class RunStats:
@@ -489,8 +493,14 @@ class Graph:
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
-        stopping at the first turn without an accepted answer."""
+        stopping at the first turn without an accepted answer.
+
+        A follow-up the backend declined (skipped, vetoed) or whose answer the
+        gate rejected says nothing against the conversation: a fresh follow-up
+        is written for that turn, up to ``[run] max_answer_attempts`` questions
+        in all, before the conversation ends short."""
         topic = self.settings.questions.topic
+        tries = 0  # questions of this turn declined so far
         while plan.next_turn <= plan.target and not self.stopping:
             question = plan.next_question
             if question is None:
@@ -500,7 +510,13 @@ class Graph:
             row = await self._ask(plan, question)
             self._down_since = self._down_logged = None
             if row["kind"] != "answered":
-                return
+                tries += 1
+                if (plan.next_turn == 1 or row["kind"] not in _FRESH_FOLLOWUP
+                        or tries >= self.settings.run.max_answer_attempts):
+                    return
+                plan.next_question = None  # another follow-up to the same answer
+                continue
+            tries = 0
             plan.history.append((question, row["answer"]))
             plan.next_turn += 1
             plan.next_question = None
