@@ -21,7 +21,6 @@ turn. A cancellation is caught only to clean up, and goes on up.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from array import array
@@ -30,7 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.qa.coalesce import Coalescer
 from pipeline.qa.gate import compile_gate
 from pipeline.errors import (
     FatalServiceError,
@@ -139,10 +137,6 @@ class Graph:
         self._stopping = asyncio.Event()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
         self._dedup = Deduper(settings.questions.near_duplicate_threshold)
-        # Replies that arrive within [questions] screen_window_s are screened in
-        # one Deduper call (see pipeline.qa.coalesce). A reply waiting there is
-        # as good as in flight: a SIGKILL loses it, like an unanswered call.
-        self._screen = Coalescer(self._screen_batch, settings.questions.screen_window_s)
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
@@ -290,7 +284,7 @@ class Graph:
             self.stats.question_calls += 1
             if not self._seeded.done():
                 await asyncio.shield(self._seeded)
-            fresh = await self._screen((parse_question_list(text), need))
+            fresh = self._screen(parse_question_list(text), need)
             if not fresh:
                 stale += 1
                 continue
@@ -366,7 +360,7 @@ class Graph:
                 standalone.append(q)
         if not self._seeded.done():
             await asyncio.shield(self._seeded)
-        fresh = await self._screen((standalone, qs.per_passage))
+        fresh = self._screen(standalone, qs.per_passage)
         rows = []
         for q in fresh:
             rows.append(question_row(id=question_id(q), aspect="", text=q, seq=self._seq,
@@ -380,39 +374,28 @@ class Graph:
         self.stats.passages[0] += 1
         await self._enqueue(rows, "")
 
-    def _screen_batch(self, replies: list[tuple[list[str], int]]) -> list[list[str]]:
-        """For each reply ``(items, need)``, in order: its new, well-formed
-        questions, at most ``need``; the rest counted by reason.
-
-        One Deduper call for all of them: the signatures are computed
-        together, and each question is still checked against the ones before
-        it, in its reply and in earlier replies. Questions over ``need`` are
-        remembered too, as they were when checked one by one."""
+    def _screen(self, items: list[str], need: int) -> list[str]:
+        """The new, well-formed questions of one reply, at most ``need``; the
+        rest counted by reason. Each is checked against every question before
+        it, in this reply and in the run; the ones over ``need`` are
+        remembered too, so a later reply cannot bring them back."""
         qs = self.settings.questions
         dropped = self.stats.dropped
-        well_formed: list[list[str]] = []
-        for items, _ in replies:
-            kept = []
-            for q in items:
-                if (reason := screen_question(q, qs)) is not None:
-                    dropped[reason] += 1
-                else:
-                    kept.append(q)
-            well_formed.append(kept)
-        reasons = iter(self._dedup.add_many(list(itertools.chain.from_iterable(well_formed))))
-        out: list[list[str]] = []
-        for kept, (_, need) in zip(well_formed, replies):
-            fresh: list[str] = []
-            for q in kept:
-                reason = next(reasons)
-                if reason is not None:
-                    dropped[reason] += 1
-                elif len(fresh) < need:
-                    fresh.append(q)
-                else:
-                    dropped["over_target"] += 1
-            out.append(fresh)
-        return out
+        kept = []
+        for q in items:
+            if (reason := screen_question(q, qs)) is not None:
+                dropped[reason] += 1
+            else:
+                kept.append(q)
+        fresh: list[str] = []
+        for q, reason in zip(kept, self._dedup.add_many(kept)):
+            if reason is not None:
+                dropped[reason] += 1
+            elif len(fresh) < need:
+                fresh.append(q)
+            else:
+                dropped["over_target"] += 1
+        return fresh
 
     # ---- answering -----------------------------------------------------------------
 
