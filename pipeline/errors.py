@@ -93,7 +93,13 @@ class FatalServiceError(ServiceError):
 
 
 class ServersDown(ServiceError):
-    """No RAG server can take a request; the message names the URLs."""
+    """No RAG server can take a request; the message names the URLs.
+    ``retry_after``: seconds until one may again, or None when it is no use
+    waiting (they have been down too long, or none ever answered)."""
+
+    def __init__(self, message: str, *, service: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, service=service)
+        self.retry_after = retry_after
 
 
 class UnusableReply(ServiceError):

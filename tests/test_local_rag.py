@@ -21,7 +21,6 @@ from pipeline.services.local_rag import (
     LocalAnswerer,
     Passage,
     answer_messages,
-    answer_slots,
     build_index,
     is_not_in_material,
     load_or_build_index,
@@ -462,10 +461,10 @@ async def test_quota_exhausted_propagates(
         await answerer.ask("怎样破解黄风大圣的神风？")
 
 
-def test_answer_slots_follow_llm_concurrency(tmp_path: Path) -> None:
+async def test_answer_slots_follow_llm_concurrency(tmp_path: Path, llm_client: LLMClient) -> None:
     settings = make_settings(tmp_path)
     settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, concurrency=13))
-    assert answer_slots(settings) == 13
+    assert LocalAnswerer(settings, llm_client).slots == 13
 
 
 # --------------------------------------------------------------------------- auto
@@ -521,11 +520,13 @@ async def test_auto_falls_back_to_the_local_index_when_no_server_answers(
     assert (outcome.kind, outcome.refs) == ("answered", ("bosses.md",))
 
 
-def test_auto_slots_cover_either_backend(tmp_path: Path) -> None:
+async def test_auto_slots_cover_either_backend(tmp_path: Path, llm_client: LLMClient) -> None:
     settings = make_settings(tmp_path)
     settings = dataclasses.replace(
         settings,
         llm=dataclasses.replace(settings.llm, concurrency=3),
         huixiangdou=dataclasses.replace(settings.huixiangdou, urls=("a", "b"), concurrency_per_server=4),
     )
-    assert AutoAnswerer.slots(settings) == 8
+    auto = AutoAnswerer(settings, llm_client)
+    assert auto.slots == 8
+    await auto.aclose()

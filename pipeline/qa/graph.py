@@ -107,27 +107,22 @@ class Graph:
         answerer: Answerer,
         writer: LedgerWriter,
         *,
-        workers: int,
         earlier_questions: Callable[[], Iterable[list[str]]],
-        on_progress: Callable[[RunStats], None] | None = None,
         passages: Sequence[Passage] = (),
-        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         """``earlier_questions`` yields the texts ``state`` counts as accepted,
         a chunk at a time (it runs in a worker thread). ``passages``: the
         selected passages of the corpus to write questions from (those in
-        ``state.passages_asked`` are not asked again). ``clock`` and ``sleep``
-        time the waits (servers down, quota, the grace of a stop); seams for tests."""
+        ``state.passages_asked`` are not asked again). ``sleep`` waits
+        (servers down, quota, the grace of a stop); a seam for tests."""
         self.settings = settings
         self.state = state
         self.llm = llm
         self.answerer = answerer
         self.writer = writer
-        self.n_workers = workers
+        self.n_workers = answerer.slots
         self._earlier_questions = earlier_questions
-        self.on_progress = on_progress
-        self._clock = clock
         self._sleep = sleep
         self.stats = RunStats()
         self.passages = [p for p in passages if p.id not in state.passages_asked]
@@ -141,7 +136,6 @@ class Graph:
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup  # the run's, set by run()
-        self._down_since: float | None = None  # when every RAG server was first seen down
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -236,8 +230,6 @@ class Graph:
         interval = self.settings.run.progress_interval_s
         while True:
             await asyncio.sleep(interval)
-            if self.on_progress is not None:
-                self.on_progress(self.stats)
             await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
 
     # ---- producing questions -------------------------------------------------------
@@ -427,18 +419,14 @@ class Graph:
             raise Stopped(f"the run is stopping ({self.stop_reason})")
 
     async def _on_servers_down(self, exc: ServersDown) -> None:
-        """Every RAG server is resting: wait out one rest, unless they have
-        been down for ``down_timeout_s`` in all. Returns when the caller may
-        try again; raises :class:`Stopped` otherwise."""
-        hx = self.settings.huixiangdou
-        now = self._clock()
-        if self._down_since is None:
-            self._down_since = now
-        if now - self._down_since >= hx.down_timeout_s:
+        """No answer server can take a request: wait as long as the error
+        says, or stop when it says waiting is no use. Returns when the caller
+        may try again; raises :class:`Stopped` otherwise."""
+        if exc.retry_after is None:
             self.request_stop("servers_down", str(exc))
         else:
-            log.warning("%s; trying again in %.0f s", exc, hx.rest_s)
-            await self._sleep_unless_stopping(max(hx.rest_s, 0.01))
+            log.warning("%s; trying again in %.0f s", exc, exc.retry_after)
+            await self._sleep_unless_stopping(exc.retry_after)
         self._raise_if_stopping()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -461,7 +449,6 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
-            self._down_since = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.outputs.dataset import conversations_from, write_dataset
 from pipeline.errors import InputError, PipelineError
-from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.qa.graph import Graph, StopReason
 from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.store.ledger import (
@@ -203,23 +203,21 @@ def make_answerer(
     llm: LLMClient,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> tuple[Answerer, int]:
-    """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
-    hx = settings.huixiangdou
-    if settings.rag.backend != "huixiangdou":
-        # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
-        from pipeline.services.local_rag import AutoAnswerer, LocalAnswerer, answer_slots
+) -> Answerer:
+    """The answer backend of ``[rag] backend``."""
+    if settings.rag.backend == "huixiangdou":
+        return HuixiangdouPool(settings.huixiangdou, clock=clock, sleep=sleep)
+    # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
+    from pipeline.services.local_rag import AutoAnswerer, LocalAnswerer
 
-        if settings.rag.backend == "local":
-            return LocalAnswerer(settings, llm), answer_slots(settings)
-        return AutoAnswerer(settings, llm), AutoAnswerer.slots(settings)
-    return HuixiangdouPool(hx, clock=clock, sleep=sleep), len(hx.urls) * hx.concurrency_per_server
+    if settings.rag.backend == "local":
+        return LocalAnswerer(settings, llm)
+    return AutoAnswerer(settings, llm, hxd=HuixiangdouPool(settings.huixiangdou, clock=clock, sleep=sleep))
 
 
 async def run_qa(
     settings: Settings,
     *,
-    on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -233,10 +231,10 @@ async def run_qa(
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
-            answerer, workers = make_answerer(settings, llm, clock, sleep)
+            answerer = make_answerer(settings, llm, clock, sleep)
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    settings, state, llm, answerer, install_signals, on_graph,
                     passages, clock, sleep,
                 )
             finally:
@@ -248,8 +246,6 @@ async def _run_graph(
     state: RunState,
     llm: LLMClient,
     answerer: Answerer,
-    workers: int,
-    on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
@@ -266,9 +262,8 @@ async def _run_graph(
     writer_task = asyncio.create_task(writer.run())
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
-    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else (),
-                  clock=clock, sleep=sleep)
+    graph = Graph(settings, state, llm, answerer, writer, earlier_questions=earlier,
+                  passages=passages.passages if passages else (), sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"

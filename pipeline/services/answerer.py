@@ -13,7 +13,7 @@ the thing users count to tune their knowledge base.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = ["Answerer", "Kind", "Outcome"]
 
@@ -34,13 +34,21 @@ class Outcome:
 class Answerer(Protocol):
     """The seam between the QA graph and an answer backend (HuixiangDou or local)."""
 
+    slots: int
+    """How many questions it works on at once: the graph runs one answer worker per slot."""
+
     async def probe(self) -> str:
         """Check readiness; return a short description of what will answer.
         Raise :class:`pipeline.errors.ServersDown` when nothing can."""
 
     async def ask(self, question: str) -> Outcome:
         """Answer one question. Raise ServiceError subclasses only for what the
-        run must react to (quota, fatal, every server down)."""
+        run must react to (quota, fatal, every server down: a
+        :class:`pipeline.errors.ServersDown` says how long to wait)."""
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Live counters per server (URL) for the progress display; {} when
+        there are no servers to show. Cheap: called every progress tick."""
 
     async def aclose(self) -> None:
         """Release connections."""

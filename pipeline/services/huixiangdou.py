@@ -82,8 +82,11 @@ class HuixiangdouPool:
     request takes the least-loaded healthy server, waiting on a condition
     (never polling) when all are busy. A server failing
     ``failures_before_rest`` times in a row rests ``rest_s`` seconds; when
-    every server rests, :meth:`ask` raises :class:`ServersDown`. A rested
-    server comes back at the next slot hand-out after its rest ends.
+    every server rests, :meth:`ask` raises :class:`ServersDown`, whose
+    ``retry_after`` is the time until the first is back, or None once no
+    server has answered for ``down_timeout_s``. A rested server comes back at
+    the next slot hand-out after its rest ends. :attr:`slots` is how many
+    requests the pool takes at once.
 
     An injected ``session`` is used as given (its connector limit is the
     caller's business) and not closed by :meth:`aclose`. ``clock``, ``sleep``
@@ -109,9 +112,11 @@ class HuixiangdouPool:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._cond = asyncio.Condition()
+        self._down_since: float | None = None  # every server resting since, without an answer
         self._limiter = AsyncLimiter(settings.rpm, 60) if settings.rpm else None
         path = "/huixiangdou_stream" if settings.endpoint == "stream" else "/huixiangdou_inference"
         self._path = path
+        self.slots = len(self._servers) * settings.concurrency_per_server
         # Seconds of a GET /openapi.json at start-up before saying the server is busy.
         self.busy_notice_s = 5.0
 
@@ -246,13 +251,23 @@ class HuixiangdouPool:
             + f". Is HuixiangDou running? Start it with `{START_COMMAND}`."
         )
 
+    def _down(self, now: float) -> ServersDown:
+        """Every server rests: the error says when the first is back, until
+        they have been down for ``down_timeout_s`` since the last answer."""
+        if self._down_since is None:
+            self._down_since = now
+        retry_after: float | None = None
+        if now - self._down_since < self._settings.down_timeout_s:
+            retry_after = max(0.01, min(s.resting_until for s in self._servers) - now)
+        return ServersDown(self._down_message(now), service="huixiangdou", retry_after=retry_after)
+
     async def _acquire(self, avoid: set[str]) -> _Server:
         cap = self._settings.concurrency_per_server
         async with self._cond:
             while True:
                 now = self._clock()
                 if self._all_resting(now):
-                    raise ServersDown(self._down_message(now), service="huixiangdou")
+                    raise self._down(now)
                 free = [
                     (s.url in avoid, s.in_flight, i, s)
                     for i, s in enumerate(self._servers)
@@ -270,6 +285,7 @@ class HuixiangdouPool:
             if error is None:
                 server.done += 1
                 server.consecutive_failures = 0
+                self._down_since = None
             else:
                 server.failures += 1
                 server.consecutive_failures += 1
@@ -334,7 +350,7 @@ class HuixiangdouPool:
                 now = self._clock()
                 if self._all_resting(now):
                     # No point sleeping first: nothing can take the retry.
-                    raise ServersDown(self._down_message(now), service="huixiangdou")
+                    raise self._down(now)
                 delay = s.backoff_base_s * (2 ** attempt) * (0.5 + self._rng.random())
                 log.debug("HuixiangDou %s: %s; retry %d in %.1fs", url, error, attempt + 1, delay)
                 await self._sleep(delay)

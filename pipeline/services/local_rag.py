@@ -94,7 +94,6 @@ __all__ = [
     "LocalIndex",
     "Passage",
     "answer_messages",
-    "answer_slots",
     "build_index",
     "corpus_fingerprint",
     "is_not_in_material",
@@ -485,17 +484,14 @@ def load_or_build_index(settings: Settings) -> tuple[LocalIndex, IndexInfo]:
 # --------------------------------------------------------------------------- answerers
 
 
-def answer_slots(settings: Settings) -> int:
-    """How many answer workers keep the local backend busy: one per LLM call in flight."""
-    return settings.llm.concurrency
-
-
 class LocalAnswerer:
     """Answer questions from ``data_dir`` with BM25 passages and the LLM (an ``Answerer``)."""
 
     def __init__(self, settings: Settings, llm: LLMClient) -> None:
         self._settings = settings
         self._llm = llm
+        # One question at a time per LLM call the client lets through at once.
+        self.slots = settings.llm.concurrency
         self._index: LocalIndex | None = None
         self._lock = asyncio.Lock()
         self.info: IndexInfo | None = None
@@ -551,6 +547,10 @@ class LocalAnswerer:
                            **common)
         return Outcome(kind="answered", answer=reply, refs=refs, state=SUCCESS, **common)
 
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """No servers to show: the LLM client's usage says it all."""
+        return {}
+
     async def aclose(self) -> None:
         """Nothing to release: the LLM client belongs to the caller."""
 
@@ -558,7 +558,8 @@ class LocalAnswerer:
 class AutoAnswerer:
     """``[rag] backend = "auto"``: HuixiangDou when a server answers the
     readiness probe, else the local index. The choice is made once, in
-    :meth:`probe`, and logged."""
+    :meth:`probe`, and logged. :attr:`slots` covers either choice: the
+    workers beyond the chosen backend's own limit wait on it."""
 
     def __init__(
         self, settings: Settings, llm: LLMClient, *, hxd: Answerer | None = None
@@ -567,14 +568,10 @@ class AutoAnswerer:
         self._settings = settings
         self._llm = llm
         self._hxd: Answerer = hxd if hxd is not None else HuixiangdouPool(settings.huixiangdou)
-        self._local: LocalAnswerer | None = None
+        # Cheap until probed: the index is loaded or built by its probe.
+        self._local = LocalAnswerer(settings, llm)
+        self.slots = max(self._hxd.slots, self._local.slots)
         self.chosen: Answerer | None = None
-
-    @staticmethod
-    def slots(settings: Settings) -> int:
-        """Answer workers for either choice: extra ones wait on the chosen backend's own limit."""
-        hx = settings.huixiangdou
-        return max(len(hx.urls) * hx.concurrency_per_server, answer_slots(settings))
 
     async def probe(self) -> str:
         """Probe HuixiangDou; on :class:`ServersDown` fall back to the local index."""
@@ -583,7 +580,6 @@ class AutoAnswerer:
         except ServersDown as exc:
             log.info("rag backend auto: no HuixiangDou server ready (%s); using the local index",
                      exc)
-            self._local = LocalAnswerer(self._settings, self._llm)
             described = await self._local.probe()
             self.chosen = self._local
             return f"rag backend auto -> local: {described}"
@@ -598,9 +594,12 @@ class AutoAnswerer:
         assert self.chosen is not None
         return await self.chosen.ask(question)
 
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """The chosen backend's (nothing before the choice)."""
+        return self.chosen.stats() if self.chosen is not None else {}
+
     async def aclose(self) -> None:
         """Close both backends (the HuixiangDou pool's session, if it made one)."""
         await self._hxd.aclose()
-        if self._local is not None:
-            await self._local.aclose()
+        await self._local.aclose()
 
