@@ -192,12 +192,29 @@ def cmd_dry_run(settings: Settings) -> int:
     from pipeline.outputs.dry_run import plan_run
     from pipeline.outputs.report import open_ledgers, state_from_ledgers, state_from_rows
 
+    from pipeline.qa.stage import earlier_backend
+    from pipeline.services.backend import choose_backend, reachable_servers
+
     with open_ledgers(settings.state_dir) as ledgers:
         state = state_from_ledgers(settings, ledgers)
     print(f"dry run: nothing is called; output folder {settings.out_dir}")
+    earlier = earlier_backend(state, settings.state_dir / "answers.jsonl")
+    urls = settings.huixiangdou.urls
+    # Only a TCP connect, and only where the choice depends on it: no HTTP request is sent.
+    up = _run_async(reachable_servers(urls)) if settings.rag.backend == "auto" and earlier is None else None
+    choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=urls,
+                            data_dir=str(settings.paths.data_dir))
+    print(f"answers would come from: {choice.line()}")
+    passages: list[str] = []
+    if settings.questions.source != "aspects":
+        from pipeline.qa.passages import plan_passages
+
+        selection = plan_passages(settings, read=False)
+        passages = selection.selected_ids
+        print(f"passages: {len(passages)} selected of {selection.total} in {len(selection.files)} files")
     fresh = state_from_rows(settings, {})
     if state.total_questions() or state.pending or state.finished:
-        whole = plan_run(settings, fresh)
+        whole = plan_run(settings, fresh, backend=choice.backend, passages=passages)
         print(f"the whole job: {whole.llm_calls} LLM requests, {whole.rag_requests} RAG requests, "
               f"cost about {whole.cost:.4f}")
         print(f"already done: {state.total_questions()} questions written, {state.finished} "
@@ -205,7 +222,7 @@ def cmd_dry_run(settings: Settings) -> int:
         print("a resume would still do:")
     else:
         print("nothing recorded yet; the run would do:")
-    for line in plan_run(settings, state).lines():
+    for line in plan_run(settings, state, backend=choice.backend, passages=passages).lines():
         print(f"  {line}")
     return EXIT_OK
 

@@ -93,13 +93,14 @@ class FatalServiceError(ServiceError):
 
 
 class ServersDown(ServiceError):
-    """No RAG server can take a request; the message names the URLs.
-    ``retry_after``: seconds until one may again, or None when it is no use
-    waiting (they have been down too long, or none ever answered)."""
+    """No RAG server can take a request; the message names the URLs and says
+    what to check. ``retry_in``: seconds until one may be tried again; None
+    when waiting is no use (none answered for ``down_timeout_s``, or none was
+    up at the start)."""
 
-    def __init__(self, message: str, *, service: str = "", retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, service: str = "", retry_in: float | None = None) -> None:
         super().__init__(message, service=service)
-        self.retry_after = retry_after
+        self.retry_in = retry_in
 
 
 class UnusableReply(ServiceError):

@@ -180,7 +180,14 @@ class HuixiangdouSettings:
     failures_before_rest: int = field(
         default=3, metadata=_meta("consecutive failures before a server is rested", ge=1)
     )
-    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested", ge=0))
+    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested at most", ge=0))
+    recheck_s: float = field(
+        default=10.0, metadata=_meta("seconds between questions sent to a resting server to see it back", gt=0)
+    )
+    instant_rejection_s: float = field(
+        default=0.1,
+        metadata=_meta("an LLM-judged rejection faster than this is HuixiangDou's own LLM failing; 0 = off", ge=0),
+    )
     down_timeout_s: float = field(
         default=900.0,
         metadata=_meta("seconds every server may be down before the run stops", ge=0),
@@ -252,7 +259,7 @@ class ConversationSettings:
 @dataclass(frozen=True, slots=True)
 class RagSettings:
     backend: Literal["huixiangdou", "local", "auto"] = field(
-        default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
+        default="auto", metadata=_meta("'auto', 'huixiangdou' or 'local'")
     )
     # The local backend's knobs (pipeline/services/local_rag.py); HuixiangDou ignores them.
     top_k: int = field(default=4, metadata=_meta("passages sent to the LLM at most", ge=1))

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.errors import InputError, QuotaExhausted, SettingsError
-from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.services.llm import LLMClient
 from pipeline.services.local_rag import (
     INDEX_DIR,
     NOT_IN_MATERIAL,
-    AutoAnswerer,
     LocalAnswerer,
     Passage,
     answer_messages,
@@ -29,7 +26,6 @@ from pipeline.services.local_rag import (
     tokenize,
 )
 from pipeline.settings import LLMSettings, Settings, parse_settings
-from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM, Failure
 
 # A tiny corpus: each file holds facts no other file has, in Chinese and English,
@@ -465,68 +461,3 @@ async def test_answer_slots_follow_llm_concurrency(tmp_path: Path, llm_client: L
     settings = make_settings(tmp_path)
     settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, concurrency=13))
     assert LocalAnswerer(settings, llm_client).slots == 13
-
-
-# --------------------------------------------------------------------------- auto
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_auto_uses_huixiangdou_when_it_answers_the_probe(
-    tmp_path: Path, corpus: Path, hxd_fake: FakeHuixiangdou, llm_settings: LLMSettings,
-    llm_client: LLMClient, fake_llm: FakeLLM,
-) -> None:
-    settings = make_settings(tmp_path, llm_settings, backend="auto")
-    settings = dataclasses.replace(
-        settings, huixiangdou=dataclasses.replace(settings.huixiangdou, urls=(hxd_fake.url,))
-    )
-    auto = AutoAnswerer(settings, llm_client)
-    try:
-        described = await auto.probe()
-        assert described.startswith("rag backend auto -> HuixiangDou")
-        assert isinstance(auto.chosen, HuixiangdouPool)
-        outcome = await auto.ask("怎样破解黄风大圣的神风？")
-    finally:
-        await auto.aclose()
-    assert outcome.server == hxd_fake.url
-    assert hxd_fake.requests >= 1 and fake_llm.calls == 0
-    assert not (settings.state_dir / INDEX_DIR).exists()  # no index built for nothing
-
-
-async def test_auto_falls_back_to_the_local_index_when_no_server_answers(
-    tmp_path: Path, corpus: Path, fake_llm: FakeLLM, llm_settings: LLMSettings,
-    llm_client: LLMClient, caplog: pytest.LogCaptureFixture,
-) -> None:
-    fake_llm.responder = grounded_responder
-    settings = make_settings(tmp_path, llm_settings, backend="auto")
-    down = f"http://127.0.0.1:{_free_port()}"
-    settings = dataclasses.replace(
-        settings, huixiangdou=dataclasses.replace(settings.huixiangdou, urls=(down,))
-    )
-    auto = AutoAnswerer(settings, llm_client)
-    try:
-        with caplog.at_level("INFO", logger="pipeline.services.local_rag"):
-            described = await auto.probe()
-        outcome = await auto.ask("怎样破解黄风大圣的神风？")
-    finally:
-        await auto.aclose()
-    assert described.startswith("rag backend auto -> local: local index: ")
-    assert "using the local index" in caplog.text and down in caplog.text
-    assert isinstance(auto.chosen, LocalAnswerer)
-    assert (outcome.kind, outcome.refs) == ("answered", ("bosses.md",))
-
-
-async def test_auto_slots_cover_either_backend(tmp_path: Path, llm_client: LLMClient) -> None:
-    settings = make_settings(tmp_path)
-    settings = dataclasses.replace(
-        settings,
-        llm=dataclasses.replace(settings.llm, concurrency=3),
-        huixiangdou=dataclasses.replace(settings.huixiangdou, urls=("a", "b"), concurrency_per_server=4),
-    )
-    auto = AutoAnswerer(settings, llm_client)
-    assert auto.slots == 8
-    await auto.aclose()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outputs.dataset import summarise
+from pipeline.outputs.dataset import latest_turns, summarise
 from pipeline.qa.stage import run_qa
 from pipeline.outputs.report import (
     AnswerTally,
@@ -110,7 +110,7 @@ def test_counts_follow_the_latest_attempt_of_each_turn(tmp_path: Path, ledgers: 
     assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "refused": 0,
                                   "rejected": 1}
     assert report["answer_rows"] == 8
-    assert report["questions"] == {"accepted": 7, "target": 8}
+    assert report["questions"] == {"accepted": 7, "target": 8, "corpus": 0}
     assert report["aspects"]["战斗"]["first_turn"]["answered"] == 2
     assert report["aspects"]["战斗"]["first_turn"]["skipped"] == 2
     assert report["aspects"]["剧情"]["questions"] == 3
@@ -234,7 +234,14 @@ def test_ties_and_examples_follow_conversation_order_like_latest_turns(tmp_path:
     ],
 )
 def test_tally_summary_matches_summarise(answers: list[dict[str, Any]]) -> None:
-    assert AnswerTally.of_rows(answers).summary() == summarise(answers)
+    summary = AnswerTally.of_rows(answers).summary()
+    by_backend = summary.pop("by_backend")
+    assert summary == summarise(answers)
+    # by backend, then kind: the latest row of each turn, counted once
+    assert sum(sum(c.values()) for c in by_backend.values()) == sum(
+        n for n in summary["by_kind"].values()) - sum(
+        1 for row in latest_turns(answers).values() for r in row.values()
+        if not (r.get("backend") or r.get("server")))
 
 
 def test_tally_turns_count_failed_rows_and_read_back_the_latest(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_coverage
 from pipeline.store.schema import ANSWER_KINDS
 from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
@@ -139,6 +140,17 @@ class _Facts(NamedTuple):
     state_group: str  # str(row.get("state") or "(none)")
     reason_text: str | None  # counted in by_reason (not answered, a reason given), else None
     reason_group: str  # str(row.get("reason") or "(none)")
+    backend: str  # the row's backend; rows older than the field: told by their server, "" if none
+
+
+def _backend(row: Mapping[str, Any]) -> str:
+    backend = row.get("backend")
+    if isinstance(backend, str):
+        return backend
+    server = row.get("server")
+    if not isinstance(server, str) or not server:
+        return ""
+    return "local" if server == "local" else "huixiangdou"
 
 
 def _facts(row: Mapping[str, Any]) -> _Facts:
@@ -155,6 +167,7 @@ def _facts(row: Mapping[str, Any]) -> _Facts:
         str(row.get("state") or "(none)"),
         str(reason) if kind_text != "answered" and reason else None,
         str(reason or "(none)"),
+        _backend(row),
     )
 
 
@@ -225,7 +238,7 @@ class AnswerTally:
         self.rag_seconds = array("d")
         self.facts: list[_Facts] = []
         self._ids: dict[_Facts, int] = {}
-        self._ids_of_text: dict[tuple[str, str, str], int] = {}  # (kind, state, reason) -> facts id
+        self._ids_of_text: dict[tuple[str, str, str, str], int] = {}  # (kind, state, reason, backend) -> facts id
         # conv -> packed turn 1 alone (the common case), or (turn, packed, turn, packed, ...)
         self._convs: dict[int | str, int | tuple[int, ...]] = {}
         self._read, self._close = read, close
@@ -289,13 +302,13 @@ class AnswerTally:
         if not isinstance(conv, str) or type(turn) is not int or turn < 1:
             self.ignored += 1
             return False
-        kind, state, reason = row.get("kind"), row.get("state"), row.get("reason")
+        kind, state, reason, backend = row.get("kind"), row.get("state"), row.get("reason"), _backend(row)
         if type(kind) is str and type(state) is str and type(reason) is str:
-            # The usual row: its facts follow from these three strings alone,
+            # The usual row: its facts follow from these four strings alone,
             # so they are worked out once per combination, not once per row.
-            fid = self._ids_of_text.get((kind, state, reason))
+            fid = self._ids_of_text.get((kind, state, reason, backend))
             if fid is None:
-                fid = self._ids_of_text[kind, state, reason] = self._fid(_facts(row))
+                fid = self._ids_of_text[kind, state, reason, backend] = self._fid(_facts(row))
         else:
             fid = self._fid(_facts(row))
         facts = self.facts[fid]
@@ -381,6 +394,7 @@ class AnswerTally:
         by_kind: Counter[str] = Counter()
         by_state: Counter[str] = Counter()
         by_reason: Counter[str] = Counter()
+        by_backend: dict[str, Counter[str]] = {}
         turns = 0
         for fid, n in self.fid_counts().items():
             f = self.facts[fid]
@@ -389,6 +403,8 @@ class AnswerTally:
             by_state[f.state_text] += n
             if f.reason_text:
                 by_reason[f.reason_text] += n
+            if f.backend:
+                by_backend.setdefault(f.backend, Counter())[f.kind_text] += n
         return {
             "rows": self.rows,
             "turns": turns,
@@ -396,6 +412,9 @@ class AnswerTally:
             "by_kind": dict(by_kind.most_common()),
             "by_state": dict(by_state.most_common()),
             "by_reason": dict(by_reason.most_common()),
+            # latest row of each turn, by the backend that made it, then by kind
+            "by_backend": {b: {k: c[k] for k in sorted(c, key=lambda k: (-c[k], k))}
+                           for b, c in sorted(by_backend.items())},
         }
 
 
@@ -648,13 +667,15 @@ def build_report(
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
+    sources = SourceTally()
     for q in ledgers.questions():
         if "conv" in q:
             continue
+        first = tally.latest(str(q.get("id")), 1)
+        sources.add(q, facts[first & _FID_MASK].kind_text if first is not None else None)
         aspect = str(q.get("aspect", ""))
         if aspect not in per_aspect:
             continue
-        first = tally.latest(str(q.get("id")), 1)
         kind = facts[first & _FID_MASK].kind_first if first is not None else "unasked"
         per_aspect[aspect]["first_turn"][kind] = per_aspect[aspect]["first_turn"].get(kind, 0) + 1
 
@@ -662,8 +683,14 @@ def build_report(
     report: dict[str, Any] = {
         "generated": _iso(now if now is not None else _dt.datetime.now().timestamp()),
         "out_dir": str(settings.out_dir),
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects)},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "corpus": state.corpus_questions},
         "aspects": per_aspect,
+        "sources": sources.sources(),
+        "coverage": sources.coverage(ledgers.events),
+        "off_passage": (off_passage_answers(settings.data_dir, sources.answered,
+                                            lambda conv: tally.answered_row(conv, 1))
+                        if qs.check_passage_terms and sources.answered else None),
         "conversations": {
             "finished": state.finished,
             "pending": len(state.pending),
@@ -671,6 +698,7 @@ def build_report(
             "in_dataset": conversations,
         },
         "outcomes": {k: summary["by_kind"].get(k, 0) for k in ANSWER_KINDS},
+        "backends": summary["by_backend"],
         "answer_rows": summary["rows"],
         "no_answer_states": [
             {"state": g["value"], "kind": g["kind"], "count": g["count"], "examples": g["examples"]}
@@ -768,9 +796,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
 
     c = report["conversations"]
+    lines += render_coverage(report)
     lines += ["## Answers (all runs, latest attempt of each turn)", ""]
     lines.append(", ".join(f"{k} {v}" for k, v in report["outcomes"].items()))
     lines.append("")
+    backends = report.get("backends") or {}
+    if backends:
+        lines += ["By the backend that made them (HuixiangDou: grounded by the RAG server with its "
+                  "own vetoes; local: BM25 passages + one LLM call, no vetoes):", ""]
+        lines += _table(["backend", *ANSWER_KINDS],
+                        [[b, *(counts.get(k, 0) for k in ANSWER_KINDS)] for b, counts in backends.items()])
+        lines.append("")
     in_ds = "unknown" if c["in_dataset"] is None else c["in_dataset"]
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
@@ -872,7 +908,10 @@ def build_status(
         max(0, qs.per_aspect - state.accepted.get(a, 0))
         for a in qs.aspects if a not in state.exhausted
     )
-    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
+    selection = next((ev for ev in reversed(ledgers.events) if ev.get("event") == "passages"), None)
+    selected = int(selection.get("selected", 0)) if selection is not None else 0
+    passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
+    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
     return {
         "out_dir": str(settings.out_dir),
         "last_run": {
@@ -888,11 +927,13 @@ def build_status(
                 "exhausted": a in state.exhausted}
             for a in qs.aspects
         },
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
-                      "left": questions_left},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "left": questions_left, "corpus": state.corpus_questions},
+        "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
                           "turns_left": turns_left, "gave_up": state.gave_up},
         "by_kind": summary["by_kind"],
+        "by_backend": summary["by_backend"],
         "by_state": summary["by_state"],
         "rejections": summary["by_reason"],
         "dropped": _dropped_all_runs(ledgers.events),
@@ -932,6 +973,9 @@ def render_status(status: Mapping[str, Any]) -> str:
             lines.append(f"  {last['detail']}")
     q = status["questions"]
     lines.append(f"questions: {q['accepted']}/{q['target']}")
+    p = status["passages"]
+    if p["selected"] or q["corpus"]:
+        lines.append(f"corpus questions: {q['corpus']}, from {p['asked']} of {p['selected']} passages asked")
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))
@@ -941,7 +985,9 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
                  f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
-    lines.append("answers by HuixiangDou's last state:")
+    for backend, counts in status.get("by_backend", {}).items():
+        lines.append(f"  by {backend}: {_counts(counts)}")
+    lines.append("answers by the backend's last state:")
     if status["by_state"]:
         lines += [f"  {n:>6}  {state or '(none)'}" for state, n in status["by_state"].items()]
     else:

@@ -109,13 +109,14 @@ class Graph:
         *,
         earlier_questions: Callable[[], Iterable[list[str]]],
         passages: Sequence[Passage] = (),
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         """``earlier_questions`` yields the texts ``state`` counts as accepted,
         a chunk at a time (it runs in a worker thread). ``passages``: the
         selected passages of the corpus to write questions from (those in
-        ``state.passages_asked`` are not asked again). ``sleep`` waits
-        (servers down, quota, the grace of a stop); a seam for tests."""
+        ``state.passages_asked`` are not asked again). ``clock`` and ``sleep``
+        time the waits (servers down, quota, the grace of a stop); seams for tests."""
         self.settings = settings
         self.state = state
         self.llm = llm
@@ -123,6 +124,7 @@ class Graph:
         self.writer = writer
         self.n_workers = answerer.slots
         self._earlier_questions = earlier_questions
+        self._clock = clock
         self._sleep = sleep
         self.stats = RunStats()
         self.passages = [p for p in passages if p.id not in state.passages_asked]
@@ -136,6 +138,8 @@ class Graph:
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup  # the run's, set by run()
+        self._down_since: float | None = None  # when every RAG server was first seen down
+        self._down_logged: float | None = None  # when that was last logged
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -228,9 +232,13 @@ class Graph:
 
     async def _progress(self) -> None:
         interval = self.settings.run.progress_interval_s
+        last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
-            await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
+            usage = self.llm.usage.snapshot()
+            if usage != last:  # a row per change, not per tick
+                last = usage
+                await self.writer.record("events", {"event": "usage", "usage": usage})
 
     # ---- producing questions -------------------------------------------------------
 
@@ -418,15 +426,28 @@ class Graph:
         if self.stopping:
             raise Stopped(f"the run is stopping ({self.stop_reason})")
 
+    @property
+    def servers_down_since(self) -> float | None:
+        """When every RAG server was first seen down (on the run's clock), or
+        None while one answers."""
+        return self._down_since
+
     async def _on_servers_down(self, exc: ServersDown) -> None:
-        """No answer server can take a request: wait as long as the error
-        says, or stop when it says waiting is no use. Returns when the caller
-        may try again; raises :class:`Stopped` otherwise."""
-        if exc.retry_after is None:
+        """No answer server can take a request: wait as long as the error says
+        (``exc.retry_in``), or stop when it says waiting is no use (None).
+        Returns when the caller may try again; raises :class:`Stopped`
+        otherwise."""
+        now = self._clock()
+        if self._down_since is None:
+            self._down_since = now
+        if exc.retry_in is None:
             self.request_stop("servers_down", str(exc))
         else:
-            log.warning("%s; trying again in %.0f s", exc, exc.retry_after)
-            await self._sleep_unless_stopping(exc.retry_after)
+            if self._down_logged is None or now - self._down_logged >= 60.0:
+                # Once a minute, not once per worker and check.
+                self._down_logged = now
+                log.warning("%s", exc)
+            await self._sleep_unless_stopping(max(exc.retry_in, 0.01))
         self._raise_if_stopping()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -449,6 +470,7 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
+            self._down_since = self._down_logged = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))
@@ -512,6 +534,7 @@ class Graph:
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
+            backend=self.answerer.backend,
         )
         await self.writer.record("answers", row)
         return row

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.dataset import conversations_from, write_dataset
+from pipeline.outputs.dataset import conversations_with_sources, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, StopReason
+from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
-from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.store.ledger import (
     AnswerIndex,
     LedgerWriter,
@@ -56,6 +56,9 @@ EXIT_CODES: dict[str, int] = {
 }
 
 DATASET_NAME = "conversations.jsonl"
+
+# Bytes at the end of an old answer ledger read to tell which backend made it.
+_TAIL_BYTES = 64 * 1024
 
 # Read block of the ledgers at start-up. Small enough that a block read is
 # still in the CPU cache when the scan goes over it and the rows come out of
@@ -99,6 +102,10 @@ class QAResult:
         text = "; ".join(parts)
         if self.detail:
             text += f"\n{self.detail}"
+        asked, selected = self.stats.get("passages", [0, 0])
+        if asked < selected and self.status == "complete":
+            text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
+                     f"(see qa.log); run `{self.resume}` again to ask them")
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
@@ -177,8 +184,27 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
             return write_conversations(settings, opened)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if "conv" not in r)
-    records = conversations_from(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
-    return write_dataset(settings.out_dir / DATASET_NAME, records)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
+
+
+def earlier_backend(state: RunState, answers: Path) -> Backend | None:
+    """The backend that made the answers already recorded: the last run's
+    (its ``run_start`` event says), or, for ledgers older than that field,
+    what the newest answer rows' ``server`` says ("local", else a HuixiangDou
+    URL). None when no answer is recorded."""
+    try:
+        size = answers.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    if state.last_backend in BACKENDS:
+        return state.last_backend  # type: ignore[return-value]
+    with answers.open("rb") as f:
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    return "local" if b'"server":"local"' in tail else "huixiangdou"
 
 
 def plan_corpus(settings: Settings) -> PassagePlan | None:
@@ -198,23 +224,6 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
     return plan
 
 
-def make_answerer(
-    settings: Settings,
-    llm: LLMClient,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> Answerer:
-    """The answer backend of ``[rag] backend``."""
-    if settings.rag.backend == "huixiangdou":
-        return HuixiangdouPool(settings.huixiangdou, clock=clock, sleep=sleep)
-    # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
-    from pipeline.services.local_rag import AutoAnswerer, LocalAnswerer
-
-    if settings.rag.backend == "local":
-        return LocalAnswerer(settings, llm)
-    return AutoAnswerer(settings, llm, hxd=HuixiangdouPool(settings.huixiangdou, clock=clock, sleep=sleep))
-
-
 async def run_qa(
     settings: Settings,
     *,
@@ -231,7 +240,12 @@ async def run_qa(
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
-            answerer = make_answerer(settings, llm, clock, sleep)
+            # Fail before anything is paid for when a service is misconfigured.
+            await llm.probe()
+            earlier = earlier_backend(state, ledger_paths(settings.state_dir)["answers"])
+            answerer, choice = await open_answerer(settings, llm, earlier=earlier,
+                                                   clock=clock, sleep=sleep)
+            log.info("%s", choice.line())
             try:
                 return await _run_graph(
                     settings, state, llm, answerer, install_signals, on_graph,
@@ -252,8 +266,6 @@ async def _run_graph(
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[Any]],
 ) -> QAResult:
-    # Fail before anything is paid for when a service is misconfigured.
-    await llm.probe()
     described = await answerer.probe()
     log.info("%s", described)
 
@@ -263,13 +275,14 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, earlier_questions=earlier,
-                  passages=passages.passages if passages else (), sleep=sleep)
+                  passages=passages.passages if passages else (), clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
-                                   "questions_before": state.total_questions()})
+                                   "questions_before": state.total_questions(),
+                                   "backend": answerer.backend})
     if passages is not None:
         await writer.record("events", passages.event())
     main = asyncio.current_task()

@@ -34,8 +34,10 @@ class Outcome:
 class Answerer(Protocol):
     """The seam between the QA graph and an answer backend (HuixiangDou or local)."""
 
+    # Which backend this is ("huixiangdou" or "local"): every answer row records it.
+    backend: str
+    # How many questions it works on at once: the graph runs one answer worker per slot.
     slots: int
-    """How many questions it works on at once: the graph runs one answer worker per slot."""
 
     async def probe(self) -> str:
         """Check readiness; return a short description of what will answer.

@@ -45,8 +45,8 @@ Outcomes (HuixiangDou's conventions):
     otherwise                         -> answered, "success", refs = the passages' files
     QuotaExhausted, FatalServiceError -> raised: the graph stops or waits
 
-:class:`AutoAnswerer` serves ``[rag] backend = "auto"``: HuixiangDou when a
-server answers its readiness probe, else the local index.
+``[rag] backend = "auto"`` chooses between this and HuixiangDou:
+:mod:`pipeline.services.backend`.
 """
 
 from __future__ import annotations
@@ -70,11 +70,10 @@ import bm25s
 import numpy as np
 
 from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
-from pipeline.errors import ContentRefused, InputError, RetryableError, ServersDown, UnusableReply
-from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.errors import ContentRefused, InputError, RetryableError, UnusableReply
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
-from pipeline.services.answerer import Answerer, Outcome
+from pipeline.services.answerer import Outcome
 from pipeline.settings import SEED_SEPARATORS, RagSettings, Settings
 
 with warnings.catch_warnings():
@@ -88,7 +87,6 @@ with warnings.catch_warnings():
 __all__ = [
     "INDEX_DIR",
     "NOT_IN_MATERIAL",
-    "AutoAnswerer",
     "IndexInfo",
     "LocalAnswerer",
     "LocalIndex",
@@ -487,6 +485,8 @@ def load_or_build_index(settings: Settings) -> tuple[LocalIndex, IndexInfo]:
 class LocalAnswerer:
     """Answer questions from ``data_dir`` with BM25 passages and the LLM (an ``Answerer``)."""
 
+    backend = "local"
+
     def __init__(self, settings: Settings, llm: LLMClient) -> None:
         self._settings = settings
         self._llm = llm
@@ -553,53 +553,3 @@ class LocalAnswerer:
 
     async def aclose(self) -> None:
         """Nothing to release: the LLM client belongs to the caller."""
-
-
-class AutoAnswerer:
-    """``[rag] backend = "auto"``: HuixiangDou when a server answers the
-    readiness probe, else the local index. The choice is made once, in
-    :meth:`probe`, and logged. :attr:`slots` covers either choice: the
-    workers beyond the chosen backend's own limit wait on it."""
-
-    def __init__(
-        self, settings: Settings, llm: LLMClient, *, hxd: Answerer | None = None
-    ) -> None:
-        """``hxd`` is a seam for tests; by default a :class:`HuixiangdouPool`."""
-        self._settings = settings
-        self._llm = llm
-        self._hxd: Answerer = hxd if hxd is not None else HuixiangdouPool(settings.huixiangdou)
-        # Cheap until probed: the index is loaded or built by its probe.
-        self._local = LocalAnswerer(settings, llm)
-        self.slots = max(self._hxd.slots, self._local.slots)
-        self.chosen: Answerer | None = None
-
-    async def probe(self) -> str:
-        """Probe HuixiangDou; on :class:`ServersDown` fall back to the local index."""
-        try:
-            described = await self._hxd.probe()
-        except ServersDown as exc:
-            log.info("rag backend auto: no HuixiangDou server ready (%s); using the local index",
-                     exc)
-            described = await self._local.probe()
-            self.chosen = self._local
-            return f"rag backend auto -> local: {described}"
-        log.info("rag backend auto: HuixiangDou answered the probe; using it")
-        self.chosen = self._hxd
-        return f"rag backend auto -> HuixiangDou: {described}"
-
-    async def ask(self, question: str) -> Outcome:
-        """Ask the backend :meth:`probe` chose."""
-        if self.chosen is None:
-            await self.probe()
-        assert self.chosen is not None
-        return await self.chosen.ask(question)
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """The chosen backend's (nothing before the choice)."""
-        return self.chosen.stats() if self.chosen is not None else {}
-
-    async def aclose(self) -> None:
-        """Close both backends (the HuixiangDou pool's session, if it made one)."""
-        await self._hxd.aclose()
-        await self._local.aclose()
-
