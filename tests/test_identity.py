@@ -263,6 +263,8 @@ def test_languages_must_be_known_and_given_once() -> None:
         parse_settings({"identity": {"languages": ["zh", "fr"]}})
     with pytest.raises(SettingsError, match=r"\[identity\] languages: each language once"):
         parse_settings({"identity": {"languages": ["en", "en"]}})
+    with pytest.raises(SettingsError, match=r"\[identity\] output_name: expected a plain file name"):
+        parse_settings({"identity": {"output_name": "../identity.jsonl"}})
 
 
 async def test_the_command_line_runs_it_and_export_registers_it_beside_the_conversations(
@@ -297,3 +299,13 @@ async def test_refusals_and_reasoning_are_handled_per_answer(llm: FakeLLM, tmp_p
     assert not any("<think>" in r["conversation"][0]["output"] or "draft" in r["conversation"][0]["output"]
                    for r in records(settings))
     assert load_identity(settings).dropped["reply_refused"] == 1
+
+
+async def test_the_file_follows_the_settings_when_they_ask_for_less(llm: FakeLLM, tmp_path: Path) -> None:
+    await run_identity(make_settings(tmp_path, llm), install_signals=False)
+    calls = llm.calls
+    fewer = make_settings(tmp_path, llm, records=6, languages=["en"])
+    result = await run_identity(fewer, install_signals=False)
+    assert (result.status, result.records, llm.calls) == ("complete", 6, calls)
+    made = records(fewer)
+    assert len(made) == 6 and not any(is_zh(r["conversation"][0]["input"]) for r in made)

@@ -604,11 +604,12 @@ def _grouped(
     ]
 
 
-def _dropped_all_runs(events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def _all_runs(events: Sequence[Mapping[str, Any]], counter: str) -> dict[str, int]:
+    """One of the run statistics' counters (e.g. "dropped"), summed over every finished run."""
     total: Counter[str] = Counter()
     for ev in events:
         if ev.get("event") == "run_end" and isinstance(ev.get("stats"), dict):
-            for reason, n in (ev["stats"].get("dropped") or {}).items():
+            for reason, n in (ev["stats"].get(counter) or {}).items():
                 if isinstance(n, int):
                     total[reason] += n
     return dict(total.most_common())
@@ -695,6 +696,8 @@ def build_report(
             "finished": state.finished,
             "pending": len(state.pending),
             "gave_up": state.gave_up,
+            "short": state.short,
+            "keep_short": settings.conversations.keep_short,
             "in_dataset": conversations,
         },
         "outcomes": {k: summary["by_kind"].get(k, 0) for k in ANSWER_KINDS},
@@ -709,7 +712,8 @@ def build_report(
             {"reason": g["value"], "count": g["count"], "examples": g["examples"]}
             for g in _grouped(tally, lambda f: f.reason_group if f.rejected else None, TOP_STATES, EXAMPLES)
         ],
-        "dropped_questions": _dropped_all_runs(ledgers.events),
+        "dropped_questions": _all_runs(ledgers.events, "dropped"),
+        "gate_edits": _all_runs(ledgers.events, "edited"),
         "answer_chars": _lengths(tally.answer_chars()),
         "latency": {"rag_all_runs": _latency(tally.rag_seconds)},
         "usage": _usage(state.usage),
@@ -810,6 +814,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     in_ds = "unknown" if c["in_dataset"] is None else c["in_dataset"]
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
+    if c.get("short"):
+        fate = ("kept in the dataset with the turns they have" if c.get("keep_short", True) else
+                "left out of the dataset when under [conversations] min_turns (keep_short = false)")
+        lines.append(f"Short: {c['short']} ended before their target turns, every fresh follow-up "
+                     f"skipped, vetoed or rejected; {fate}.")
+    declined = sum(report["outcomes"].get(k, 0) for k in ("skipped", "vetoed"))
+    if declined:
+        lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
+                     "`python run.py qa --retry skipped,vetoed` asks them again.")
     lines.append("")
 
     lines += ["## Why questions got no answer", "",
@@ -830,6 +843,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                         [[g["reason"], g["count"], " / ".join(g["examples"])] for g in report["gate_rejections"]])
     else:
         lines.append("None.")
+    lines.append("")
+    edits = report["gate_edits"]
+    lines.append("Answers the gate changed, kept or not (all finished runs; `pipeline/qa/gate.py` names each rule): "
+                 + (", ".join(f"{k} {v}" for k, v in edits.items()) if edits else "none."))
     lines.append("")
 
     lines += ["## Questions dropped (all finished runs)", ""]
@@ -931,12 +948,12 @@ def build_status(
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up},
+                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short},
         "by_kind": summary["by_kind"],
         "by_backend": summary["by_backend"],
         "by_state": summary["by_state"],
         "rejections": summary["by_reason"],
-        "dropped": _dropped_all_runs(ledgers.events),
+        "dropped": _all_runs(ledgers.events, "dropped"),
         "usage": _usage(state.usage),
         "resume": None if done else resume_command(settings),
     }
@@ -983,7 +1000,8 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"  {aspect}{pad}  {a['questions']}/{a['target']}{extra}")
     c = status["conversations"]
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
-                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
+                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures, "
+                 f"{c.get('short', 0)} short of their target turns")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
     for backend, counts in status.get("by_backend", {}).items():
         lines.append(f"  by {backend}: {_counts(counts)}")

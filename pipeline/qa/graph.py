@@ -58,6 +58,10 @@ StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"
 
 _DONE = None  # queue sentinel
 
+# Answer kinds of a follow-up turn that get a fresh follow-up question: the
+# verdict is about that question, not about the conversation before it.
+_FRESH_FOLLOWUP = frozenset({"skipped", "vetoed", "rejected"})
+
 
 @dataclass(slots=True)
 class RunStats:
@@ -70,6 +74,7 @@ class RunStats:
     outcomes: Counter[str] = field(default_factory=Counter)
     states: Counter[str] = field(default_factory=Counter)  # last state of unanswered turns
     rejected: Counter[str] = field(default_factory=Counter)  # answer-gate reasons
+    edited: Counter[str] = field(default_factory=Counter)  # answer-gate rules that changed an answer
     in_flight: int = 0
     question_calls: int = 0
     corpus_questions: int = 0  # accepted from passages (not part of ``accepted``: no aspect target)
@@ -86,6 +91,7 @@ class RunStats:
             "outcomes": dict(self.outcomes),
             "dropped": dict(self.dropped),
             "rejected": dict(self.rejected),
+            "edited": dict(self.edited),
             "in_flight": self.in_flight,
             "seconds": round(time.monotonic() - self.started, 1),
         }
@@ -461,8 +467,14 @@ class Graph:
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
-        stopping at the first turn without an accepted answer."""
+        stopping at the first turn without an accepted answer.
+
+        A follow-up the backend declined (skipped, vetoed) or whose answer the
+        gate rejected says nothing against the conversation: a fresh follow-up
+        is written for that turn, up to ``[run] max_answer_attempts`` questions
+        in all, before the conversation ends short."""
         topic = self.settings.questions.topic
+        tries = 0  # questions of this turn declined so far
         while plan.next_turn <= plan.target and not self.stopping:
             question = plan.next_question
             if question is None:
@@ -472,7 +484,13 @@ class Graph:
             row = await self._ask(plan, question)
             self._down_since = self._down_logged = None
             if row["kind"] != "answered":
-                return
+                tries += 1
+                if (plan.next_turn == 1 or row["kind"] not in _FRESH_FOLLOWUP
+                        or tries >= self.settings.run.max_answer_attempts):
+                    return
+                plan.next_question = None  # another follow-up to the same answer
+                continue
+            tries = 0
             plan.history.append((question, row["answer"]))
             plan.next_turn += 1
             plan.next_question = None
@@ -513,11 +531,17 @@ class Graph:
     async def _record_answer(self, plan: ConvPlan, question: str, outcome: Outcome) -> dict[str, Any]:
         kind: str = outcome.kind
         answer, reason = "", ""
+        refs: tuple[str, ...] = outcome.refs
+        edits: tuple[str, ...] = ()
         if kind == "answered":
-            answer, rejection = self._gate(outcome.answer)
-            if rejection is not None:
-                kind, reason = "rejected", rejection
-                self.stats.rejected[rejection] += 1
+            gated = self._gate(outcome.answer)
+            answer, edits = gated.answer, gated.changes
+            if gated.refs:  # a references list the gate took out of the answer's text
+                refs = tuple(dict.fromkeys((*refs, *gated.refs)))
+            self.stats.edited.update(edits)
+            if gated.reason is not None:
+                kind, reason = "rejected", gated.reason
+                self.stats.rejected[gated.reason] += 1
         else:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
@@ -528,13 +552,14 @@ class Graph:
             question=question,
             answer=answer,
             raw_answer=outcome.answer,
-            refs=outcome.refs,
+            refs=refs,
             state=outcome.state,
             reason=reason,
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
             backend=self.answerer.backend,
+            edits=edits,
         )
         await self.writer.record("answers", row)
         return row

@@ -121,6 +121,8 @@ class _Maker:
             qs = self.state.in_slot(lang, kind)
             done = sum(q.answer is not None for q in qs)
             if done >= target:
+                if target:
+                    log.info("identity %s/%s: %d/%d records", lang, kind, done, target)
                 return
             given_up = [q for q in qs if q.answer is None and q.attempts >= self.ident.max_attempts]
             if len(given_up) >= target:
@@ -218,6 +220,9 @@ async def run_identity(settings: Settings, *, install_signals: bool = True,
         if all(sum(q.answer is not None for q in state.in_slot(*slot)) >= n for slot, n in want.items()):
             # Nothing to make: no client, no probe, not one request.
             return _finish(settings, state, "complete", "", {}, {})
+        made = sum(min(n, sum(q.answer is not None for q in state.in_slot(*slot))) for slot, n in want.items())
+        log.info("identity: %d of %d records made; writing the rest with %s", made, ident.records,
+                 settings.llm.model)
         async with LLMClient(settings.llm) as llm:
             writer = LedgerWriter({"identity": identity_ledger(settings)}, fsync=settings.run.fsync,
                                   fsync_interval_s=settings.run.fsync_interval_s)
@@ -263,7 +268,7 @@ async def _outcome(work: asyncio.Task[None]) -> tuple[str, str]:
 def _finish(settings: Settings, state: IdentityState, status: str, detail: str,
             short: dict[str, str], usage: dict[str, Any]) -> IdentityResult:
     out = settings.out_dir / settings.identity.output_name
-    count = write_identity(out, state)
+    count = write_identity(settings, state)
     _refresh_report(settings)
     return IdentityResult(status, count, settings.identity.records, out, detail, short, usage)
 

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,9 +111,12 @@ class QAResult:
         return text
 
 
-def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOCK) -> RunState:
+def load_state(
+    settings: Settings, *, repair: bool, block_size: int = _READ_BLOCK, retry: Iterable[str] = (),
+) -> RunState:
     """Derive the resume plan from the ledgers (cutting a torn last line when
     ``repair``; the readers cut one anyway, as the next append would glue onto it).
+    ``retry``: answer kinds whose turns are asked again (``qa --retry``).
 
     Streamed, not loaded: the answer ledger is indexed by byte offset
     (:class:`~pipeline.store.ledger.AnswerIndex`), question rows pass through one
@@ -144,6 +147,7 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = _READ_BLOC
             max_turns=c.max_turns,
             max_answer_attempts=settings.run.max_answer_attempts,
             answered_of=answers.answered,
+            retry=retry,
         )
         read = 0
         for block, end, offset in iter_line_blocks(paths["questions"], block_size=block_size):
@@ -184,7 +188,8 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
             return write_conversations(settings, opened)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if "conv" not in r)
-    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt,
+                                      c.dataset_min_turns)
     return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
 
 
@@ -231,13 +236,15 @@ async def run_qa(
     on_graph: Callable[[Graph], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    retry: Iterable[str] = (),
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
     ``on_graph`` receives the graph once built (for a display, or a test's stop);
-    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests);
+    ``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose questions are asked again."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
-        state = load_state(settings, repair=True)
+        state = load_state(settings, repair=True, retry=retry)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
             # Fail before anything is paid for when a service is misconfigured.
@@ -359,7 +366,8 @@ def _run_summary(
         "status": status,
         "detail": graph.stop_detail,
         "seconds": end["seconds"],
-        "questions_new": max(0, sum(stats.accepted.values()) - state.total_questions()),
+        "questions_new": max(0, sum(stats.accepted.values()) - sum(state.accepted.values()))
+                         + stats.corpus_questions,
         "stats": end["stats"],
         "usage": end["usage"],
         "llm_seconds": list(llm.usage.latencies),

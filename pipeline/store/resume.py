@@ -109,6 +109,8 @@ class RunState:
     # questions recorded, or a ``passage`` event): never asked again.
     passages_asked: set[str] = field(default_factory=set)
     corpus_questions: int = 0  # first-turn questions written from passages
+    # Finished conversations with answered turns, then one not answered: short of their target.
+    short: int = 0
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
@@ -170,8 +172,9 @@ class StateBuilder:
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
-    asking again would get the same verdict; ``failed`` is retried until
-    ``max_answer_attempts`` failed rows."""
+    asking again would get the same verdict, unless its kind is one of
+    ``retry``; ``failed`` is retried until ``max_answer_attempts`` failed rows.
+    A conversation ended after answered turns is counted ``short``."""
 
     def __init__(
         self,
@@ -183,8 +186,12 @@ class StateBuilder:
         max_turns: int,
         max_answer_attempts: int,
         answered_of: AnsweredOf | None = None,
+        retry: Iterable[str] = (),
     ) -> None:
+        """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
+        asked again, as ``qa --retry`` wants after the knowledge base improved."""
         self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
+        self._retry = frozenset(retry) - {"answered"}
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
         self._recent: dict[str, deque[str]] = {}
@@ -195,7 +202,7 @@ class StateBuilder:
         # Plans whose next question is a follow-up that may come later in the ledger.
         self._deferred: list[ConvPlan] = []
         self._followups: dict[tuple[str, int], str] = {}
-        self._finished = self._gave_up = self._next_seq = 0
+        self._finished = self._gave_up = self._short = self._next_seq = 0
         self._passages: set[str] = set()
         self._corpus_questions = 0
 
@@ -324,6 +331,11 @@ class StateBuilder:
                 answered.append(found[2])
                 turn += 1
                 continue
+            if kind in self._retry:
+                # Asked for again (``qa --retry``): the same question, a fresh count of failures.
+                question = self._row_of(found[2]).get("question") or (text if turn == 1 else None)
+                self._pend(conv, aspect, seq, text, target, turn, answered, question, 0)
+                return
             if kind == "failed":
                 failures = found[1]
                 if failures < self._attempts:
@@ -331,6 +343,8 @@ class StateBuilder:
                     self._pend(conv, aspect, seq, text, target, turn, answered, question, failures)
                     return
                 self._gave_up += 1
+            if answered:
+                self._short += 1  # answered turns, then one that was not: short of its target
             break
         self._finished += 1
 
@@ -362,6 +376,7 @@ class StateBuilder:
             pending=self._pending,
             finished=self._finished,
             gave_up=self._gave_up,
+            short=self._short,
             next_seq=self._next_seq,
             last_run=last_run,
             usage=usage,
