@@ -74,6 +74,8 @@ def test_questions_are_screened_and_a_greeting_need_not_be_a_question() -> None:
     assert screen_question("你和ChatGPT有什么区别？", f, "zh", 60) == "other_identity"
     assert screen_question("Who are you?", f, "zh", 60) == "wrong_language"
     assert screen_question("你是谁？" * 20, f, "zh", 60) == "too_long"
+    assert screen_question("Hey, hello there!', 'Hey, who's this?", f, "en", 60) == "glued"
+    assert screen_question("What's your name, and who's \"Ming\"?", f, "en", 60) is None
 
 
 def test_targets_spread_the_records_over_languages_then_kinds() -> None:
@@ -200,6 +202,24 @@ async def test_quota_stops_with_75_keeps_what_was_made_and_the_rerun_goes_on(
     done = await run_identity(settings, install_signals=False)
     assert (done.status, done.records) == ("complete", 20)
     assert records(settings)[: len(kept)] == kept
+
+
+async def test_a_slot_the_llm_runs_dry_on_still_answers_the_questions_it_has(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    # Every question-writing call brings the same three questions: the first
+    # slot to ask takes them (3 of its 4), the others get only repeats.
+    def responder(messages: list[dict[str, str]]) -> str:
+        if "About yourself" in messages[0]["content"]:
+            return llm.default_responder(messages)
+        return '["Who are you?", "What is your name?", "Tell me about yourself."]'
+
+    llm.responder, llm.identity_slip_every = responder, 0
+    settings = make_settings(tmp_path, llm, records=20, languages=["en"])
+    result = await run_identity(settings, install_signals=False)
+    assert (result.status, result.records) == ("short", 3)
+    assert "3/4: the LLM wrote no new usable question in 3 calls in a row" in result.line()
+    assert result.line().count("0/4: the LLM wrote no new usable question") == 4
 
 
 async def test_a_model_that_never_says_who_it_is_falls_short_and_says_why(

@@ -133,15 +133,17 @@ class _Maker:
                     f"{self.ident.max_attempts} rejected answers each ({_counts(reasons)})")
                 return
             open_ = [q for q in qs if q.answer is None and q.attempts < self.ident.max_attempts]
-            if len(open_) < target - done:
-                if stale >= self.settings.questions.max_stale_rounds:
-                    self.short[f"{lang}/{kind}"] = (
-                        f"{done}/{target}: the LLM wrote no new usable question in {stale} calls in a row")
-                    return
+            if len(open_) < target - done and stale < self.settings.questions.max_stale_rounds:
                 new = await self._write_questions(lang, kind, qs)
                 stale = 0 if new else stale + 1
                 continue
-            await asyncio.gather(*(self._answer(q) for q in open_[: target - done]))
+            if open_:
+                # Enough questions, or as many as the LLM would write: answer them.
+                await asyncio.gather(*(self._answer(q) for q in open_[: target - done]))
+                continue
+            self.short[f"{lang}/{kind}"] = (
+                f"{done}/{target}: the LLM wrote no new usable question in {stale} calls in a row")
+            return
 
     async def _write_questions(self, lang: str, kind: Kind, known: list[IdentityQuestion]) -> int:
         n = self.ident.batch_size
