@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.outputs.dataset import conversations_with_sources, provenance_path, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
-from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.store.ledger import (
@@ -262,7 +262,6 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
 async def run_qa(
     settings: Settings,
     *,
-    on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -289,12 +288,12 @@ async def run_qa(
             # Fail before anything is paid for when a service is misconfigured.
             await llm.probe()
             earlier = earlier_backend(state, ledger_paths(settings.state_dir)["answers"])
-            answerer, choice, workers = await open_answerer(settings, llm, earlier=earlier,
-                                                            clock=clock, sleep=sleep)
+            answerer, choice = await open_answerer(settings, llm, earlier=earlier,
+                                                   clock=clock, sleep=sleep)
             log.info("%s", choice.line())
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    settings, state, llm, answerer, install_signals, on_graph,
                     passages, clock, sleep,
                 )
             finally:
@@ -306,8 +305,6 @@ async def _run_graph(
     state: RunState,
     llm: LLMClient,
     answerer: Answerer,
-    workers: int,
-    on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
@@ -322,9 +319,8 @@ async def _run_graph(
     writer_task = asyncio.create_task(writer.run())
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
-    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else (),
-                  clock=clock, sleep=sleep)
+    graph = Graph(settings, state, llm, answerer, writer, earlier_questions=earlier,
+                  passages=passages.passages if passages else (), clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
