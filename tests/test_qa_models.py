@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -27,7 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
 
 
-def make_settings(tmp_path: Path, fake: FakeLLM, hxd: FakeHuixiangdou, **sections: dict[str, Any]) -> Settings:
+# Stands in for a HuixiangDou server where the local backend answers: never called.
+NO_SERVER = SimpleNamespace(url="http://127.0.0.1:9")
+
+
+def make_settings(tmp_path: Path, fake: FakeLLM, hxd: Any, **sections: dict[str, Any]) -> Settings:
     data: dict[str, Any] = {
         "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
         "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
@@ -325,3 +330,26 @@ def test_a_key_that_cannot_be_a_header_is_one_line_naming_the_variable(tmp_path:
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "$MY_LLM_KEY" in errors[0] and "Traceback" not in done.stderr
     assert FAKE_KEY[4:] not in done.stderr + done.stdout
+
+
+async def test_a_refused_local_answer_is_counted_with_the_providers_words(tmp_path: Path, llm: FakeLLM) -> None:
+    from tests.test_local_rag import FACTS, grounded_responder, write_corpus
+
+    zh = [q for q in FACTS if not q.isascii()]
+    llm.responder = lambda messages: (json.dumps(zh, ensure_ascii=False) if "个不同的问题" in messages[-1]["content"]
+                                      else grounded_responder(messages))
+    llm.refuse_if = lambda messages: zh[0] in messages[-1]["content"] and "资料" in messages[-1]["content"]
+    llm.refusal_style = "dashscope"
+    data = write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, llm, NO_SERVER, paths={"data_dir": str(data)}, rag={"backend": "local"},
+                             questions={"aspects": ["游戏概述"], "per_aspect": len(zh), "batch_size": len(zh),
+                                        "max_chars": 80},
+                             conversations={"min_answer_chars": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    assert [(a["question"], a["kind"]) for a in rows(settings, "answers") if a["kind"] != "answered"] == [
+        (zh[0], "refused")]
+    un = report(settings)["unusable_replies"]
+    assert un["by_purpose"] == {"answer": {"refused": 1}}
+    assert un["refused_examples"][0]["provider"].endswith("Input data may contain inappropriate content.")
