@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.outputs.report import build_status, open_ledgers, render_status, state_from_ledgers
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
@@ -70,6 +71,12 @@ def report(settings: Settings) -> dict[str, Any]:
     return json.loads((settings.out_dir / "report.json").read_text(encoding="utf-8"))
 
 
+def status_text(settings: Settings) -> str:
+    with open_ledgers(settings.state_dir) as ledgers:
+        state = state_from_ledgers(settings, ledgers)
+        return render_status(build_status(settings, ledgers, state, None))
+
+
 def every_text(settings: Settings) -> str:
     texts = [q["text"] for q in rows(settings, "questions")]
     texts += [f"{a['question']}\n{a['answer']}" for a in rows(settings, "answers")]
@@ -116,6 +123,10 @@ async def test_unusable_replies_end_short_by_kind_and_are_asked_again(
     assert "max_tokens" in r["unusable_replies"]["advice"]["cut_off"]
     assert r["short"] == {"战斗系统": "unusable", "主要角色": "unusable"}
 
+    shown = status_text(settings)
+    assert "战斗系统  0/3  (gave up: unusable replies (asked again next run))" in shown
+    assert "to resume: python run.py --settings test qa" in shown
+
     llm.think = None  # thinking turned off: the next run reopens both aspects
     second = await run_qa(settings, install_signals=False)
     assert second.status == "complete" and second.stats["accepted"] == 6
@@ -135,6 +146,10 @@ async def test_saturation_is_final_until_the_settings_or_retry_short_reopen_it(
     calls = llm.calls
     again = await run_qa(settings, install_signals=False)
     assert again.status == "short" and llm.calls == calls, "saturated under the same settings: final"
+    shown = status_text(settings)
+    assert "主要角色  2/3  (gave up: saturated)" in shown
+    assert "qa finished: 1 aspect short (1 saturated): a saturated aspect" in shown
+    assert "nothing left to do" not in shown
 
     more = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 4})
     await run_qa(more, install_signals=False)
