@@ -27,15 +27,13 @@ it and builds the answerer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pipeline.services.answerer import Answerer
-from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.services.huixiangdou import HuixiangdouPool, accepts_connection
 from pipeline.services.llm import LLMClient
 from pipeline.settings import Settings
 
@@ -98,26 +96,11 @@ def choose_backend(
     return BackendChoice("local", f"auto: no HuixiangDou server at {where}; {local_from}")
 
 
-async def _accepts(url: str, timeout: float) -> bool:
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 async def reachable_servers(urls: Sequence[str], *, timeout: float = CONNECT_TIMEOUT_S) -> list[str]:
     """The URLs whose server accepts a TCP connection (no HTTP request is
     sent: nothing queues behind a busy server)."""
-    found = await asyncio.gather(*(_accepts(u, timeout) for u in urls))
-    return [u for u, ok in zip(urls, found) if ok]
+    refused = await asyncio.gather(*(accepts_connection(u, timeout) for u in urls))
+    return [u for u, why in zip(urls, refused) if why is None]
 
 
 async def open_answerer(
@@ -127,10 +110,9 @@ async def open_answerer(
     earlier: Backend | None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> tuple[Answerer, BackendChoice, int]:
-    """The answerer of this run, the choice with its reason, and how many
-    answer workers keep it busy (HuixiangDou: one per server slot; local: one
-    per LLM call in flight). Probes HuixiangDou only where the rule needs it.
+) -> tuple[Answerer, BackendChoice]:
+    """The answerer of this run and the choice with its reason. Probes
+    HuixiangDou only where the rule needs it.
     ``clock`` and ``sleep`` time the HuixiangDou pool's waits (seams for tests)."""
     hx = settings.huixiangdou
     up: list[str] | None = None
@@ -139,8 +121,8 @@ async def open_answerer(
     choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=hx.urls,
                             data_dir=str(settings.paths.data_dir))
     if choice.backend == "huixiangdou":
-        return HuixiangdouPool(hx, clock=clock, sleep=sleep), choice, len(hx.urls) * hx.concurrency_per_server
+        return HuixiangdouPool(hx, clock=clock, sleep=sleep), choice
     # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
     from pipeline.services.local_rag import LocalAnswerer
 
-    return LocalAnswerer(settings, llm), choice, settings.llm.concurrency
+    return LocalAnswerer(settings, llm), choice
