@@ -683,7 +683,9 @@ def _unusable_replies(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         by_purpose.setdefault(purpose, Counter())[kind] += 1
         if kind == "refused" and len(refused) < EXAMPLES:
             where = ev.get("aspect") or ev.get("conv") or ev.get("passage") or ""
-            refused.append({"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))})
+            example = {"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))}
+            if example not in refused:
+                refused.append(example)
     return {
         "by_kind": dict(by_kind.most_common()),
         "by_purpose": {p: dict(c.most_common()) for p, c in by_purpose.items()},
