@@ -216,8 +216,18 @@ class QuestionSettings:
     )
     system_prompt: str = field(default="", metadata=_meta("question-writer system prompt; '' = preset"))
     user_prompt: str = field(default="", metadata=_meta("question-writer user prompt; '' = preset"))
-    min_chars: int = field(default=4, metadata=_meta("shortest accepted question", ge=1))
-    max_chars: int = field(default=60, metadata=_meta("longest accepted question", ge=1))
+    min_chars: int = field(
+        default=4, metadata=_meta("shortest accepted question, in characters (zh)", ge=1)
+    )
+    max_chars: int = field(
+        default=60, metadata=_meta("longest accepted question, in characters (zh)", ge=1)
+    )
+    min_words: int = field(
+        default=3, metadata=_meta("shortest accepted question, in words (en)", ge=1)
+    )
+    max_words: int = field(
+        default=30, metadata=_meta("longest accepted question, in words (en)", ge=1)
+    )
     near_duplicate_threshold: float = field(
         default=0.7, metadata=_meta("character n-gram Jaccard above which questions are duplicates", gt=0, le=1)
     )
@@ -598,11 +608,12 @@ def _cross_check(s: Settings) -> None:
             f"{src}: [conversations] min_turns: expected at most max_turns "
             f"({s.conversations.max_turns}), got {s.conversations.min_turns}"
         )
-    if s.questions.min_chars > s.questions.max_chars:
-        raise SettingsError(
-            f"{src}: [questions] min_chars: expected at most max_chars "
-            f"({s.questions.max_chars}), got {s.questions.min_chars}"
-        )
+    for unit in ("chars", "words"):
+        low, high = getattr(s.questions, f"min_{unit}"), getattr(s.questions, f"max_{unit}")
+        if low > high:
+            raise SettingsError(
+                f"{src}: [questions] min_{unit}: expected at most max_{unit} ({high}), got {low}"
+            )
     if not s.questions.aspects and s.questions.source != "corpus":
         raise SettingsError(
             f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"

@@ -47,6 +47,7 @@ from pipeline.errors import InputError
 from pipeline.jsonl import atomic_writer
 from pipeline.outputs.identity import identity_report, identity_section
 from pipeline.store.ledger import headless_answer, iter_ledger, iter_ledger_spans
+from pipeline.services.replies import ADVICE
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
 
@@ -122,6 +123,8 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Sequence[Mapping[str,
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        per_aspect=settings.questions.per_aspect,
+        max_stale_rounds=settings.questions.max_stale_rounds,
     )
 
 
@@ -497,7 +500,8 @@ def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
     )
     for row in ledgers.questions():
         builder.add(row)
-    return builder.finish(ledgers.events)
+    qs = settings.questions
+    return builder.finish(ledgers.events, per_aspect=qs.per_aspect, max_stale_rounds=qs.max_stale_rounds)
 
 
 def lock_holder(out_dir: Path) -> dict[str, Any] | None:
@@ -604,6 +608,84 @@ def _grouped(
     ]
 
 
+# What each dropped-question reason means, for a person (report.md, status).
+DROP_REASONS: Final[Mapping[str, str]] = {
+    "too_long": "too long",
+    "too_short": "too short",
+    "wrong_language": "not in [questions] language",
+    "not_a_question": "not a question",
+    "template_marker": "chat-template marker",
+    "empty": "empty",
+    "duplicate": "duplicate",
+    "near_duplicate": "near duplicate",
+    "over_target": "over per_aspect",
+}
+
+
+def _reasons(d: Mapping[str, int]) -> str:
+    return ", ".join(f"{DROP_REASONS.get(k, k)} {v}" for k, v in d.items()) if d else "none"
+
+
+def short_summary(short: Mapping[str, str]) -> str:
+    """``qa finished: 3 aspects short (2 unusable replies, 1 saturated)``, for
+    ``short``: aspect -> why it was given up ("saturated" or "unusable")."""
+    unusable = sum(1 for why in short.values() if why != "saturated")
+    saturated = len(short) - unusable
+    reasons = [f"{unusable} unusable replies"] if unusable else []
+    reasons += [f"{saturated} saturated"] if saturated else []
+    return f"qa finished: {len(short)} aspect{'s' * (len(short) != 1)} short ({', '.join(reasons)})"
+
+
+def short_advice(short: Mapping[str, str], resume: str = "python run.py qa") -> str:
+    """What to do about the aspects of :func:`short_summary`."""
+    advice = []
+    if any(why != "saturated" for why in short.values()):
+        advice.append(f"aspects lost to unusable replies (empty, refused, unparseable, screened out: "
+                      f"see report.md) are asked again by the next `{resume}`")
+    if any(why == "saturated" for why in short.values()):
+        advice.append("a saturated aspect (the model had nothing new) reopens when [questions] "
+                      f"per_aspect or max_stale_rounds is raised, or with `{resume} --retry-short`")
+    return "; ".join(advice)
+
+
+def _short_aspects(settings: Settings, state: RunState) -> dict[str, str]:
+    """Aspects short of per_aspect that were given up, and why."""
+    qs = settings.questions
+    return {a: state.given_up[a] for a in qs.aspects
+            if a in state.given_up and state.accepted.get(a, 0) < qs.per_aspect}
+
+
+def _unusable_replies(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """LLM replies that carried nothing usable (all runs), by kind and by what
+    they were for, with the provider's words for refusals and what to do."""
+    by_kind: Counter[str] = Counter()
+    by_purpose: dict[str, Counter[str]] = {}
+    refused: list[dict[str, str]] = []
+    for ev in events:
+        if ev.get("event") != "llm_unusable":
+            continue
+        kind, purpose = str(ev.get("kind", "")), str(ev.get("purpose", ""))
+        by_kind[kind] += 1
+        by_purpose.setdefault(purpose, Counter())[kind] += 1
+        if kind == "refused" and len(refused) < EXAMPLES:
+            where = ev.get("aspect") or ev.get("conv") or ev.get("passage") or ""
+            refused.append({"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))})
+    return {
+        "by_kind": dict(by_kind.most_common()),
+        "by_purpose": {p: dict(c.most_common()) for p, c in by_purpose.items()},
+        "refused_examples": refused,
+        "advice": {k: ADVICE.get(k, _ROUND_ADVICE.get(k, "")) for k in by_kind},
+    }
+
+
+_ROUND_ADVICE: Final[Mapping[str, str]] = {
+    "unparseable": "the reply held no question: check [questions] prompts and the model",
+    "screened_out": "every question failed the screen (see the dropped reasons): check [questions] "
+                    "language and the length limits",
+    "failed": "the call failed after its retries: check the provider's status",
+}
+
+
 def _all_runs(events: Sequence[Mapping[str, Any]], counter: str) -> dict[str, int]:
     """One of the run statistics' counters (e.g. "dropped"), summed over every finished run."""
     total: Counter[str] = Counter()
@@ -666,6 +748,7 @@ def build_report(
             "questions": state.accepted.get(aspect, 0),
             "target": qs.per_aspect if aspect in qs.aspects else 0,
             "exhausted": aspect in state.exhausted,
+            "gave_up": state.given_up.get(aspect) if state.accepted.get(aspect, 0) < qs.per_aspect else None,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
     sources = SourceTally()
@@ -714,6 +797,9 @@ def build_report(
         ],
         "dropped_questions": _all_runs(ledgers.events, "dropped"),
         "gate_edits": _all_runs(ledgers.events, "edited"),
+        "unusable_replies": _unusable_replies(ledgers.events),
+        "short": _short_aspects(settings, state),
+        "command": resume_command(settings),
         "answer_chars": _lengths(tally.answer_chars()),
         "latency": {"rag_all_runs": _latency(tally.rag_seconds)},
         "usage": _usage(state.usage),
@@ -731,6 +817,7 @@ def build_report(
             "questions_new": int(run.get("questions_new", 0)),
             "outcomes": outcomes,
             "dropped": dict(Counter(stats.get("dropped") or {}).most_common()),
+            "unusable": dict(Counter(stats.get("unusable") or {}).most_common()),
             "rejected": dict(Counter(stats.get("rejected") or {}).most_common()),
             "usage": _usage(run.get("usage") or {}),
             "latency": {
@@ -741,6 +828,13 @@ def build_report(
             "answers_per_hour": _per_hour(sum(outcomes.values()), seconds),
         }
     return report
+
+
+def _gave_up_label(aspect: Mapping[str, Any]) -> str:
+    why = aspect.get("gave_up")
+    if why == "saturated":
+        return "saturated" + ("" if aspect.get("exhausted") else " (reopened by the settings)")
+    return "unusable replies (asked again next run)" if why else ""
 
 
 def _cell(text: Any) -> str:
@@ -783,9 +877,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
         lines.append("")
         if run["dropped"]:
-            lines.append("Questions dropped this run (parser, screen, dedup): " + ", ".join(
-                f"{k} {v}" for k, v in run["dropped"].items()))
+            lines.append("Questions dropped this run (parser, screen, dedup): " + _reasons(run["dropped"]))
             lines.append("")
+        if run["unusable"]:
+            lines.append("LLM replies with nothing usable this run: " + _reasons(run["unusable"]))
+            lines.append("")
+    if report["short"]:
+        lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'], report['command'])}.", ""]
 
     q = report["questions"]
     lines += ["## Questions per aspect (all runs)", "",
@@ -795,7 +893,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ft = a["first_turn"]
         rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
                      sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
-                     ft.get("unasked", 0), "yes" if a["exhausted"] else ""])
+                     ft.get("unasked", 0), _gave_up_label(a)])
     lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
     lines.append("")
 
@@ -851,7 +949,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     lines += ["## Questions dropped (all finished runs)", ""]
     dropped = report["dropped_questions"]
-    lines.append(", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped else "None.")
+    lines.append(_reasons(dropped) if dropped else "None.")
+    lines.append("")
+
+    un = report["unusable_replies"]
+    lines += ["## LLM replies with nothing usable (all runs)", ""]
+    if un["by_kind"]:
+        lines += _table(["kind", "count", "for", "what to do"],
+                        [[k, n, ", ".join(f"{p} {c[k]}" for p, c in un["by_purpose"].items() if k in c),
+                          un["advice"].get(k, "")] for k, n in un["by_kind"].items()])
+        if un["refused_examples"]:
+            lines += ["", "Refused by the provider (each such item is skipped; the run goes on):", ""]
+            lines += [f"- {e['purpose']} {e['where']}: {_cell(e['provider'])}" for e in un["refused_examples"]]
+    else:
+        lines.append("None.")
     lines.append("")
 
     ac = report["answer_chars"]
@@ -929,6 +1040,7 @@ def build_status(
     selected = int(selection.get("selected", 0)) if selection is not None else 0
     passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
+    short = _short_aspects(settings, state)
     return {
         "out_dir": str(settings.out_dir),
         "last_run": {
@@ -941,9 +1053,11 @@ def build_status(
         },
         "aspects": {
             a: {"questions": state.accepted.get(a, 0), "target": qs.per_aspect,
-                "exhausted": a in state.exhausted}
+                "exhausted": a in state.exhausted, "gave_up": short.get(a)}
             for a in qs.aspects
         },
+        "short": short,
+        "command": resume_command(settings),
         "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
@@ -996,7 +1110,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))
-        extra = "  (gave up: nothing new)" if a["exhausted"] else ""
+        extra = f"  (gave up: {_gave_up_label(a)})" if a.get("gave_up") else ""
         lines.append(f"  {aspect}{pad}  {a['questions']}/{a['target']}{extra}")
     c = status["conversations"]
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
@@ -1011,7 +1125,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     else:
         lines.append("  none yet")
     lines.append(f"gate rejections: {_counts(status['rejections'])}")
-    lines.append(f"questions dropped: {_counts(status['dropped'])}")
+    lines.append(f"questions dropped: {_reasons(status['dropped'])}")
     u = status["usage"]
     lines.append(f"tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion; "
                  f"cost {u['cost']:.4f}")
@@ -1021,6 +1135,8 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"to start: {status['resume']}")
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
+    elif status.get("short"):
+        lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'], status['command'])}")
     else:
         lines.append("nothing left to do")
     return "\n".join(lines)

@@ -36,7 +36,15 @@ from pipeline.store.ledger import (
 )
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer
-from pipeline.outputs.report import Ledgers, build_report, open_ledgers, state_from_ledgers, write_report
+from pipeline.outputs.report import (
+    Ledgers,
+    build_report,
+    open_ledgers,
+    short_advice,
+    short_summary,
+    state_from_ledgers,
+    write_report,
+)
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState, StateBuilder, first_turn_texts, ledger_paths, question_block
 
@@ -48,7 +56,9 @@ log = logging.getLogger(__name__)
 
 EXIT_CODES: dict[str, int] = {
     "complete": 0,
+    "short": 3,      # nothing more to do, but aspects fell short of per_aspect
     "fatal": 1,
+    "refused": 1,    # the provider refused most recent calls; resumable
     "servers_down": 1,
     "crashed": 1,
     "quota": 75,
@@ -89,7 +99,7 @@ class QAResult:
         """The closing summary: how it ended, what it made, what it cost."""
         outcomes = self.stats.get("outcomes", {})
         parts = [
-            f"qa {self.status}",
+            short_summary(self.stats.get("short", {})) if self.status == "short" else f"qa {self.status}",
             f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
             *([f"passages {self.stats['passages'][0]}/{self.stats['passages'][1]} asked, "
                f"{self.stats.get('corpus_questions', 0)} questions from them"]
@@ -103,16 +113,19 @@ class QAResult:
         if self.detail:
             text += f"\n{self.detail}"
         asked, selected = self.stats.get("passages", [0, 0])
-        if asked < selected and self.status == "complete":
+        if asked < selected and self.status in ("complete", "short"):
             text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
                      f"(see qa.log); run `{self.resume}` again to ask them")
-        if self.status in ("quota", "interrupted", "servers_down", "crashed"):
+        if self.status in ("quota", "interrupted", "servers_down", "crashed", "refused"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
+        if self.status == "short":
+            text += "\n" + short_advice(self.stats.get("short", {}), self.resume)
         return text
 
 
 def load_state(
     settings: Settings, *, repair: bool, block_size: int = _READ_BLOCK, retry: Iterable[str] = (),
+    retry_short: bool = False,
 ) -> RunState:
     """Derive the resume plan from the ledgers (cutting a torn last line when
     ``repair``; the readers cut one anyway, as the next append would glue onto it).
@@ -130,7 +143,8 @@ def load_state(
     plan is :func:`~pipeline.store.resume.derive_state`'s either way. ``block_size``
     is the read block (a seam for tests: small blocks mix the two paths).
     The plan records how much of the question ledger it read, for
-    :func:`earlier_questions`."""
+    :func:`earlier_questions`. ``retry_short``: no aspect counts as given up
+    for good (``qa --retry-short``)."""
     paths = ledger_paths(settings.state_dir)
     if repair:
         for path in paths.values():
@@ -158,7 +172,9 @@ def load_state(
                 for row in rows_of_block(paths["questions"], block, end, offset):
                     builder.add(row)
             read = offset + end
-        state = builder.finish(read_ledger(paths["events"]))
+        qs = settings.questions
+        state = builder.finish(read_ledger(paths["events"]), per_aspect=qs.per_aspect,
+                               max_stale_rounds=qs.max_stale_rounds, retry_short=retry_short)
     state.questions_read = read
     return state
 
@@ -238,14 +254,16 @@ async def run_qa(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     retry: Iterable[str] = (),
+    retry_short: bool = False,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
     ``on_graph`` receives the graph once built (for a display, or a test's stop);
     ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests);
-    ``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose questions are asked again."""
+    ``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose questions are asked again;
+    ``retry_short`` reopens every aspect given up short of its target."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
-        state = load_state(settings, repair=True, retry=retry)
+        state = load_state(settings, repair=True, retry=retry, retry_short=retry_short)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
             # Fail before anything is paid for when a service is misconfigured.

@@ -30,15 +30,16 @@ from pipeline.errors import InputError
 from pipeline.store.schema import is_from_passage
 
 __all__ = [
+    "LEDGERS",
+    "SAMPLE",
     "AnsweredOf",
     "ConvPlan",
-    "LEDGERS",
     "QuestionBlock",
     "RowOf",
     "RunState",
-    "SAMPLE",
     "StateBuilder",
     "TurnOf",
+    "aspects_given_up",
     "derive_state",
     "first_turn_texts",
     "json_string",
@@ -96,7 +97,7 @@ class RunState:
 
     accepted: dict[str, int]  # aspect -> how many first-turn questions were accepted
     recent: dict[str, list[str]]  # aspect -> its newest SAMPLE accepted questions, oldest first
-    exhausted: set[str]  # aspects given up after rounds with nothing new
+    exhausted: set[str]  # aspects given up for good: saturated under the current settings
     pending: list[ConvPlan]  # conversations with a turn still to ask, in seq order
     finished: int  # conversations that need nothing more
     gave_up: int  # conversations whose next turn failed max_answer_attempts times
@@ -108,6 +109,8 @@ class RunState:
     # Passages of the corpus the question writer was asked about (their
     # questions recorded, or a ``passage`` event): never asked again.
     passages_asked: set[str] = field(default_factory=set)
+    # Why each aspect was last given up: "saturated" or "unusable" (see aspects_given_up).
+    given_up: dict[str, str] = field(default_factory=dict)
     corpus_questions: int = 0  # first-turn questions written from passages
     # Finished conversations with answered turns, then one not answered: short of their target.
     short: int = 0
@@ -339,7 +342,10 @@ class StateBuilder:
             if kind == "failed":
                 failures = found[1]
                 if failures < self._attempts:
-                    question = self._row_of(found[2]).get("question") or (text if turn == 1 else None)
+                    # A later turn's question is only ever an accepted follow-up
+                    # row (found by finish()): a failed row's text may be one
+                    # that was rejected, and is never asked.
+                    question = text if turn == 1 else None
                     self._pend(conv, aspect, seq, text, target, turn, answered, question, failures)
                     return
                 self._gave_up += 1
@@ -362,17 +368,27 @@ class StateBuilder:
         if question is None:
             self._deferred.append(plan)
 
-    def finish(self, events: Sequence[Mapping[str, Any]]) -> RunState:
-        """The plan, once every question row was added; ``events`` are the event-ledger rows."""
+    def finish(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        per_aspect: int | None = None,
+        max_stale_rounds: int | None = None,
+        retry_short: bool = False,
+    ) -> RunState:
+        """The plan, once every question row was added; ``events`` are the
+        event-ledger rows; the rest goes to :func:`aspects_given_up`."""
         self._sample_tail({})
         for plan in self._deferred:
             plan.next_question = self._followups.get((plan.conv, plan.next_turn))
         self._pending.sort(key=lambda p: p.seq)  # stable: ties stay in file order
         last_run, usage = _merge_runs(events)
+        final, why = aspects_given_up(events, per_aspect, max_stale_rounds, retry_short)
         return RunState(
             accepted=self.accepted,
             recent={aspect: list(texts) for aspect, texts in self._recent.items()},
-            exhausted={ev["aspect"] for ev in events if ev.get("event") == "aspect_exhausted"},
+            exhausted=final,
+            given_up=why,
             pending=self._pending,
             finished=self._finished,
             gave_up=self._gave_up,
@@ -477,6 +493,39 @@ def first_turn_texts(block: bytes, end: int) -> list[str] | None:
     return _json_strings(columns.texts, block.find(b"\\", 0, end) >= 0)
 
 
+def aspects_given_up(
+    events: Iterable[Mapping[str, Any]],
+    per_aspect: int | None,
+    max_stale_rounds: int | None,
+    retry_short: bool = False,
+) -> tuple[set[str], dict[str, str]]:
+    """(aspects given up for good, why each aspect was last given up).
+
+    An aspect is given up for good only when its last ``aspect_exhausted``
+    event says "saturated" (the model had nothing new) under settings at
+    least as demanding as ``per_aspect`` and ``max_stale_rounds`` (None: not
+    compared): raising either reopens it, as does ``retry_short``. Rounds of
+    unusable replies (empty, refused, unparseable) never close an aspect, nor
+    does an event written before the two were told apart (no "why")."""
+    last: dict[str, Mapping[str, Any]] = {}
+    for ev in events:
+        if ev.get("event") == "aspect_exhausted" and "aspect" in ev:
+            last[str(ev["aspect"])] = ev
+    why = {a: str(ev.get("why", "unusable")) for a, ev in last.items()}
+    if retry_short:
+        return set(), why
+    final = set()
+    for aspect, ev in last.items():
+        if ev.get("why") != "saturated":
+            continue
+        if per_aspect is not None and int(ev.get("per_aspect", 0)) < per_aspect:
+            continue
+        if max_stale_rounds is not None and int(ev.get("max_stale_rounds", 0)) < max_stale_rounds:
+            continue
+        final.add(aspect)
+    return final, why
+
+
 def derive_state(
     question_rows: Iterable[Mapping[str, Any]],
     answer_rows: Iterable[Mapping[str, Any]],
@@ -486,6 +535,8 @@ def derive_state(
     min_turns: int,
     max_turns: int,
     max_answer_attempts: int,
+    per_aspect: int | None = None,
+    max_stale_rounds: int | None = None,
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
@@ -507,4 +558,4 @@ def derive_state(
     )
     for row in question_rows:
         builder.add(row)
-    return builder.finish(events)
+    return builder.finish(events, per_aspect=per_aspect, max_stale_rounds=max_stale_rounds)
