@@ -27,7 +27,7 @@ from typing import Any
 from pipeline.errors import InputError, PipelineError, SettingsError
 from pipeline.outputs.export import FORMATS, export, read_records, source_kind
 from pipeline.outputs.validate import format_problem, summary_line, validate_file
-from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
+from pipeline.settings import SEED_SEPARATORS, Settings, check_pieces, load_settings
 from pipeline.store.schema import ANSWER_KINDS
 
 EXIT_OK = 0
@@ -120,14 +120,8 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     save = Path(args.save_path) if args.save_path else settings.out_dir / p.output_name
     size = args.chunk_size if args.chunk_size is not None else p.chunk_size
     overlap = args.chunk_overlap if args.chunk_overlap is not None else p.chunk_overlap
-    # Flags bypass the settings loader's range checks, so check them here.
-    if size < 1:
-        raise SettingsError(f"--chunk-size: expected a value >= 1, got {size}")
-    if not 0 <= overlap < size:
-        raise SettingsError(
-            f"--chunk-overlap: expected a value >= 0 and less than the chunk size ({size}), "
-            f"got {overlap}"
-        )
+    # Flags bypass the settings loader's checks: the same rule, naming the flags.
+    check_pieces(size, overlap, size_name="--chunk-size", overlap_name="--chunk-overlap")
     summary = run_pretrain(
         root,
         save,

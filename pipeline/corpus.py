@@ -57,6 +57,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from pipeline.cleantext import clean_text
 from pipeline.errors import InputError
+from pipeline.settings import check_pieces
 from pipeline.jsonl import atomic_writer, dumps_line
 
 __all__ = [
@@ -446,16 +447,10 @@ def make_splitter(
 
     ``seed_compatible=True`` uses ``separators`` literally with LangChain's
     defaults, as the reference did; pass ``SEED_SEPARATORS`` for its chunks.
-    Raises ``ValueError`` for sizes LangChain rejects or an overlap not
-    smaller than the chunk size.
+    Raises :class:`SettingsError` when the sizes break
+    :func:`pipeline.settings.check_pieces`.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    if not 0 <= chunk_overlap < chunk_size:
-        raise ValueError(
-            f"chunk_overlap must be at least 0 and less than chunk_size ({chunk_size}), "
-            f"got {chunk_overlap}"
-        )
+    check_pieces(chunk_size, chunk_overlap, size_name="chunk_size", overlap_name="chunk_overlap")
     if seed_compatible:
         return _Splitter(
             chunk_size=chunk_size,
