@@ -42,12 +42,12 @@ _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=_FORMAT,
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if verbose else logging.INFO
+    # The level is on the handler too: a library that sets its own logger to
+    # DEBUG when imported (bm25s does) must not make the screen verbose.
+    screen = logging.StreamHandler(sys.stderr)
+    screen.setLevel(level)
+    logging.basicConfig(level=level, format=_FORMAT, datefmt="%H:%M:%S", handlers=[screen])
     if not verbose:
         # httpx (and its fork httpx2, under some openai transports) logs every
         # request at INFO: tens of thousands of lines a night.
@@ -75,6 +75,7 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
     level = root.level
     if level == logging.NOTSET or level > logging.INFO:
         root.setLevel(logging.INFO)
+    to_file.setLevel(root.level)  # see _configure_logging
     removed: list[logging.Handler] = []
     added: list[logging.Handler] = [to_file]
     console = None
@@ -87,7 +88,7 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
             if type(handler) is logging.StreamHandler:
                 root.removeHandler(handler)
                 removed.append(handler)
-        screen = RichHandler(console=console, show_path=False, markup=False)
+        screen = RichHandler(console=console, show_path=False, markup=False, level=root.level)
         screen.addFilter(lambda record: record.name != LINE_LOGGER)
         root.addHandler(screen)
         added.append(screen)
