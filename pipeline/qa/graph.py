@@ -60,6 +60,7 @@ from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
 from pipeline.store.schema import answer_row, followup_row, question_row
+from pipeline.store.shape import shape_id, shape_of
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -147,6 +148,8 @@ class Graph:
         time the waits (servers down, quota, the grace of a stop); seams for tests."""
         self.settings = settings
         self.state = state
+        # Every answer row names the settings that shaped it (recorded in full at run_start).
+        self.shape = shape_id(shape_of(settings))
         self.llm = llm
         self.answerer = answerer
         self.writer = writer
@@ -649,6 +652,7 @@ class Graph:
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
+            shape=self.shape,
             backend=self.answerer.backend,
             edits=edits,
         )
