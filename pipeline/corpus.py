@@ -56,7 +56,7 @@ from typing import Any
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from pipeline.cleantext import clean_text
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UndecodableFile
 from pipeline.settings import check_pieces
 from pipeline.jsonl import atomic_writer, dumps_line
 
@@ -64,7 +64,6 @@ __all__ = [
     "DEFAULT_BLOCK_CHARS",
     "PretrainSummary",
     "SourceInfo",
-    "UndecodableFile",
     "cut_point",
     "decode",
     "detect_encoding",
@@ -117,15 +116,6 @@ _CONTROLS_ALLOWED = 8
 BAD_BYTES_LIMIT = 16
 # How many bad-byte offsets a report names.
 BAD_OFFSETS_KEPT = 5
-
-
-class UndecodableFile(InputError):
-    """A file is binary or cannot be decoded; the message names it and why."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.dataset import conversations_with_sources, provenance_path, write_dataset_with_sources
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, OutputError
 from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
@@ -56,7 +56,7 @@ from pipeline.store.resume import RunState, StateBuilder, first_turn_texts, ledg
 
 __all__ = [
     "BuildResult", "build_outputs",
-    "EXIT_CODES", "OutputError", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
+    "EXIT_CODES", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
 ]
 
 log = logging.getLogger(__name__)
@@ -393,11 +393,6 @@ async def _run_graph(
         usage=llm.usage.snapshot(),
         resume=settings.command("qa"),
     )
-
-
-class OutputError(PipelineError):
-    """An output file could not be written (disk full, permissions); the message
-    names it and says what is safe."""
 
 
 def _write_dataset(settings: Settings, ledgers: Ledgers, left_out: Counter[str]) -> int:

@@ -69,8 +69,8 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
-from pipeline.errors import ContentRefused, InputError, RetryableError, UnusableReply
+from pipeline.corpus import discover, iter_chunks, make_splitter, probe
+from pipeline.errors import ContentRefused, InputError, RetryableError, UndecodableFile, UnusableReply
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
 from pipeline.services.replies import REFUSED
