@@ -31,10 +31,25 @@ from pipeline.outputs.validate import format_problem, summary_line, validate_fil
 from pipeline.settings import SEED_SEPARATORS, Settings, check_pieces, load_settings
 from pipeline.store.schema import ANSWER_KINDS
 
+# The one map from how a command ended to the process's exit code: stages
+# return a status, main() below turns exceptions into codes.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SHORT = 3
+EXIT_QUOTA = 75
 EXIT_INTERRUPTED = 130
+
+# Statuses of the qa stage (pipeline.qa.stage); any other (fatal, refused,
+# servers_down, crashed) is a failure.
+QA_EXIT = {"complete": EXIT_OK, "short": EXIT_SHORT, "quota": EXIT_QUOTA, "interrupted": EXIT_INTERRUPTED}
+# The identity command's: "short" is fewer valid records than asked for, not a failure.
+IDENTITY_EXIT = {**QA_EXIT, "short": EXIT_OK}
+
+
+def exit_code(status: str, codes: dict[str, int] = QA_EXIT) -> int:
+    """The exit code of a run that ended with ``status``."""
+    return codes.get(status, EXIT_FAILED)
 
 log = logging.getLogger("pipeline")
 
@@ -161,7 +176,7 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         undo_logging()
     print(result.line())
-    return result.exit_code
+    return exit_code(result.status)
 
 
 async def _qa_with_progress(settings: Settings, live: bool, console: Any, retry: tuple[str, ...], *,
@@ -201,7 +216,7 @@ def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
 
     result = _run_async(run_identity(settings))
     print(result.line())
-    return result.exit_code
+    return exit_code(result.status, IDENTITY_EXIT)
 
 
 def cmd_dry_run(settings: Settings) -> int:
