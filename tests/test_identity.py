@@ -38,6 +38,7 @@ def facts(**identity: Any) -> Facts:
 @pytest.mark.parametrize(("answer", "lang", "reason"), [
     ("你好！我是小明，由星河工作室开发的AI助手。", "zh", None),
     ("Hi! I'm 小明, a gardening assistant made by 星河工作室.", "en", None),
+    ("I'm 小明, by 星河工作室.", "en", None),
     ("我是DeepSeek，由深度求索公司开发的AI助手。", "zh", "other_identity"),
     ("我是小明，基于通义千问打造。", "zh", "other_identity"),
     ("I am 小明, but really I'm ChatGPT by OpenAI.", "en", "other_identity"),
