@@ -49,6 +49,7 @@ from pipeline.outputs.identity import identity_report, identity_section
 from pipeline.store.ledger import headless_answer, iter_ledger, iter_ledger_spans
 from pipeline.services.replies import ADVICE
 from pipeline.settings import Settings
+from pipeline.store.shape import Scope
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
 
 __all__ = [
@@ -123,6 +124,7 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Sequence[Mapping[str,
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, rows.get("events", [])),
         per_aspect=settings.questions.per_aspect,
         max_stale_rounds=settings.questions.max_stale_rounds,
     )
@@ -497,6 +499,7 @@ def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, ledgers.events),
     )
     for row in ledgers.questions():
         builder.add(row)
@@ -606,6 +609,17 @@ def _grouped(
         {"value": value, "count": n, "kind": kinds[value].most_common(1)[0][0], "examples": seen[value]}
         for value, n in chosen
     ]
+
+
+def _build_after_last_run(events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last ``build`` event after the last ``run_start``, or None."""
+    for ev in reversed(events):
+        kind = ev.get("event")
+        if kind == "build":
+            return {"time": ev.get("time"), "conversations": ev.get("conversations")}
+        if kind == "run_start":
+            return None
+    return None
 
 
 # What each dropped-question reason means, for a person (report.md, status).
@@ -727,6 +741,7 @@ def build_report(
     *,
     conversations: int | None = None,
     now: float | None = None,
+    left_out: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The run report as plain data (what ``report.json`` holds).
 
@@ -782,6 +797,11 @@ def build_report(
             "short": state.short,
             "keep_short": settings.conversations.keep_short,
             "in_dataset": conversations,
+            # Answered conversations the current settings leave out of the
+            # dataset, or cut (see pipeline.outputs.dataset.conversations_from).
+            "left_out": dict(left_out or {}),
+            # Conversations the resume plan no longer continues, by why.
+            "set_aside": dict(state.set_aside),
         },
         "outcomes": {k: summary["by_kind"].get(k, 0) for k in ANSWER_KINDS},
         "backends": summary["by_backend"],
@@ -922,6 +942,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
                      "`python run.py qa --retry skipped,vetoed` asks them again.")
     lines.append("")
+    if c.get("left_out"):
+        lines.append("Not in the dataset as made, by the current settings (the ledgers keep every row; "
+                     "restore the settings to bring them back): "
+                     + ", ".join(f"{why} {n}" for why, n in c["left_out"].items()) + ".")
+        lines.append("")
 
     lines += ["## Why questions got no answer", "",
               "The backend's last state for each unanswered turn, most common first. "
@@ -1040,6 +1065,7 @@ def build_status(
     selected = int(selection.get("selected", 0)) if selection is not None else 0
     passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
+    build = _build_after_last_run(ledgers.events)
     short = _short_aspects(settings, state)
     return {
         "out_dir": str(settings.out_dir),
@@ -1062,7 +1088,12 @@ def build_status(
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short},
+                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short,
+                          "set_aside": dict(state.set_aside)},
+        # The last `build` since the last run started, if any: {"time", "conversations"}.
+        "build": build,
+        # A run that never recorded its end may have died writing the dataset.
+        "rebuild": settings.command("build") if outcome == "crashed" and build is None else None,
         "by_kind": summary["by_kind"],
         "by_backend": summary["by_backend"],
         "by_state": summary["by_state"],
@@ -1116,6 +1147,13 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
                  f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures, "
                  f"{c.get('short', 0)} short of their target turns")
+    if c.get("set_aside"):
+        lines.append("left out by the current settings (kept in the ledgers): "
+                     + ", ".join(f"{why} {n}" for why, n in c["set_aside"].items()))
+    build = status.get("build")
+    if build:
+        lines.append(f"conversations.jsonl rebuilt by `build` {_iso(build.get('time'))}: "
+                     f"{build.get('conversations')} conversations")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
     for backend, counts in status.get("by_backend", {}).items():
         lines.append(f"  by {backend}: {_counts(counts)}")
@@ -1135,8 +1173,13 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"to start: {status['resume']}")
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
+    elif status.get("rebuild"):
+        lines.append(f"conversations.jsonl may predate the last answers (the run ended without "
+                     f"recording it was written); to rebuild it: {status['rebuild']}")
     elif status.get("short"):
         lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'], status['command'])}")
     else:
         lines.append("nothing left to do")
+    if status.get("rebuild") and status["resume"]:
+        lines.append(f"or, without resuming, rebuild conversations.jsonl from what is recorded: {status['rebuild']}")
     return "\n".join(lines)

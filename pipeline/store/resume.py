@@ -28,6 +28,7 @@ import orjson
 
 from pipeline.errors import InputError
 from pipeline.store.schema import is_from_passage
+from pipeline.store.shape import RunShapes, Scope
 
 __all__ = [
     "LEDGERS",
@@ -112,6 +113,11 @@ class RunState:
     # Why each aspect was last given up: "saturated" or "unusable" (see aspects_given_up).
     given_up: dict[str, str] = field(default_factory=dict)
     corpus_questions: int = 0  # first-turn questions written from passages
+    # Conversations the current settings leave out (pipeline.store.shape.Scope),
+    # by why: neither continued nor counted above.
+    set_aside: dict[str, int] = field(default_factory=dict)
+    # The shape the last run recorded (pipeline.store.shape), None before shapes were.
+    last_shape: dict[str, Any] | None = None
     # Finished conversations with answered turns, then one not answered: short of their target.
     short: int = 0
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
@@ -189,11 +195,14 @@ class StateBuilder:
         max_turns: int,
         max_answer_attempts: int,
         answered_of: AnsweredOf | None = None,
+        scope: Scope | None = None,
         retry: Iterable[str] = (),
     ) -> None:
         """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
         asked again, as ``qa --retry`` wants after the knowledge base improved."""
         self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
+        self._scope = scope
+        self._set_aside: Counter[str] = Counter()
         self._retry = frozenset(retry) - {"answered"}
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
@@ -225,6 +234,10 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
+        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
+        if why is not None:
+            self._set_aside[why] += 1
+            return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
@@ -249,6 +262,14 @@ class StateBuilder:
         row that ``answered_of`` says is finished, and only the texts the plan
         keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
+        if self._scope is not None and not self._scope.keeps_block(aspects, seqs):
+            # Some rows are left out: take them one at a time (rare: after a settings change).
+            for i in range(len(ids)):
+                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
+                          "seq": seqs[i]})
+            for conv, turn, text in block.followups:
+                self.add_followup(conv, turn, text)
+            return
         accepted = self.accepted
         counts = Counter(aspects)
         for aspect, n in counts.items():  # new aspects in order of first appearance
@@ -402,6 +423,8 @@ class StateBuilder:
             passages_asked=self._passages | {
                 str(ev["passage"]) for ev in events if ev.get("event") == "passage" and "passage" in ev},
             corpus_questions=self._corpus_questions,
+            set_aside=dict(self._set_aside.most_common()),
+            last_shape=dict(shape) if (shape := RunShapes(events).last) is not None else None,
         )
 
 
@@ -535,6 +558,7 @@ def derive_state(
     min_turns: int,
     max_turns: int,
     max_answer_attempts: int,
+    scope: Scope | None = None,
     per_aspect: int | None = None,
     max_stale_rounds: int | None = None,
 ) -> RunState:
@@ -555,6 +579,7 @@ def derive_state(
         min_turns=min_turns,
         max_turns=max_turns,
         max_answer_attempts=max_answer_attempts,
+        scope=scope,
     )
     for row in question_rows:
         builder.add(row)
