@@ -320,7 +320,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
             raise InputError(f"{p}: {'not a file' if p.exists() else 'no such file'}")
     failed = False
     for p in paths:
-        report = validate_file(p)
+        report = validate_file(p, max_answer_chars=settings.conversations.max_answer_chars)
         for problem in report.problems:
             if problem.severity == "warning" and args.quiet:
                 continue
@@ -376,11 +376,13 @@ def add_validate_parser(sub: Any) -> argparse.ArgumentParser:
         "validate",
         help="check JSONL files against XTuner's rules",
         description=(
-            "Check each FILE as XTuner JSONL: one UTF-8 JSON object per line, a final newline, "
-            "no blank lines; pretraining records (one turn, empty input) or conversation records "
-            "({input, output} turns, 'system' on the first turn only), not mixed; non-empty "
-            "outputs; no <|im_start|>/<|im_end|> markers. Prints FILE:LINE: problems and a "
-            "summary per file; exits 1 when any file has an error."
+            "Check each FILE as XTuner JSONL: one UTF-8 JSON object per line; pretraining records "
+            "(one turn, empty input) or conversation records ({input, output} turns, 'system' on "
+            "the first turn only), not mixed; non-empty outputs; no <|im_start|>/<|im_end|> "
+            "markers. Our exports (alpaca, sharegpt, openai, pretraining text) are recognised by "
+            "their keys and checked by the same rules. Warnings: blank lines, no final newline, "
+            "unknown keys, answers over [conversations] max_answer_chars. Prints FILE:LINE: "
+            "problems and a summary per file; exits 1 when any file has an error."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL file to check")

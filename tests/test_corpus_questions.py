@@ -185,6 +185,7 @@ async def test_every_file_gets_questions_and_every_question_traces_to_its_passag
     assert len(answered) >= len(questions) - 1
     for a in answered:
         assert by_id[a["conv"]]["file"] in a["refs"]
+    assert "## Questions per aspect" not in (settings.out_dir / "report.md").read_text(encoding="utf-8")
     # Any record of the dataset traces to its passage through the side file, line by line.
     records = rows(settings.out_dir / "conversations.jsonl")
     sources = rows(settings.out_dir / "conversations.provenance.jsonl")

@@ -39,6 +39,7 @@ def facts(**identity: Any) -> Facts:
 @pytest.mark.parametrize(("answer", "lang", "reason"), [
     ("你好！我是小明，由星河工作室开发的AI助手。", "zh", None),
     ("Hi! I'm 小明, a gardening assistant made by 星河工作室.", "en", None),
+    ("I'm 小明, by 星河工作室.", "en", None),
     ("我是DeepSeek，由深度求索公司开发的AI助手。", "zh", "other_identity"),
     ("我是小明，基于通义千问打造。", "zh", "other_identity"),
     ("I am 小明, but really I'm ChatGPT by OpenAI.", "en", "other_identity"),
@@ -330,3 +331,27 @@ async def test_the_file_follows_the_settings_when_they_ask_for_less(llm: FakeLLM
     assert (result.status, result.records, llm.calls) == ("complete", 6, calls)
     made = records(fewer)
     assert len(made) == 6 and not any(is_zh(r["conversation"][0]["input"]) for r in made)
+
+
+async def test_a_refused_key_mid_run_stops_with_the_error_and_keeps_the_records(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, llm)
+    answered = 0
+
+    def responder(messages: list[dict[str, str]]) -> str:
+        # The key is revoked after the sixth answer.
+        nonlocal answered
+        if "关于你自己" in messages[0]["content"] or "About yourself" in messages[0]["content"]:
+            answered += 1
+            if answered == 6:
+                llm.api_key = "revoked"
+        return llm.default_responder(messages)
+
+    llm.responder = responder
+    with pytest.raises(ExceptionGroup) as caught:
+        await run_identity(settings, install_signals=False)
+    assert "check the key in $FAKE_LLM_API_KEY" in str(caught.value.exceptions[0])
+    kept = records(settings)
+    assert 1 <= len(kept) <= 6
+    assert all("小明" in r["conversation"][0]["output"] for r in kept)

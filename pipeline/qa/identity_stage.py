@@ -234,6 +234,12 @@ async def run_identity(settings: Settings, *, install_signals: bool = True,
                     status = "short"
                 await maker.record({"type": "run_end", "status": status, "detail": detail,
                                     "time": time.time()})
+            except BaseException:
+                # A service error a person must fix (a refused key, say): the
+                # records made so far are still written, then the error is told.
+                with contextlib.suppress(Exception):
+                    write_identity(settings, state)
+                raise
             finally:
                 restore()
                 writer.close()
