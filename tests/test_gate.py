@@ -18,7 +18,6 @@ from pipeline.qa.gate import (
     _Matcher,
     _tidy,
     compile_gate,
-    gate_answer,
 )
 from pipeline.settings import ConversationSettings, parse_settings
 
@@ -205,7 +204,7 @@ def test_length_limits_are_inclusive_settings() -> None:
     ten = "一二三四五六七八九十"
     assert GATE(ten) == GateResult(ten, None, (), ())
     assert GATE(ten[:-1]).reason == "too_short"
-    assert gate_answer("是。", dataclasses.replace(CS, min_answer_chars=0)).reason is None
+    assert compile_gate(dataclasses.replace(CS, min_answer_chars=0))("是。").reason is None
     gate = compile_gate(dataclasses.replace(CS, max_answer_chars=20))
     assert gate("悟" * 20).reason is None
     assert gate("悟" * 21).reason == "too_long"
