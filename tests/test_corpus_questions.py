@@ -448,7 +448,7 @@ def test_passage_prompts_follow_the_language_and_carry_the_passage_and_its_file(
 
 @pytest.mark.parametrize(("questions", "message"), [
     ({"source": "chapters"}, "[questions] source: expected 'aspects' or 'corpus' or 'both'"),
-    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected less than passage_size"),
+    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected a value >= 0 and less than passage_size"),
     ({"passage_user_prompt": "no placeholder"}, "[questions] passage_user_prompt: expected the placeholder {passage}"),
     ({"max_passages": -1}, "[questions] max_passages: expected a value >= 0"),
     ({"per_passage": 0}, "[questions] per_passage: expected a value >= 1"),
