@@ -185,6 +185,7 @@ async def test_every_file_gets_questions_and_every_question_traces_to_its_passag
     assert len(answered) >= len(questions) - 1
     for a in answered:
         assert by_id[a["conv"]]["file"] in a["refs"]
+    assert "## Questions per aspect" not in (settings.out_dir / "report.md").read_text(encoding="utf-8")
     # Any record of the dataset traces to its passage through the side file, line by line.
     records = rows(settings.out_dir / "conversations.jsonl")
     sources = rows(settings.out_dir / "conversations.provenance.jsonl")
@@ -447,7 +448,7 @@ def test_passage_prompts_follow_the_language_and_carry_the_passage_and_its_file(
 
 @pytest.mark.parametrize(("questions", "message"), [
     ({"source": "chapters"}, "[questions] source: expected 'aspects' or 'corpus' or 'both'"),
-    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected less than passage_size"),
+    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected a value >= 0 and less than passage_size"),
     ({"passage_user_prompt": "no placeholder"}, "[questions] passage_user_prompt: expected the placeholder {passage}"),
     ({"max_passages": -1}, "[questions] max_passages: expected a value >= 0"),
     ({"per_passage": 0}, "[questions] per_passage: expected a value >= 1"),
@@ -488,3 +489,16 @@ def test_spans_count_the_cleaned_text_the_passages_were_cut_from(tmp_path: Path)
     assert text != raw  # the reader cleaned it
     assert [text[p.start : p.end] for p in plan.passages] == [p.text for p in plan.passages]
     assert "\x07" not in "".join(p.text for p in plan.passages)
+
+
+def test_passages_are_asked_round_robin_over_the_files(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "data")
+    plan = plan_passages(make_settings(tmp_path))
+    files = [p.file for p in plan.passages]
+    first_round = files[: len(CORPUS)]
+    assert sorted(first_round) == sorted(CORPUS)  # every file once before any file twice
+    assert [p.id for p in plan.passages] == plan.selected_ids == plan_passages(
+        make_settings(tmp_path), read=False).selected_ids
+    for f in CORPUS:  # within a file, in file order
+        starts = [p.start for p in plan.passages if p.file == f]
+        assert starts == sorted(starts)
