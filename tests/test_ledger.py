@@ -16,10 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.errors import InputError, LockedError
+from pipeline.errors import InputError, LedgerError, LockedError
 from pipeline.store.ledger import (
     AnswerIndex,
-    LedgerError,
     LedgerWriter,
     RunLock,
     iter_answer_heads,

@@ -21,6 +21,7 @@ from pipeline.outputs.report import build_status, open_ledgers, render_status, s
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings
+from run import exit_code
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY
 from tests.fakes.llm_server import Failure, FakeLLM
@@ -110,7 +111,7 @@ async def test_unusable_replies_end_short_by_kind_and_are_asked_again(
     settings = make_settings(tmp_path, llm, hxd)
     first = await run_qa(settings, install_signals=False)
 
-    assert (first.status, first.exit_code) == ("short", 3)
+    assert (first.status, exit_code(first.status)) == ("short", 3)
     assert first.line().startswith("qa finished: 2 aspects short (2 unusable replies); questions 0/6")
     assert "asked again by the next `python run.py --settings test qa`" in first.line()
     assert first.stats["unusable"] == {"cut_off": 4}  # 2 aspects x max_stale_rounds, not a "nothing new"
@@ -205,7 +206,7 @@ async def test_mostly_refused_requests_stop_the_run_resumably(
     settings = make_settings(tmp_path, llm, hxd, llm={"refusal_window": 4, "max_refused_share": 0.5})
     result = await run_qa(settings, install_signals=False)
 
-    assert (result.status, result.exit_code) == ("refused", 1)
+    assert (result.status, exit_code(result.status)) == ("refused", 1)
     assert "refused 100% of the last 4 LLM calls" in result.detail
     assert result.line().endswith("run `python run.py --settings test qa` again to resume where it stopped")
     # The window's 4 calls, each tried twice, and at most one more in flight per aspect.

@@ -908,16 +908,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'], report['command'])}.", ""]
 
     q = report["questions"]
-    lines += ["## Questions per aspect (all runs)", "",
-              f"{q['accepted']} of {q['target']} questions written.", ""]
-    rows = []
-    for aspect, a in report["aspects"].items():
-        ft = a["first_turn"]
-        rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
-                     sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
-                     ft.get("unasked", 0), _gave_up_label(a)])
-    lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
-    lines.append("")
+    if report["aspects"]:  # none with [questions] source = "corpus" and no earlier aspect questions
+        lines += ["## Questions per aspect (all runs)", "",
+                  f"{q['accepted']} of {q['target']} questions written.", ""]
+        rows = []
+        for aspect, a in report["aspects"].items():
+            ft = a["first_turn"]
+            rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
+                         sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
+                         ft.get("unasked", 0), _gave_up_label(a)])
+        lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
+        lines.append("")
 
     c = report["conversations"]
     lines += render_coverage(report)
