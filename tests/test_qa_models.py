@@ -25,6 +25,9 @@ from run import exit_code
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import Failure, FakeLLM
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
