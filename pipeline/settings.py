@@ -309,7 +309,9 @@ class ConversationSettings:
             r"参考(材料|资料|文档)",
             r"(材料|资料|文档|上下文|知识库)(中|里|内|当中|所述|显示|表明|指出|提到|提及|描述|记载|说明|介绍|主要|并未|并没有|没有|未)",
             r"(?i:\bthe (provided |given |above |reference |supplied )(documents?|context|materials?|passages?|excerpts?|sources?|texts?|information)\b)",
-            r"(?i:\b(in|from|according to) the (documents?|context|materials?|passages?|excerpts?)\b)",
+            # Not "in the context of", "made from the materials": those are English, not sourcing.
+            r"(?i:\b(according to|based on) the (documents?|context|materials?|passages?|excerpts?|sources?)\b)",
+            r"(?i:\b(in|from) the (documents?|passages?|excerpts?)\b)",
             r"(?i:\bthe (documents?|context|materials?|passages?)\b (says?|states?|mentions?|shows?|indicates?|notes?|do(es)? not|don'?t|doesn'?t)\b)",
         ),
         metadata=_meta("regular expressions of sentences that talk about 'the material'", check="regexes"),
