@@ -11,10 +11,12 @@ import re
 
 import pytest
 
-from pipeline.outputs.dataset import build_conversations, conversation_record, summarise, write_dataset
+from pipeline.outputs.answer_stats import answer_stats
+from pipeline.outputs.dataset import conversation_record, conversations_from, write_dataset
 from pipeline.qa.gate import compile_gate, gate_answer
 from pipeline.errors import SettingsError
 from pipeline.settings import ConversationSettings, parse_settings
+from pipeline.store.answers import AnswerIndex
 
 CS = ConversationSettings(min_answer_chars=10)
 LONG = "天命人是玩家扮演的角色，是一只寻找大圣六根的猴子。"
@@ -133,6 +135,13 @@ def a(conv: str, turn: int, kind: str = "answered", answer: str | None = None, *
     return row
 
 
+def build_conversations(questions: list[dict[str, Any]], answers: list[dict[str, Any]], system_prompt: str,
+                        min_turns: int, max_turns: int | None = None) -> list[dict[str, Any]]:
+    """The dataset of these ledger rows, built as the run's end builds it."""
+    index = AnswerIndex.of_rows(answers)
+    return list(conversations_from(questions, index.answered_row, system_prompt, min_turns, max_turns))
+
+
 def turns_of(records: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
     return [[(t["input"], t["output"]) for t in r["conversation"]] for r in records]
 
@@ -232,7 +241,7 @@ def test_write_dataset_writes_utf8_jsonl_and_counts(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def test_summarise_counts_latest_outcome_per_turn() -> None:
+def test_answer_stats_count_the_latest_outcome_per_turn() -> None:
     answers = [
         a("a", 1, "failed", reason="timeout", state=""),
         a("a", 1),
@@ -241,12 +250,14 @@ def test_summarise_counts_latest_outcome_per_turn() -> None:
         a("d", 1, "rejected", state="success", reason="refusal"),
         a("d", 2, "vetoed"),
     ]
-    s = summarise(answers)
-    assert s["rows"] == 6 and s["turns"] == 5 and s["conversations"] == 4
-    assert s["by_kind"] == {"answered": 1, "rejected": 2, "skipped": 1, "vetoed": 1}
-    assert s["by_state"] == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
-    assert s["by_reason"] == {"refusal": 2, "Query length too short": 1}
-    assert next(iter(s["by_kind"])) == "rejected"  # most common first
+    s = answer_stats(AnswerIndex.of_rows(answers), top=10, examples=3)
+    assert s.rows == 6 and sum(s.by_kind.values()) == 5
+    assert s.by_kind == {"answered": 1, "rejected": 2, "skipped": 1, "vetoed": 1}
+    assert s.by_state == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
+    assert s.by_reason == {"refusal": 2, "Query length too short": 1}
+    assert next(iter(s.by_kind)) == "rejected"  # most common first
+    assert list(s.rag_seconds) == [0.1] * 6, "latency counts every attempt"
+    assert list(s.answer_chars) == [len("a-a1")]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Run state: what the ledgers say was done, and what a run still has to do.
 
-Pure: it takes ledger rows (or a lookup into an index of them, or blocks of
-their raw bytes) and settings, and derives the plan a resumed run follows.
+Pure: it takes ledger rows (question rows, or blocks of them as columns)
+against the index of the answer ledger (:class:`pipeline.store.answers.AnswerIndex`)
+and settings, and derives the plan a resumed run follows.
 The QA graph, ``status`` and ``qa --dry-run`` all read it, so they cannot
 disagree about where a run stands.
 
@@ -15,32 +16,26 @@ Ledgers under ``<out_dir>/state/``:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import not_
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
+from pipeline.store.answers import AnswerIndex
+from pipeline.store.layout import QuestionBlock, json_string
+from pipeline.store.schema import is_followup
 
 __all__ = [
-    "AnsweredOf",
     "ConvPlan",
     "LEDGERS",
-    "QuestionBlock",
-    "RowOf",
     "RunState",
     "SAMPLE",
     "StateBuilder",
-    "TurnOf",
     "derive_state",
-    "first_turn_texts",
-    "json_string",
     "ledger_paths",
-    "question_block",
     "target_turns",
 ]
 
@@ -73,12 +68,10 @@ class ConvPlan:
     conv: str
     aspect: str
     seq: int
-    first_question: str
     target: int
     history: list[tuple[str, str]] = field(default_factory=list)
     next_turn: int = 1
     next_question: str | None = None  # a follow-up already written (and paid for)
-    failed_attempts: int = 0  # failed attempts of the next turn so far
 
 
 @dataclass(slots=True)
@@ -134,30 +127,17 @@ def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | N
     return last, dict(usage)
 
 
-TurnOf = Callable[[str, int], "tuple[str, int, Any] | Sequence[Any] | None"]
-"""``(conv, turn) -> (latest kind, failed rows, ref)`` of a turn, or None when
-it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
-
-RowOf = Callable[[Any], Mapping[str, Any]]
-
-AnsweredOf = Callable[[Sequence[bytes], int], list[bool]]
-"""``(conv ids as UTF-8, turn) -> [whether that turn's latest row is
-"answered", per conv]``: the bulk form of the :data:`TurnOf` question that
-most conversations of a resumed run answer yes to."""
-
-
 class StateBuilder:
     """The resume plan, built from question rows streamed in file order
-    against an index of the answer ledger (:data:`TurnOf`).
+    against the index of the answer ledger.
 
-    Pure given its two callables: ``turn_of`` says where a turn stands and
-    ``row_of`` fetches a latest row, which is only done for what the plan
-    keeps (the history and question of conversations still pending), so a
-    caller can index a big answer ledger by byte offset and never hold it.
+    A latest row is read back from the index only for what the plan keeps
+    (the history and question of conversations still pending), so the
+    answer ledger is never held.
 
     Rows come one at a time (:meth:`add`) or a block of columns at a time
-    (:meth:`add_questions`, with ``answered_of`` asking the index about a
-    whole block at once); the plan is the same either way.
+    (:meth:`add_questions`, asking the index about a whole block at once);
+    the plan is the same either way.
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
@@ -166,16 +146,14 @@ class StateBuilder:
 
     def __init__(
         self,
-        turn_of: TurnOf,
-        row_of: RowOf,
+        answers: AnswerIndex,
         *,
         aspects: Sequence[str],
         min_turns: int,
         max_turns: int,
         max_answer_attempts: int,
-        answered_of: AnsweredOf | None = None,
     ) -> None:
-        self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
+        self._answers = answers
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
         self._recent: dict[str, deque[str]] = {}
@@ -190,7 +168,7 @@ class StateBuilder:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
-        if "conv" in row:
+        if is_followup(row):
             self.add_followup(row["conv"], int(row["turn"]), row["text"])
             return
         conv, text, seq = row["id"], row["text"], int(row["seq"])
@@ -204,7 +182,7 @@ class StateBuilder:
 
     def add_followup(self, conv: str, turn: int, text: str) -> None:
         """Take one follow-up row: kept only if its turn still needs asking."""
-        found = self._turn_of(conv, turn)
+        found = self._answers.turn(conv, turn)
         # Only a turn not asked yet (or failed with no question kept) needs its text.
         if found is None or found[0] == "failed":
             self._followups[(conv, turn)] = text
@@ -213,8 +191,7 @@ class StateBuilder:
         """Take a block of rows at once: the same as :meth:`add` of each in
         file order (follow-ups and first turns touch disjoint state, so they
         may go in any order between them), with no Python code per first-turn
-        row that ``answered_of`` says is finished, and only the texts the plan
-        keeps decoded."""
+        row the index says is finished, and only the texts the plan keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
         accepted = self.accepted
         counts = Counter(aspects)
@@ -264,17 +241,15 @@ class StateBuilder:
     def _unfinished(self, ids: Sequence[bytes]) -> list[int]:
         """Indices (ascending) of the conversations ``ids`` that :meth:`_plan`
         must look at; the others have every turn answered and are counted
-        finished here. Without ``answered_of``, or when targets vary, a
-        conversation answered through ``min_turns`` still needs its target."""
-        if self._answered_of is None:
-            return list(range(len(ids)))
+        finished here. When targets vary, a conversation answered through
+        ``min_turns`` still needs its target."""
         alive: Sequence[int] = range(len(ids))
         rest: list[int] = []
         for turn in range(1, self._min + 1):
             if not alive:
                 break
             asked = ids if turn == 1 else [ids[i] for i in alive]
-            answered = self._answered_of(asked, turn)
+            answered = self._answers.answered(asked, turn)
             rest.extend(compress(alive, map(not_, answered)))
             if turn == self._min and self._max <= self._min:  # the last turn: count, no list
                 self._finished += answered.count(True)
@@ -288,13 +263,13 @@ class StateBuilder:
     def _plan(self, conv: str, aspect: str, seq: int, text: str) -> None:
         """Walk one conversation's turns: count it finished or given up, or pend its next turn."""
         target = self._min if self._max <= self._min else target_turns(conv, self._min, self._max)
-        turn_of = self._turn_of
-        answered: list[Any] = []
+        turn_of = self._answers.turn
+        answered: list[int] = []
         turn = 1
         while turn <= target:
             found = turn_of(conv, turn)
             if found is None:
-                self._pend(conv, aspect, seq, text, target, turn, answered, text if turn == 1 else None, 0)
+                self._pend(conv, aspect, seq, target, turn, answered, text if turn == 1 else None)
                 return
             kind = found[0]
             if kind == "answered":
@@ -304,22 +279,22 @@ class StateBuilder:
             if kind == "failed":
                 failures = found[1]
                 if failures < self._attempts:
-                    question = self._row_of(found[2]).get("question") or (text if turn == 1 else None)
-                    self._pend(conv, aspect, seq, text, target, turn, answered, question, failures)
+                    question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                    self._pend(conv, aspect, seq, target, turn, answered, question)
                     return
                 self._gave_up += 1
             break
         self._finished += 1
 
     def _pend(
-        self, conv: str, aspect: str, seq: int, text: str, target: int, turn: int,
-        answered: list[Any], question: str | None, failures: int,
+        self, conv: str, aspect: str, seq: int, target: int, turn: int,
+        answered: list[int], question: str | None,
     ) -> None:
-        rows = [self._row_of(ref) for ref in answered]
+        rows = [self._answers.read(ref) for ref in answered]
         plan = ConvPlan(
-            conv=conv, aspect=aspect, seq=seq, first_question=text, target=target,
+            conv=conv, aspect=aspect, seq=seq, target=target,
             history=[(r["question"], r["answer"]) for r in rows], next_turn=turn,
-            next_question=question, failed_attempts=failures,
+            next_question=question,
         )
         self._pending.append(plan)
         if question is None:
@@ -345,94 +320,6 @@ class StateBuilder:
         )
 
 
-@dataclass(slots=True)
-class QuestionBlock:
-    """Question-ledger rows as columns: first turns (``id``, ``aspect``,
-    ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
-    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need
-    them as text. Texts stay JSON string bodies (valid ones: see
-    :func:`json_string`) for the same reason: most are only counted."""
-
-    ids: Sequence[bytes]
-    aspects: list[str]
-    texts: Sequence[bytes]
-    seqs: list[int]
-    followups: list[tuple[str, int, str]]
-
-
-# A question-ledger line, whole, as pipeline.qa.graph writes it: a first turn, or
-# a follow-up. A JSON string is [^"\\\x00-\x1f] (raw control characters are
-# invalid) or an escape; a match starts a line and ends one, so it is one line.
-_BODY: Final = rb'[^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*'
-_STRING: Final = rb'"(' + _BODY + rb')"'  # captured
-_INT: Final = rb'(0|-?[1-9][0-9]{0,17})'  # what orjson reads as an int, leading zeros refused
-_FIRST_ROW: Final = re.compile(
-    rb'(?<![^\n])\{"id":"([0-9a-f]{16})","aspect":' + _STRING + rb',"text":' + _STRING
-    + rb',"seq":' + _INT + rb'\}\n'
-)
-_FOLLOWUP_ROW: Final = re.compile(
-    rb'(?<![^\n])\{"id":"' + _BODY + rb'","conv":' + _STRING + rb',"turn":' + _INT
-    + rb',"text":' + _STRING + rb'\}\n'
-)
-
-
-def json_string(raw: bytes) -> str:
-    """The value of one JSON string body (quotes stripped) that
-    :func:`question_block` checked."""
-    return orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-
-
-def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
-    """The string values of JSON string bodies (quotes stripped), where
-    ``escaped`` says whether any has a backslash; raises ``ValueError`` on bad
-    UTF-8 or a bad escape, as orjson would on the line."""
-    if not escaped:
-        return list(map(bytes.decode, raw))
-    return [orjson.loads(b'"' + r + b'"') if b"\\" in r else r.decode() for r in raw]
-
-
-def question_block(block: bytes, end: int) -> QuestionBlock | None:
-    """The rows of the whole lines ``block[:end]`` of a question ledger as
-    columns, or None unless every line is a row in the form pipeline.qa.graph
-    writes it (then parse the rows whole, which also names a bad line).
-
-    Pure. This is what a resume spends its time on (a million rows), and one
-    regular-expression pass per block costs a fraction of a dict per row.
-    The texts are checked (UTF-8 and escapes) but not decoded: few are needed."""
-    lines = block.count(b"\n", 0, end)
-    firsts = _FIRST_ROW.findall(block, 0, end)
-    follows = _FOLLOWUP_ROW.findall(block, 0, end) if len(firsts) < lines else []
-    if len(firsts) + len(follows) != lines:
-        return None
-    ids, aspects, texts, seqs = zip(*firsts) if firsts else ((), (), (), ())
-    escaped = block.find(b"\\", 0, end) >= 0
-    try:
-        names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
-        convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
-        str(memoryview(block)[:end], "utf-8")  # every text is UTF-8, without a str per text
-        if escaped:  # and every escape is sound
-            deque(map(json_string, [t for t in texts if b"\\" in t]), maxlen=0)
-        return QuestionBlock(
-            ids=ids,
-            aspects=list(map(names.__getitem__, aspects)),
-            texts=texts,
-            seqs=list(map(int, seqs)),
-            followups=list(zip(_json_strings(convs, escaped), map(int, turns),
-                               _json_strings(follow_texts, escaped))),
-        )
-    except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
-        return None
-
-
-def first_turn_texts(block: bytes, end: int) -> list[str] | None:
-    """The first-turn question texts of the whole lines ``block[:end]``, in
-    file order, or None as :func:`question_block` says (then parse the rows)."""
-    columns = question_block(block, end)
-    if columns is None:
-        return None
-    return _json_strings(columns.texts, block.find(b"\\", 0, end) >= 0)
-
-
 def derive_state(
     question_rows: Iterable[Mapping[str, Any]],
     answer_rows: Iterable[Mapping[str, Any]],
@@ -446,16 +333,8 @@ def derive_state(
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
     files without holding them)."""
-    turns: dict[tuple[str, int], list[Any]] = {}
-    for row in answer_rows:
-        key = (row["conv"], int(row["turn"]))
-        kind = row["kind"]
-        entry = turns.get(key)
-        failed = (entry[1] if entry else 0) + (kind == "failed")
-        turns[key] = [kind, failed, row]
     builder = StateBuilder(
-        lambda conv, turn: turns.get((conv, turn)),
-        lambda row: row,  # type: ignore[no-any-return]
+        AnswerIndex.of_rows(answer_rows),
         aspects=aspects,
         min_turns=min_turns,
         max_turns=max_turns,
