@@ -219,7 +219,7 @@ def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
             f"QA stage skipped: no LLM key. Set the environment variable "
             f"{settings.llm.api_key_env} (named by [llm] api_key_env in {settings.source}) "
             f"and start HuixiangDou ({', '.join(settings.huixiangdou.urls)}) to make "
-            f"conversations.jsonl; then run `python run.py qa`."
+            f"conversations.jsonl; then run `{settings.command('qa')}`."
         )
         return EXIT_OK
     return cmd_qa(args, settings)

@@ -67,6 +67,7 @@ __all__ = [
     "discover",
     "iter_blocks",
     "iter_chunks",
+    "iter_spans",
     "make_splitter",
     "manifest_path",
     "pretrain_record",
@@ -395,6 +396,33 @@ def iter_chunks(
         encoding = probe(path).encoding
     for piece in iter_blocks(path, encoding, block_chars):
         yield from splitter.split_text(piece)
+
+
+def iter_spans(
+    path: str | os.PathLike[str],
+    splitter: RecursiveCharacterTextSplitter,
+    encoding: str,
+    *,
+    overlap: int,
+    block_chars: int = DEFAULT_BLOCK_CHARS,
+) -> Iterator[tuple[int, int, str]]:
+    """:func:`iter_chunks` with where each chunk lies: ``(start, end, chunk)``,
+    character offsets into the file's decoded, newline-normalised text (BOM
+    removed), so ``text[start:end] == chunk``. ``overlap`` is the splitter's
+    ``chunk_overlap``: a chunk starts at most that far before the previous
+    one ends."""
+    base = 0
+    for piece in iter_blocks(path, encoding, block_chars):
+        cursor = 0
+        for chunk in splitter.split_text(piece):
+            # Chunks are stripped pieces of the piece, in order, each starting
+            # no earlier than the previous one's end less the overlap.
+            start = piece.find(chunk, cursor)
+            if start < 0:  # pragma: no cover - the splitter only cuts and strips
+                raise ValueError(f"{path}: a chunk is not in its text")
+            cursor = max(start + 1, start + len(chunk) - overlap)
+            yield base + start, base + start + len(chunk), chunk
+        base += len(piece)
 
 
 def pretrain_record(chunk: str) -> dict[str, Any]:

@@ -9,12 +9,16 @@ boundary per service (``llm.py``, ``huixiangdou.py``), with ``raise ... from``.
         ├── RetryableError    try again, after ``retry_after`` seconds when given
         ├── QuotaExhausted    balance or daily quota gone: never retried in a loop
         ├── FatalServiceError bad key, unknown model, bad request: a person must fix it
-        └── ServersDown       every RAG server is down or resting
+        ├── ServersDown       every RAG server is down or resting
+        └── UnusableReply     the LLM answered this one prompt with nothing usable (empty,
+            │                 all reasoning, cut off): a lost item, not a broken run
+            └── ContentRefused the provider's content filter refused this one prompt
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ContentRefused",
     "FatalServiceError",
     "InputError",
     "LockedError",
@@ -24,6 +28,7 @@ __all__ = [
     "ServersDown",
     "ServiceError",
     "SettingsError",
+    "UnusableReply",
 ]
 
 
@@ -81,3 +86,23 @@ class FatalServiceError(ServiceError):
 
 class ServersDown(ServiceError):
     """No RAG server can take a request; the message names the URLs."""
+
+
+class UnusableReply(ServiceError):
+    """The LLM answered one prompt with nothing usable. ``kind`` is one of
+    :data:`pipeline.services.replies.UNUSABLE_KINDS`; the item is lost, the
+    run goes on."""
+
+    def __init__(self, message: str, *, kind: str, service: str = "", status: int | None = None) -> None:
+        super().__init__(message, service=service, status=status)
+        self.kind = kind
+
+
+class ContentRefused(UnusableReply):
+    """The provider's content filter refused one prompt (or withheld its reply);
+    ``provider_message`` is the provider's own words, key redacted."""
+
+    def __init__(self, message: str, *, provider_message: str, service: str = "",
+                 status: int | None = None) -> None:
+        super().__init__(message, kind="refused", service=service, status=status)
+        self.provider_message = provider_message

@@ -1,7 +1,10 @@
 """Prompt presets per language. A prompt left empty in settings takes its
 language's preset. Placeholders: ``{topic}``, ``{aspect}``, ``{n}``,
 ``{question}``, ``{answer}``, ``{examples}``; the local RAG answer prompt
-(``rag_answer``) takes ``{topic}``, ``{passages}``, ``{question}`` and ``{marker}``."""
+(``rag_answer``) takes ``{topic}``, ``{passages}``, ``{question}`` and ``{marker}``;
+the passage question writer (``passage_system``, ``passage_user``) takes
+``{topic}``, ``{n}``, ``{file}`` (the passage's file, relative to ``data_dir``)
+and ``{passage}``."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ class Preset:
     system_prompt: str
     avoid: str  # appended to the user prompt when earlier questions exist
     rag_answer: str  # the local backend's answer prompt: material only, else the marker
+    passage_system: str  # questions written from one passage of the corpus
+    passage_user: str
 
 
 PRESETS: dict[str, Preset] = {
@@ -44,6 +49,13 @@ PRESETS: dict[str, Preset] = {
             "如果资料中没有能回答这个问题的信息，只回复 {marker} ，不要回复其他任何内容。\n\n"
             "资料：\n{passages}\n\n问题：{question}"
         ),
+        passage_system=(
+            "你是一个提问助手，为《{topic}》出题。下面是一段资料。请只提出这段资料本身能够回答的问题，"
+            "最多{n}个，问题之间互不相同。每个问题都必须独立成立：直接写出所问对象的名称，"
+            "不要出现“这段资料”“文中”“上文”“本文”“作者”之类的说法。每个问题不超过30个字。"
+            "只返回一个列表，格式为 ['问题', '问题', ...]，不要其他内容。"
+        ),
+        passage_user="资料（出自 {file}）：\n<passage>\n{passage}\n</passage>\n请根据这段资料提出最多{n}个问题。",
     ),
     "en": Preset(
         question_system=(
@@ -69,5 +81,13 @@ PRESETS: dict[str, Preset] = {
             "reply with {marker} and nothing else.\n\n"
             "Material:\n{passages}\n\nQuestion: {question}"
         ),
+        passage_system=(
+            "You write questions about {topic}. Below is a passage. Write at most {n} distinct questions "
+            "that the passage itself answers. Each question must stand on its own: name what it asks "
+            "about, and never say \"the passage\", \"the text\", \"the author\" or \"above\". "
+            "At most 20 words each. Return only a JSON list of strings, like [\"question\", \"question\"], "
+            "nothing else."
+        ),
+        passage_user="Passage (from {file}):\n<passage>\n{passage}\n</passage>\nWrite at most {n} questions this passage answers.",
     ),
 }

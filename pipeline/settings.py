@@ -10,9 +10,14 @@ variable that ``[llm] api_key_env`` names, and is masked in every repr.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+import shlex
 import tomllib
 import typing
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,8 +65,13 @@ def _meta(
     ge: float | None = None,
     le: float | None = None,
     gt: float | None = None,
+    check: str | None = None,
 ) -> dict[str, Any]:
-    return {"doc": doc, "ge": ge, "le": le, "gt": gt}
+    """A field's documentation and what the loader checks of its value:
+    ``ge``/``le``/``gt`` bound a number; ``check`` names a check of
+    :data:`_CHECKS` (a non-empty text, a list of distinct non-empty texts,
+    a URL, a file name, regular expressions)."""
+    return {"doc": doc, "ge": ge, "le": le, "gt": gt, "check": check}
 
 
 class Secret:
@@ -95,8 +105,8 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class PathSettings:
-    data_dir: str = field(default="data", metadata=_meta("folder of domain text"))
-    out_dir: str = field(default="out", metadata=_meta("where outputs and state go"))
+    data_dir: str = field(default="data", metadata=_meta("folder of domain text", check="text"))
+    out_dir: str = field(default="out", metadata=_meta("where outputs and state go", check="text"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,27 +114,27 @@ class PretrainSettings:
     chunk_size: int = field(default=1024, metadata=_meta("characters per chunk", ge=1))
     chunk_overlap: int = field(default=50, metadata=_meta("characters shared by neighbours", ge=0))
     separators: tuple[str, ...] = field(
-        default=CHINESE_SEPARATORS, metadata=_meta("splitter separators, tried in order")
+        default=CHINESE_SEPARATORS, metadata=_meta("splitter separators, tried in order", check="list")
     )
     patterns: tuple[str, ...] = field(
-        default=("*.txt", "*.md"), metadata=_meta("file name patterns to read")
+        default=("*.txt", "*.md"), metadata=_meta("file name patterns to read", check="names")
     )
     seed_compatible: bool = field(
         default=False, metadata=_meta("reproduce the reference script's chunks exactly")
     )
     output_name: str = field(
-        default="incremental_pretraining.jsonl", metadata=_meta("file name under out_dir")
+        default="incremental_pretraining.jsonl", metadata=_meta("file name under out_dir", check="file_name")
     )
 
 
 @dataclass(frozen=True, slots=True)
 class LLMSettings:
     base_url: str = field(
-        default="https://api.siliconflow.cn/v1", metadata=_meta("OpenAI-compatible API root")
+        default="https://api.siliconflow.cn/v1", metadata=_meta("OpenAI-compatible API root", check="url")
     )
-    model: str = field(default="deepseek-ai/DeepSeek-V2.5", metadata=_meta("model name"))
+    model: str = field(default="deepseek-ai/DeepSeek-V2.5", metadata=_meta("model name", check="text"))
     api_key_env: str = field(
-        default="SILICONFLOW_API_KEY", metadata=_meta("environment variable holding the key")
+        default="SILICONFLOW_API_KEY", metadata=_meta("environment variable holding the key", check="text")
     )
     rpm: int = field(default=60, metadata=_meta("requests per minute", ge=1))
     tpm: int = field(default=100_000, metadata=_meta("tokens per minute", ge=1))
@@ -135,6 +145,13 @@ class LLMSettings:
     backoff_max_s: float = field(default=60.0, metadata=_meta("longest backoff delay", gt=0))
     temperature: float = field(default=0.7, metadata=_meta("sampling temperature", ge=0, le=2))
     max_tokens: int = field(default=1024, metadata=_meta("completion tokens at most", ge=1))
+    refusal_window: int = field(
+        default=20, metadata=_meta("last calls over which refusals are counted", ge=1)
+    )
+    max_refused_share: float = field(
+        default=0.5,
+        metadata=_meta("share of refused calls in refusal_window that stops the run", gt=0, le=1),
+    )
     price_input_per_m: float = field(
         default=1.33, metadata=_meta("price per million input tokens", ge=0)
     )
@@ -147,7 +164,7 @@ class LLMSettings:
 @dataclass(frozen=True, slots=True)
 class HuixiangdouSettings:
     urls: tuple[str, ...] = field(
-        default=("http://127.0.0.1:23333",), metadata=_meta("HuixiangDou servers")
+        default=("http://127.0.0.1:23333",), metadata=_meta("HuixiangDou servers", check="urls")
     )
     endpoint: Literal["inference", "stream"] = field(
         default="inference", metadata=_meta("'inference' or 'stream'")
@@ -171,14 +188,14 @@ class HuixiangdouSettings:
 
 @dataclass(frozen=True, slots=True)
 class QuestionSettings:
-    topic: str = field(default="黑神话：悟空", metadata=_meta("what the questions are about"))
+    topic: str = field(default="黑神话：悟空", metadata=_meta("what the questions are about", check="text"))
     language: Literal["zh", "en"] = field(default="zh", metadata=_meta("prompt preset: 'zh' or 'en'"))
     aspects: tuple[str, ...] = field(
         default=(
             "游戏概述", "章节与故事情节", "主要角色", "人物剧情梳理", "游戏世界观", "建筑与环境",
             "战斗系统", "游戏玩法", "艺术与音乐", "文化内涵", "市场影响", "彩蛋、网络梗",
         ),
-        metadata=_meta("aspects to ask about"),
+        metadata=_meta("aspects to ask about", check="distinct"),
     )
     per_aspect: int = field(default=10, metadata=_meta("questions wanted per aspect", ge=1))
     batch_size: int = field(default=10, metadata=_meta("questions asked for per LLM call", ge=1))
@@ -195,6 +212,20 @@ class QuestionSettings:
     screen_window_s: float = field(
         default=0.05, metadata=_meta("seconds a reply waits for others to be screened with it", ge=0, le=10)
     )
+    # Questions written from the corpus's own passages (pipeline/qa/passages.py).
+    source: Literal["aspects", "corpus", "both"] = field(
+        default="aspects", metadata=_meta("where questions come from: 'aspects', 'corpus' or 'both'")
+    )
+    per_passage: int = field(default=3, metadata=_meta("questions asked for per passage at most", ge=1))
+    passage_size: int = field(default=400, metadata=_meta("characters per passage at most", ge=1))
+    passage_overlap: int = field(default=0, metadata=_meta("characters shared by neighbouring passages", ge=0))
+    max_passages: int = field(default=0, metadata=_meta("passages asked at most; 0 = every passage", ge=0))
+    passage_seed: int = field(default=0, metadata=_meta("seed of the selection under max_passages"))
+    passage_system_prompt: str = field(default="", metadata=_meta("passage question-writer system prompt; '' = preset"))
+    passage_user_prompt: str = field(default="", metadata=_meta("passage question-writer user prompt; '' = preset"))
+    check_passage_terms: bool = field(
+        default=False, metadata=_meta("flag in the report answers naming none of their passage's key terms")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +240,14 @@ class ConversationSettings:
             r"^根据(提供的|所提供的|已知|现有|给定的|参考)?(材料|资料|信息|内容|文档|知识库)[，,：:]?\s*",
             r"^(Based on|According to) the (provided |given )?(materials?|information|documents?|context)[,:]?\s*",
         ),
-        metadata=_meta("regular expressions of boilerplate lead-ins removed from answers"),
+        metadata=_meta("regular expressions of boilerplate lead-ins removed from answers", check="regexes"),
     )
     refusal_patterns: tuple[str, ...] = field(
         default=(
             r"无法回答", r"不知道", r"没有(提供|提到|相关)", r"未(提及|提到)",
             r"(?i)I don'?t know", r"(?i)cannot answer", r"(?i)not (mentioned|provided) in",
         ),
-        metadata=_meta("regular expressions that mark an answer as a refusal"),
+        metadata=_meta("regular expressions that mark an answer as a refusal", check="regexes"),
     )
 
 
@@ -288,6 +319,14 @@ class Settings:
     def state_dir(self) -> Path:
         return self.out_dir / "state"
 
+    def command(self, *words: str) -> str:
+        """The command line that runs ``run.py *words`` on these same settings,
+        for a message to print: ``--settings`` is given unless they are the
+        default file (or the built-in defaults), so the command never falls
+        back to other settings on this ``out_dir``."""
+        given = "" if self.source in ("<defaults>", "settings.toml") else f" --settings {shlex.quote(self.source)}"
+        return f"python run.py{given} {' '.join(words)}".rstrip()
+
 
 _SECTIONS: dict[str, type] = {
     "paths": PathSettings,
@@ -341,12 +380,73 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _check_range(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # NaN passes every comparison; inf is no setting's intent
+        raise SettingsError(f"{where}: expected a finite number, got {value!r}")
     if meta.get("ge") is not None and value < meta["ge"]:
         raise SettingsError(f"{where}: expected a value >= {meta['ge']}, got {value!r}")
     if meta.get("gt") is not None and value <= meta["gt"]:
         raise SettingsError(f"{where}: expected a value > {meta['gt']}, got {value!r}")
     if meta.get("le") is not None and value > meta["le"]:
         raise SettingsError(f"{where}: expected a value <= {meta['le']}, got {value!r}")
+
+
+def _text(value: str, where: str, what: str = "a non-empty string") -> None:
+    if not value.strip():
+        raise SettingsError(f"{where}: expected {what}, got {value!r}")
+
+
+def _url(value: str, where: str) -> None:
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{where}: expected an http:// or https:// URL, got {value!r}")
+
+
+def _names(values: tuple[str, ...], where: str, each: Callable[[str, str], None] = _text) -> None:
+    _list(values, where)
+    _distinct(values, where, each)
+
+
+def _distinct(values: tuple[str, ...], where: str, each: Callable[[str, str], None] = _text) -> None:
+    seen: set[str] = set()
+    for value in values:
+        each(value, where)
+        if value.strip() in seen:
+            raise SettingsError(f"{where}: {value!r} is listed twice")
+        seen.add(value.strip())
+
+
+def _list(values: tuple[str, ...], where: str) -> None:
+    if not values:
+        raise SettingsError(f"{where}: expected at least one entry, got []")
+
+
+def _file_name(value: str, where: str) -> None:
+    # Outputs stay inside out_dir: a bare file name, no folder, no way up.
+    if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+        raise SettingsError(f"{where}: expected a file name inside out_dir (no folders), got {value!r}")
+
+
+def _regexes(values: tuple[str, ...], where: str) -> None:
+    for n, pattern in enumerate(values, 1):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SettingsError(
+                f"{where}: entry {n}, {pattern!r}, is not a valid regular expression: {exc}"
+            ) from None
+
+
+# What a field's ``check`` (see :func:`_meta`) asks of its value.
+_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "text": _text,
+    "url": _url,
+    "urls": lambda v, w: _names(v, w, _url),
+    "names": _names,
+    "distinct": _distinct,
+    "list": _list,
+    "file_name": _file_name,
+    "regexes": _regexes,
+}
 
 
 def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
@@ -362,6 +462,9 @@ def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
             raise SettingsError(f"{source}: unknown key [{name}] {key}; known keys: {known}")
         value = _coerce(raw, hints[key], where)
         _check_range(value, fields[key].metadata, where)
+        check = fields[key].metadata.get("check")
+        if check is not None:
+            _CHECKS[check](value, where)
         values[key] = value
     return cls(**values)
 
@@ -383,10 +486,19 @@ def _cross_check(s: Settings) -> None:
             f"{src}: [questions] min_chars: expected at most max_chars "
             f"({s.questions.max_chars}), got {s.questions.min_chars}"
         )
-    if not s.huixiangdou.urls:
-        raise SettingsError(f"{src}: [huixiangdou] urls: expected at least one URL")
-    if not s.questions.aspects:
-        raise SettingsError(f"{src}: [questions] aspects: expected at least one aspect")
+    if not s.questions.aspects and s.questions.source != "corpus":
+        raise SettingsError(
+            f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"
+        )
+    if s.questions.passage_overlap >= s.questions.passage_size:
+        raise SettingsError(
+            f"{src}: [questions] passage_overlap: expected less than passage_size "
+            f"({s.questions.passage_size}), got {s.questions.passage_overlap}"
+        )
+    if "{passage}" not in s.questions.passage_user_prompt:
+        raise SettingsError(
+            f"{src}: [questions] passage_user_prompt: expected the placeholder {{passage}}"
+        )
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(
@@ -425,6 +537,10 @@ def _apply_presets(s: Settings) -> Settings:
         s.questions,
         system_prompt=s.questions.system_prompt or preset.question_system,
         user_prompt=s.questions.user_prompt or preset.question_user,
+        passage_system_prompt=s.questions.passage_system_prompt or preset.passage_system,
+        passage_user_prompt=s.questions.passage_user_prompt or preset.passage_user,
+        # With source = "corpus" no aspect is asked: the aspects list is left empty.
+        aspects=() if s.questions.source == "corpus" else s.questions.aspects,
     )
     c = dataclasses.replace(
         s.conversations,

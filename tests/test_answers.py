@@ -37,8 +37,6 @@ def _random_rows(rnd: random.Random, n: int) -> list[dict[str, Any]]:
         r = rnd.random()
         if r < 0.03:
             row = {"turn": turn, **row}  # another key order
-        elif r < 0.05:
-            row = {**row, "turn": rnd.choice([0, -1, "1", True, 1.0])}  # no valid turn: no turn's row
         elif r < 0.06:
             row = {**row, "kind": rnd.choice([None, 3, ["answered"]])}  # a kind that is no string
         elif r < 0.08:
@@ -120,6 +118,18 @@ def test_a_bad_line_in_the_middle_is_named(tmp_path: Path, repair: bool) -> None
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(InputError, match=r"line 12 \(byte offset "):
         AnswerIndex.of_file(path, repair=repair, block_size=100)
+
+
+@pytest.mark.parametrize("row", [{}, {"conv": "y", "turn": 0, "kind": "answered"}, {"conv": 7, "turn": 1},
+                                 {"conv": "y", "turn": "1"}, {"conv": "y", "turn": True}])
+@pytest.mark.parametrize("repair", [False, True])
+def test_an_answer_row_of_no_turn_is_named_as_damage(tmp_path: Path, row: dict[str, Any], repair: bool) -> None:
+    good = orjson.dumps(_row("00000000000000ab", 1, "answered")) + b"\n"
+    path = tmp_path / "answers.jsonl"
+    path.write_bytes(good + orjson.dumps(row) + b"\n" + good)
+    with pytest.raises(InputError, match=r"line 2 \(byte offset \d+\) is an answer row without a string 'conv'"):
+        AnswerIndex.of_file(path, repair=repair)
+    assert AnswerIndex.of_rows([row]).turn("y", 1) is None, "rows in memory: left out"
 
 
 def test_a_missing_ledger_is_an_empty_index(tmp_path: Path) -> None:

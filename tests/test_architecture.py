@@ -25,6 +25,7 @@ PURE = (
     "pipeline.qa.dedup",
     "pipeline.qa.gate",
     "pipeline.services.hxd_protocol",
+    "pipeline.services.replies",
 )
 IO_MODULES = ("os", "io", "pathlib", "shutil", "socket", "asyncio", "aiohttp", "aiofiles", "openai",
               "httpx", "subprocess", "tempfile", "pipeline.jsonl", "pipeline.services.llm",

@@ -185,7 +185,7 @@ def test_a_run_logs_to_qa_log(
     code, err = qa(write_settings(tmp_path, llm.base_url, hxd.url), capsys)
     assert code == 0 and "Traceback" not in err
     log = (tmp_path / "out" / "qa.log").read_text("utf-8")
-    assert "HuixiangDou servers ready" in log
+    assert "HuixiangDou servers up" in log
     assert "qa complete; questions 2/2" in log
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "report.json").exists()
     assert FAKE_KEY not in log

@@ -434,7 +434,7 @@ async def test_probe_reports_ready_servers(hxd_fakes: Fakes, hxd_settings: Setti
         message = await pool.probe()
     finally:
         await pool.aclose()
-    assert message == f"2 of 2 HuixiangDou servers ready: {a.url}, {b.url}"
+    assert message == f"2 of 2 HuixiangDou servers up: {a.url}, {b.url}"
 
 
 async def test_probe_names_the_missing_server_and_rests_it(
@@ -447,7 +447,7 @@ async def test_probe_names_the_missing_server_and_rests_it(
         stats = pool.stats()
     finally:
         await pool.aclose()
-    assert message.startswith(f"1 of 2 HuixiangDou servers ready: {hxd_fake.url}; not answering: ")
+    assert message.startswith(f"1 of 2 HuixiangDou servers up: {hxd_fake.url}; not up: ")
     assert f"{hxd_dead_url} (connection refused" in message
     assert outcome.server == hxd_fake.url and outcome.attempts == 1
     assert stats[hxd_dead_url]["resting_for_s"] > 0 and stats[hxd_dead_url]["failures"] == 0
@@ -522,3 +522,73 @@ async def test_probe_tells_a_server_that_is_not_huixiangdou(
     finally:
         await pool.aclose()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------ busy servers
+
+
+async def test_every_endpoint_of_the_fake_waits_while_an_inference_runs(
+    hxd_fakes: Fakes,
+) -> None:
+    # Fidelity: the 2024 server blocks its event loop while it answers.
+    (fake,) = await hxd_fakes(1, hold=asyncio.Event())
+    async with aiohttp.ClientSession() as s:
+        answering = asyncio.create_task(s.post(fake.url + "/huixiangdou_inference", json={"text": Q}))
+        await reach(fake, 1)
+        waiting = [
+            asyncio.create_task(s.get(fake.url + "/openapi.json")),
+            asyncio.create_task(s.post(fake.url + "/huixiangdou_stream", json={"text": Q})),
+            asyncio.create_task(s.post(fake.url + "/huixiangdou_inference", json={"text": Q})),
+        ]
+        await asyncio.wait_for(fake.wait_blocked(3), 10)
+        assert not any(t.done() for t in waiting)
+        assert fake.hold is not None
+        fake.hold.set()
+        responses = await asyncio.wait_for(asyncio.gather(answering, *waiting), 10)
+        assert [r.status for r in responses] == [200, 200, 200, 200]
+        for r in responses:
+            r.release()
+
+
+async def test_probe_waits_for_a_busy_server_says_why_and_counts_it_up(
+    hxd_fakes: Fakes, hxd_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    (fake,) = await hxd_fakes(1, hold=asyncio.Event())
+    pool = pool_for(hxd_settings(fake.url))
+    pool.busy_notice_s = 0.0
+    try:
+        async with aiohttp.ClientSession() as s:
+            answering = asyncio.create_task(s.post(fake.url + "/huixiangdou_inference", json={"text": Q}))
+            await reach(fake, 1)
+            probe = asyncio.create_task(pool.probe())
+            await asyncio.wait_for(fake.wait_blocked(1), 10)  # the GET waits behind the answer
+            assert not probe.done()
+            assert fake.hold is not None
+            fake.hold.set()
+            message = await asyncio.wait_for(probe, 10)
+            (await answering).release()
+    finally:
+        await pool.aclose()
+    assert message.startswith(f"1 of 1 HuixiangDou servers up: {fake.url} (busy: GET /openapi.json answered after")
+    assert f"HuixiangDou at {fake.url} accepted the connection" in caplog.text
+    assert "busy answering" in caplog.text and "timeout_s" in caplog.text
+    assert pool.stats()[fake.url]["resting_until"] is None
+
+
+async def test_a_server_busy_past_the_answer_timeout_is_up_not_absent(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    (fake,) = await hxd_fakes(1, hold=asyncio.Event())
+    pool = pool_for(hxd_settings(fake.url, timeout_s=0.2))
+    try:
+        async with aiohttp.ClientSession() as s:
+            answering = asyncio.create_task(s.post(fake.url + "/huixiangdou_inference", json={"text": Q}))
+            await reach(fake, 1)
+            message = await asyncio.wait_for(pool.probe(), 10)
+            assert fake.hold is not None
+            fake.hold.set()
+            (await answering).release()
+    finally:
+        await pool.aclose()
+    assert message == f"1 of 1 HuixiangDou servers up: {fake.url} (busy: GET /openapi.json unanswered after 0.2s)"
+    assert pool.stats()[fake.url]["resting_until"] is None

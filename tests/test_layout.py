@@ -97,6 +97,20 @@ def test_fields_added_after_the_scanned_ones_keep_rows_on_the_scan() -> None:
     assert block is not None and block.seqs == [3] and block.followups == [("00000000000000a1", 2, "追")]
 
 
+def test_a_passage_question_is_read_with_its_later_fields() -> None:
+    rows = [question_row(id="00000000000000a1", aspect="", text="问", seq=3, passage="p1", file="a.md", span=(0, 9)),
+            question_row(id="00000000000000a2", aspect="A", text="问", seq=4)]
+    data = b"".join(map(dumps_line, rows))
+    block = question_block(data, len(data))
+    assert block is not None and block.extras == {0: {"passage": "p1", "file": "a.md", "span": [0, 9]}}
+
+
+@pytest.mark.parametrize("tail", [b',"passage":"p1",}', b',"passage":}', b',"seq":5}', b',"conv":"c"}'])
+def test_later_fields_that_are_not_json_or_repeat_a_scanned_key_go_to_the_row_parser(tail: bytes) -> None:
+    line = b'{"id":"00000000000000a1","aspect":"","text":"t","seq":1' + tail + b"\n"
+    assert question_block(line, len(line)) is None
+
+
 def _written_answers(rnd: random.Random, n: int) -> list[dict[str, Any]]:
     return [answer_row(conv=rnd.choice([f"{rnd.getrandbits(64):016x}", "x y", "ABC-1"]), turn=rnd.randint(1, 12),
                        kind=rnd.choice(ANSWER_KINDS), question=_text(rnd, "问"), answer=_text(rnd, "答"),

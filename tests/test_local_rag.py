@@ -31,7 +31,7 @@ from pipeline.services.local_rag import (
 )
 from pipeline.settings import LLMSettings, Settings, parse_settings
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
-from tests.fakes.llm_server import FakeLLM
+from tests.fakes.llm_server import FakeLLM, Failure
 
 # A tiny corpus: each file holds facts no other file has, in Chinese and English,
 # in a sub-folder and a Markdown file too.
@@ -401,7 +401,42 @@ async def test_blank_reply_is_a_failure(
     fake_llm.responder = lambda messages: "  \n"
     answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
     outcome = await answerer.ask("怎样破解黄风大圣的神风？")
-    assert (outcome.kind, outcome.state) == ("failed", "LLM returned an empty answer")
+    assert (outcome.kind, outcome.state) == ("failed", "LLM reply unusable (empty)")
+
+
+@pytest.mark.parametrize("style", ["closed", "close_only"])
+async def test_reasoning_is_never_the_answer_nor_its_marker(
+    tmp_path: Path, corpus: Path, fake_llm: FakeLLM, llm_settings: LLMSettings,
+    llm_client: LLMClient, style: str,
+) -> None:
+    # The reasoning mentions NOT_IN_MATERIAL and starts before the lead-in:
+    # only the answer proper counts.
+    fake_llm.think = style
+    fake_llm.responder = lambda messages: "根据资料，黄风大圣的神风可用定风珠破解。"
+    answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
+    outcome = await answerer.ask("怎样破解黄风大圣的神风？")
+    assert outcome.kind == "answered"
+    assert outcome.answer == "根据资料，黄风大圣的神风可用定风珠破解。"
+
+
+async def test_a_reply_all_reasoning_is_a_failure_by_kind(
+    tmp_path: Path, corpus: Path, fake_llm: FakeLLM, llm_settings: LLMSettings,
+    llm_client: LLMClient,
+) -> None:
+    fake_llm.think = "unclosed"
+    answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
+    outcome = await answerer.ask("怎样破解黄风大圣的神风？")
+    assert (outcome.kind, outcome.state) == ("failed", "LLM reply unusable (cut_off)")
+
+
+async def test_a_provider_refusal_is_a_refused_outcome_quoting_it(
+    tmp_path: Path, corpus: Path, fake_llm: FakeLLM, llm_settings: LLMSettings,
+    llm_client: LLMClient,
+) -> None:
+    fake_llm.script(Failure.refusal("deepseek"), Failure.refusal("deepseek"))
+    answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
+    outcome = await answerer.ask("怎样破解黄风大圣的神风？")
+    assert (outcome.kind, outcome.state) == ("refused", "refused by the provider: Content Exists Risk")
 
 
 async def test_llm_errors_after_retries_are_a_failed_outcome(

@@ -65,7 +65,7 @@ SAMPLE = Sample(
 )
 def test_format_line(eta: float | None, tail: str) -> None:
     assert format_line(SAMPLE, 12.4, 3400.0, (60, 100000), eta) == (
-        "progress 1h02m | questions 4/8 | answered 2 skipped 1 vetoed 0 failed 0 rejected 0 | "
+        "progress 1h02m | questions 4/8 | answered 2 skipped 1 vetoed 0 failed 0 refused 0 rejected 0 | "
         "in_flight 2 | rpm 12/60 tpm 3400/100000 | tokens 1200+340 cost 0.0012 | " + tail
     )
 

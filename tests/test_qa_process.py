@@ -39,7 +39,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 ASPECTS = ["战斗系统", "游戏世界观", "主要角色", "游戏概述", "文化内涵"]
 SYSTEM = "你是测试助手。"
-RESUME_HINT = "run `python run.py qa` again to resume"
+
+
+def resume_hint(settings: Path) -> str:
+    """The hint after a stop: it names the settings the run was given, or a
+    resume would read the default settings on this out_dir."""
+    return f"run `python run.py --settings {settings} qa` again to resume"
+
 DEADLINE_S = 20.0  # bound on any wait; a healthy run needs a fraction of it
 
 # Requests to the fakes must never go through a proxy from the environment.
@@ -371,7 +377,7 @@ def test_a_signal_finishes_in_flight_requests_and_exits_130(
     run.signal(sig)
 
     assert run.wait() == 130, run.stderr[-3000:]
-    assert f"stopped by {sig.name}" in run.stdout and RESUME_HINT in run.stdout
+    assert f"stopped by {sig.name}" in run.stdout and resume_hint(settings) in run.stdout
     sent = asked([hxd])
     rows = strict_rows(answers)
     assert [r["kind"] for r in rows] == ["answered"] * len(rows)
@@ -443,7 +449,7 @@ def test_quota_exits_75_says_how_to_resume_and_the_resume_redoes_nothing(
     stopped = run_to_end(settings, "quota")
 
     assert stopped.proc.returncode == 75, stopped.stderr[-3000:]
-    assert stopped.stdout.startswith("qa quota") and RESUME_HINT in stopped.stdout
+    assert stopped.stdout.startswith("qa quota") and resume_hint(settings) in stopped.stdout
     assert "Insufficient Balance" in stopped.stdout, "the message says what the API said"
     questions_before = state(settings, "questions").read_bytes()
     n_before = len(strict_rows(state(settings, "questions")))
@@ -460,7 +466,7 @@ def test_quota_exits_75_says_how_to_resume_and_the_resume_redoes_nothing(
     resumed = run_to_end(settings, "resume")
 
     assert resumed.proc.returncode == 0, resumed.stderr[-3000:]
-    assert "qa complete" in resumed.stdout and RESUME_HINT not in resumed.stdout
+    assert "qa complete" in resumed.stdout and "again to resume" not in resumed.stdout
     assert state(settings, "questions").read_bytes().startswith(questions_before)
     texts = [q["text"] for q in strict_rows(state(settings, "questions"))]
     assert len(texts) == len(set(texts)) == 12

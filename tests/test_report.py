@@ -100,7 +100,8 @@ def test_top_no_answer_states_come_with_example_questions(tmp_path: Path, ledger
 def test_counts_follow_the_latest_attempt_of_each_turn(tmp_path: Path, ledgers: dict[str, Any]) -> None:
     s = settings(tmp_path)
     report = build_report(s, ledgers, state_from_rows(s, ledgers), conversations=2)
-    assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "rejected": 1}
+    assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "refused": 0,
+                                  "rejected": 1}
     assert report["answer_rows"] == 8
     assert report["questions"] == {"accepted": 7, "target": 8}
     assert report["aspects"]["战斗"]["first_turn"]["answered"] == 2
@@ -237,8 +238,7 @@ def _plain_counts(answers: list[dict[str, Any]]) -> dict[str, Any]:
         [a(0, "answered", answer="x"), a(1, "skipped", state="s1"), a(2, "skipped", state="s2")],
         # retries, a later turn, a row with no valid conv/turn, odd kinds and states
         [a(0, "failed", state="down", reason="x"), a(0, "answered", answer="y"),
-         {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q9", "turn": True, "kind": "answered"},
-         {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
+         {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
          {"conv": "q7", "turn": 1, "kind": "skipped", "state": ["odd"], "reason": {"r": 1}},
          a(5, "rejected", reason="refusal"), a(6, "vetoed", state="")],
     ],

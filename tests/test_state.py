@@ -186,6 +186,8 @@ def _random_ledgers(rnd: random.Random, lo: int, hi: int) -> tuple[list[dict[str
         first = {"id": conv, "aspect": rnd.choice("AABC"), "text": text, "seq": rnd.choice([k, k, 0, 7])}
         if rnd.random() < 0.1:
             first = {"seq": first["seq"], "id": conv, "text": text, "aspect": first["aspect"]}  # other order
+        elif rnd.random() < 0.15:  # a question of a corpus passage: fields after the usual ones
+            first = {**first, "aspect": "", "passage": f"p{k % 3}", "file": "a.md", "span": [k, k + 9]}
         questions.append(first)
         for turn in range(1, hi + 2):
             if turn > 1 and rnd.random() < 0.7:

@@ -3,6 +3,7 @@ they only read (no lock, no repair, no file created)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -231,3 +232,37 @@ def test_dry_run_needs_no_key_and_calls_nothing(tmp_path: Path, capsys: pytest.C
     assert "nothing recorded yet; the run would do:" in out
     assert "LLM requests: 2 (2 question batches, 0 follow-ups)" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_settings_path_with_spaces_is_quoted_in_every_printed_command() -> None:
+    s = dataclasses.replace(parse_settings({}, environ={}), source="my conf/run 1.toml")
+    assert resume_command(s) == "python run.py --settings 'my conf/run 1.toml' qa"
+    assert s.command("build") == "python run.py --settings 'my conf/run 1.toml' build"
+
+
+def test_an_empty_object_in_the_middle_of_the_answers_is_named_like_other_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.qa.stage import load_state
+
+    cfg = write_settings(tmp_path)
+    write_ledger(tmp_path, "questions", QUESTIONS)
+    path = write_ledger(tmp_path, "answers", [answer("q0", "answered"), {}, answer("q1", "answered")])
+    write_ledger(tmp_path, "events", [START, end("complete")])
+    before = path.read_bytes()
+
+    assert run.main(["--settings", str(cfg), "status"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: line 2 (byte offset" in err and "without a string 'conv'" in err
+    with pytest.raises(InputError, match=r"answers\.jsonl: line 2 .*without a string 'conv'"):
+        load_state(run.load_settings(cfg, environ={}), repair=True)
+    assert path.read_bytes() == before, "the damaged row is left for the user to see"
+
+
+def test_a_row_that_is_no_question_row_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_settings(tmp_path)
+    write_ledger(tmp_path, "questions", [QUESTIONS[0], {}, QUESTIONS[1]])
+    assert run.main(["--settings", str(cfg), "status"]) == 2
+    assert "state/questions.jsonl: the row {} is not a question row" in capsys.readouterr().err

@@ -38,9 +38,9 @@ CASES = {
         [_q(HEX[2], 5), _q(HEX[0], 2), _q(HEX[3], 9)],
         [_a(HEX[0], 1), _a(HEX[2], 1, answer="二")],
     ),
-    "ids that are not hex, and rows without conv/turn": (
+    "ids that are not hex": (
         [_q("天", 0), _q("x-1", 1)],
-        [_a("天", 1, answer="悟空"), {"kind": "answered"}, _a("x-1", 1), {"conv": "x-1", "turn": 0}],
+        [_a("天", 1, answer="悟空"), _a("x-1", 1)],
     ),
     "no answers at all": ([_q(HEX[0], 0)], []),
 }
@@ -96,7 +96,6 @@ END_ANSWERS = [
     _row(HEX[0], 3, "skipped", state="no_doc"),  # ends the conversation after two turns
     _row("天", 1, "answered", answer="悟空"),
     _row("x-1", 1, "skipped", state="no_doc", seconds=0.0),
-    {"conv": "x-1", "turn": 0, "kind": "answered", "answer": "不算"},  # no valid turn: ignored
     {**_row(HEX[2], 2, "answered", answer="没有第一轮就不算"), "state": None},
 ]
 RUN = {"status": "complete", "detail": "", "seconds": 2.0, "questions_new": 6,
@@ -138,4 +137,5 @@ def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, m
     assert (settings.out_dir / "conversations.jsonl").read_bytes() == expected_path.read_bytes()
     assert report == expected
     assert render_markdown(report) == render_markdown(expected)
-    assert report["outcomes"] == {"answered": 5, "skipped": 2, "vetoed": 1, "failed": 0, "rejected": 1}
+    assert report["outcomes"] == {"answered": 5, "skipped": 2, "vetoed": 1, "failed": 0, "refused": 0,
+                                  "rejected": 1}

@@ -64,9 +64,7 @@ def last_run_outcome(last_run: Mapping[str, Any] | None, holder: Mapping[str, An
 
 def resume_command(settings: Settings) -> str:
     """The command that resumes this output folder's run."""
-    if settings.source in ("<defaults>", "settings.toml"):
-        return "python run.py qa"
-    return f"python run.py --settings {settings.source} qa"
+    return settings.command("qa")
 
 
 def build_status(

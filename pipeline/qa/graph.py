@@ -23,7 +23,7 @@ import logging
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +40,8 @@ from pipeline.store.ledger import LedgerWriter
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer, Outcome
 from pipeline.qa.questions import ensure_topic, followup_messages, parse_followup, parse_question_list, question_id, question_messages, screen_question
+from pipeline.qa.questions import passage_messages, screen_standalone
+from pipeline.qa.passages import Passage
 from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
@@ -67,6 +69,8 @@ class RunStats:
     rejected: Counter[str] = field(default_factory=Counter)  # answer-gate reasons
     in_flight: int = 0
     question_calls: int = 0
+    corpus_questions: int = 0  # accepted from passages (not part of ``accepted``: no aspect target)
+    passages: list[int] = field(default_factory=lambda: [0, 0])  # asked (all runs), selected
     followup_calls: int = 0
     rag_seconds: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes an answer
 
@@ -74,6 +78,8 @@ class RunStats:
         return {
             "accepted": sum(self.accepted.values()),
             "target": sum(self.target.values()),
+            "corpus_questions": self.corpus_questions,
+            "passages": list(self.passages),
             "outcomes": dict(self.outcomes),
             "dropped": dict(self.dropped),
             "rejected": dict(self.rejected),
@@ -101,9 +107,12 @@ class Graph:
         workers: int,
         earlier_questions: Callable[[], Iterable[list[str]]],
         on_progress: Callable[[RunStats], None] | None = None,
+        passages: Sequence[Passage] = (),
     ) -> None:
         """``earlier_questions`` yields the texts ``state`` counts as accepted,
-        a chunk at a time (it runs in a worker thread)."""
+        a chunk at a time (it runs in a worker thread). ``passages``: the
+        selected passages of the corpus to write questions from (those in
+        ``state.passages_asked`` are not asked again)."""
         self.settings = settings
         self.state = state
         self.llm = llm
@@ -113,6 +122,8 @@ class Graph:
         self._earlier_questions = earlier_questions
         self.on_progress = on_progress
         self.stats = RunStats()
+        self.passages = [p for p in passages if p.id not in state.passages_asked]
+        self.stats.passages = [len(passages) - len(self.passages), len(passages)]
         self.stop_reason: StopReason = "complete"
         self.stop_detail = ""
         self._stopping = asyncio.Event()
@@ -170,7 +181,7 @@ class Graph:
         from the ledger) per worker-thread call. Until this returns nothing
         else touches the Deduper: producers await it before their first
         screening."""
-        if not self._aspects_to_produce():
+        if not self._aspects_to_produce() and not self.passages:
             return  # no producer will screen anything: spare the CPU for the answers
         chunks = iter(self._earlier_questions())  # a generator: the reading is done by next()
         while await asyncio.to_thread(self._seed_next, chunks):
@@ -227,6 +238,8 @@ class Graph:
         async with asyncio.TaskGroup() as tg:
             for aspect in self._aspects_to_produce():
                 tg.create_task(self._produce(aspect))
+            if self.passages:
+                tg.create_task(self._produce_passages())
         # Only on a clean finish: after a cancellation the workers are cancelled too.
         for _ in range(self.n_workers):
             await self._queue.put(_DONE)
@@ -268,20 +281,77 @@ class Graph:
             sample.extend(fresh)
             have += len(fresh)
             self.stats.accepted[aspect] += len(fresh)
-            for row in rows:
-                plan = ConvPlan(
-                    conv=row["id"],
-                    aspect=aspect,
-                    seq=row["seq"],
-                    target=_target(self.settings, row["id"]),
-                    next_question=row["text"],
-                )
-                await self._queue.put(_Job(plan))
+            await self._enqueue(rows, aspect)
         if have < qs.per_aspect and not self.stopping:
             log.warning("aspect %r: %d of %d questions after %d rounds with nothing new",
                         aspect, have, qs.per_aspect, stale)
             await self.writer.record("events", {"event": "aspect_exhausted", "aspect": aspect,
                                                 "accepted": have})
+
+    async def _enqueue(self, rows: list[dict[str, Any]], aspect: str) -> None:
+        """Queue a conversation for each first-turn question row just recorded."""
+        for row in rows:
+            plan = ConvPlan(
+                conv=row["id"],
+                aspect=aspect,
+                seq=row["seq"],
+                target=_target(self.settings, row["id"]),
+                next_question=row["text"],
+            )
+            await self._queue.put(_Job(plan))
+
+    async def _produce_passages(self) -> None:
+        """The second producer kind: each passage not asked yet, once, by a few
+        tasks (the LLM client's concurrency caps the calls in flight)."""
+        todo = iter(self.passages)
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(self.settings.llm.concurrency, len(self.passages))):
+                tg.create_task(self._passage_worker(todo))
+
+    async def _passage_worker(self, todo: Iterator[Passage]) -> None:
+        for passage in todo:
+            if self.stopping:
+                return
+            await self._produce_passage(passage)
+
+    async def _produce_passage(self, passage: Passage) -> None:
+        """Questions the passage answers: parsed, screened (standalone too),
+        deduplicated against both sources, recorded with their passage; then
+        the passage is recorded as asked. A failed call or an empty reply
+        leaves it unrecorded, for the next run."""
+        qs = self.settings.questions
+        messages = passage_messages(qs, passage.text, passage.file, qs.per_passage)
+        text = await self._llm_text(messages, purpose="passage questions")
+        if text is None:
+            return
+        self.stats.question_calls += 1
+        items = parse_question_list(text)
+        if not items:
+            log.warning("passage %s of %s: the reply held no question; asked again next run",
+                        passage.id, passage.file)
+            self.stats.dropped["empty_reply"] += 1
+            return
+        standalone = []
+        for q in items:
+            if (reason := screen_standalone(q)) is not None:
+                self.stats.dropped[reason] += 1
+            else:
+                standalone.append(q)
+        if not self._seeded.done():
+            await asyncio.shield(self._seeded)
+        fresh = await self._screen((standalone, qs.per_passage))
+        rows = []
+        for q in fresh:
+            rows.append(question_row(id=question_id(q), aspect="", text=q, seq=self._seq,
+                                     passage=passage.id, file=passage.file, span=(passage.start, passage.end)))
+            self._seq += 1
+        if rows:
+            await self.writer.record_many("questions", rows)
+        await self.writer.record("events", {"event": "passage", "passage": passage.id,
+                                            "file": passage.file, "questions": len(rows)})
+        self.stats.corpus_questions += len(rows)
+        self.stats.passages[0] += 1
+        await self._enqueue(rows, "")
 
     def _screen_batch(self, replies: list[tuple[list[str], int]]) -> list[list[str]]:
         """For each reply ``(items, need)``, in order: its new, well-formed

@@ -30,9 +30,11 @@ __all__ = [
     "normalise",
     "parse_followup",
     "parse_question_list",
+    "passage_messages",
     "question_id",
     "question_messages",
     "screen_question",
+    "screen_standalone",
 ]
 
 # Chat-template markers that must never reach a training record: XTuner would
@@ -78,6 +80,18 @@ def question_messages(
     if accepted_sample:
         examples = "\n".join(f"- {q}" for q in accepted_sample)
         user = f"{user}\n{fill_template(preset.avoid, {**values, 'examples': examples})}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def passage_messages(
+    qs: QuestionSettings, passage: str, file: str, n: int
+) -> list[dict[str, str]]:
+    """Chat messages asking the question writer for at most ``n`` questions
+    that ``passage`` (from ``file``, relative to ``data_dir``) answers."""
+    values = {"topic": qs.topic, "n": str(n), "file": file}
+    system = fill_template(qs.passage_system_prompt or PRESETS[qs.language].passage_system, values)
+    user = fill_template(qs.passage_user_prompt or PRESETS[qs.language].passage_user,
+                         {**values, "passage": passage})
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -373,6 +387,23 @@ def screen_question(q: str, qs: QuestionSettings) -> str | None:
     ):
         return "not_a_question"
     return None
+
+
+# A question that leans on the text it was written from ("what does this
+# passage say about...") means nothing to a user of the trained model, nor to
+# a RAG backend that never saw that text.
+_LEANS_ON_SOURCE = re.compile(
+    r"(这|该|本|此|上述|上|下)(一)?(段|篇|则|份)?(资料|材料|文本|文章|段落|段话|文字)|文中|上文|下文|本文"
+    r"|\b(th(is|e|at) (passage|text|excerpt|article|paragraph|material)|the above)\b",
+    re.I,
+)
+
+
+def screen_standalone(q: str) -> str | None:
+    """``"not_standalone"`` when a question written from a passage refers to
+    that passage ("这段资料", "文中", "the text") instead of naming its
+    subject; None when it stands on its own."""
+    return "not_standalone" if _LEANS_ON_SOURCE.search(q) else None
 
 
 # --------------------------------------------------------------------------- identity

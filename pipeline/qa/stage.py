@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.dataset import conversations_from, write_dataset
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.store.answers import READ_BLOCK, AnswerIndex
 from pipeline.store.layout import first_turn_texts, question_block
@@ -63,6 +64,8 @@ class QAResult:
     conversations: int
     stats: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    # The command that resumes this run, with the options the user gave.
+    resume: str = "python run.py qa"
 
     @property
     def exit_code(self) -> int:
@@ -74,6 +77,9 @@ class QAResult:
         parts = [
             f"qa {self.status}",
             f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
+            *([f"passages {self.stats['passages'][0]}/{self.stats['passages'][1]} asked, "
+               f"{self.stats.get('corpus_questions', 0)} questions from them"]
+              if self.stats.get("passages", [0, 0])[1] else []),
             "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
             f"conversations {self.conversations}",
             f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
@@ -83,7 +89,7 @@ class QAResult:
         if self.detail:
             text += f"\n{self.detail}"
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
-            text += "\nrun `python run.py qa` again to resume where it stopped"
+            text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
 
 
@@ -162,6 +168,23 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
     return write_dataset(settings.out_dir / DATASET_NAME, records)
 
 
+def plan_corpus(settings: Settings) -> PassagePlan | None:
+    """The passages to write questions from, when ``[questions] source`` asks
+    for them (None for "aspects"); logged as it is the run's first cost."""
+    if settings.questions.source == "aspects":
+        return None
+    started = time.monotonic()
+    plan = plan_passages(settings)
+    if not plan.selected_ids and settings.questions.source == "corpus":
+        raise InputError(
+            f"{settings.data_dir}: no passage to write questions from (no readable text in files matching "
+            f"{', '.join(settings.pretrain.patterns)}); set [paths] data_dir, or [questions] source = \"aspects\""
+        )
+    log.info("passages: %d selected of %d in %d files (%.1f s)", len(plan.selected_ids), plan.total,
+             len(plan.files), time.monotonic() - started)
+    return plan
+
+
 def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
     """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
     hx = settings.huixiangdou
@@ -187,11 +210,13 @@ async def run_qa(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
+        passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm) as llm:
             answerer, workers = make_answerer(settings, llm)
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph
+                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    passages,
                 )
             finally:
                 await answerer.aclose()
@@ -206,6 +231,7 @@ async def _run_graph(
     on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
+    passages: PassagePlan | None,
 ) -> QAResult:
     # Fail before anything is paid for when a service is misconfigured.
     await llm.probe()
@@ -218,13 +244,15 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier)
+                  earlier_questions=earlier, passages=passages.passages if passages else ())
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
                                    "questions_before": state.total_questions()})
+    if passages is not None:
+        await writer.record("events", passages.event())
     main = asyncio.current_task()
     restore = _install_signal_handlers(graph, main) if install_signals else (lambda: None)
     try:
@@ -269,6 +297,7 @@ async def _run_graph(
         conversations=count or 0,
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
+        resume=settings.command("qa"),
     )
 
 
@@ -286,7 +315,7 @@ def _write_dataset(settings: Settings, ledgers: Ledgers) -> int:
         raise OutputError(
             f"cannot write {path}: {exc.strerror or exc}. Every answer recorded so far is kept in "
             f"the ledgers under {settings.state_dir} and the previous {DATASET_NAME} is unchanged; "
-            "free some space, then run `python run.py qa` again to rebuild it"
+            f"free some space, then run `{settings.command('qa')}` again to rebuild it"
         ) from exc
 
 

@@ -4,6 +4,7 @@
 ``skipped``   the backend declined: too short, not a question, off-topic, irrelevant material
 ``vetoed``    an answer was produced and then withdrawn (irrelevant answer, safety check)
 ``failed``    the backend or something behind it failed (web search, 500s after retries)
+``refused``   the LLM provider's content filter refused the prompt (``state`` quotes it): final
 
 ``state`` is the backend's own last state (HuixiangDou's human-readable string),
 the thing users count to tune their knowledge base.
@@ -16,7 +17,7 @@ from typing import Literal, Protocol
 
 __all__ = ["Answerer", "Kind", "Outcome"]
 
-Kind = Literal["answered", "skipped", "vetoed", "failed"]
+Kind = Literal["answered", "skipped", "vetoed", "failed", "refused"]
 
 
 @dataclass(frozen=True, slots=True)

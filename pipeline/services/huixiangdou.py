@@ -18,10 +18,12 @@ project's exception tree:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,11 @@ class _Timeout(Exception):
 
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
+# Seconds a TCP connection may take before a server counts as not up.
+_CONNECT_S = 10.0
+# _openapi's answer when the GET timed out: the server is busy, not absent.
+_BUSY = "busy"
+
 
 class HuixiangdouPool:
     """Answer questions with one or more HuixiangDou servers (an ``Answerer``).
@@ -105,6 +112,8 @@ class HuixiangdouPool:
         self._limiter = AsyncLimiter(settings.rpm, 60) if settings.rpm else None
         path = "/huixiangdou_stream" if settings.endpoint == "stream" else "/huixiangdou_inference"
         self._path = path
+        # Seconds of a GET /openapi.json at start-up before saying the server is busy.
+        self.busy_notice_s = 5.0
 
     # ---------------------------------------------------------------- session
 
@@ -130,38 +139,81 @@ class HuixiangdouPool:
     # ------------------------------------------------------------------ probe
 
     async def probe(self) -> str:
-        """GET /openapi.json on every server; describe which are ready.
+        """Say which servers are up; rest the others so the run starts without them.
 
-        Servers that do not answer are rested so the run starts on the rest.
+        A server that accepts a TCP connection is up, however long it then
+        takes to answer: the 2024 server blocks every request, ``GET
+        /openapi.json`` included, while it answers one, and a stopped run
+        leaves its queue behind. So the GET may take up to ``timeout_s`` (the
+        answer timeout); past ``busy_notice_s`` a warning says whom it waits
+        for and why, and a server still silent at the end counts as up and
+        busy. A server whose ``/openapi.json`` shows it is not HuixiangDou is
+        not up. This is what ``[rag] backend = "auto"`` asks.
+
         Raises :class:`ServersDown` naming every URL and how to start
-        HuixiangDou when none answers.
+        HuixiangDou when none is up.
         """
-        reasons = await asyncio.gather(*(self._probe_one(s) for s in self._servers))
+        results = await asyncio.gather(*(self._probe_one(s) for s in self._servers))
         now = self._clock()
-        ready = [s.url for s, r in zip(self._servers, reasons) if r is None]
-        down = [(s, r) for s, r in zip(self._servers, reasons) if r is not None]
+        up = [(s, note) for s, (ok, note) in zip(self._servers, results) if ok]
+        down = [(s, note) for s, (ok, note) in zip(self._servers, results) if not ok]
         async with self._cond:
             for s, reason in down:
                 s.resting_until = now + self._settings.rest_s
-                s.last_error = reason or ""
+                s.last_error = reason
         total = len(self._servers)
-        if not ready:
+        if not up:
             listing = "; ".join(f"{s.url} ({r})" for s, r in down)
             raise ServersDown(
-                f"no HuixiangDou server answered GET /openapi.json: {listing}. "
+                f"no HuixiangDou server is up: {listing}. "
                 f"Start one with `{START_COMMAND}` (it listens on port 23333; later "
                 "releases: `python3 -m huixiangdou.api_server`), or fix [huixiangdou] urls "
                 "in the settings file.",
                 service="huixiangdou",
             )
-        msg = f"{len(ready)} of {total} HuixiangDou servers ready: {', '.join(ready)}"
+        msg = f"{len(up)} of {total} HuixiangDou servers up: " + ", ".join(
+            s.url + (f" ({note})" if note else "") for s, note in up
+        )
         if down:
-            msg += "; not answering: " + "; ".join(f"{s.url} ({r})" for s, r in down)
+            msg += "; not up: " + "; ".join(f"{s.url} ({r})" for s, r in down)
         return msg
 
-    async def _probe_one(self, server: _Server) -> str | None:
-        """None when ready, else a short reason."""
-        timeout = aiohttp.ClientTimeout(total=min(30.0, self._settings.timeout_s))
+    async def _probe_one(self, server: _Server) -> tuple[bool, str]:
+        """``(up, note)``: up with an empty note when ready, with a note when
+        busy; not up with the reason."""
+        refused = await _accepts_connection(server.url, min(_CONNECT_S, self._settings.timeout_s))
+        if refused is not None:
+            return False, refused
+        started = self._clock()
+        get = asyncio.ensure_future(self._openapi(server))
+        try:
+            done, _ = await asyncio.wait({get}, timeout=self.busy_notice_s)
+            if not done:
+                log.warning(
+                    "HuixiangDou at %s accepted the connection but has not answered GET /openapi.json "
+                    "in %.0f s: it is busy answering (it serves one request at a time and nothing "
+                    "else meanwhile; a run that was stopped may have left a queue there). Waiting "
+                    "for it, up to %.0f s ([huixiangdou] timeout_s)",
+                    server.url, self.busy_notice_s, self._settings.timeout_s,
+                )
+            reason = await get
+        finally:
+            get.cancel()
+        if reason is _BUSY:
+            log.warning("HuixiangDou at %s is still busy after %.0f s; counting it up, as it "
+                        "accepts connections", server.url, self._settings.timeout_s)
+            return True, f"busy: GET /openapi.json unanswered after {self._settings.timeout_s:g}s"
+        if reason is not None:
+            return False, reason
+        waited = self._clock() - started
+        if waited >= self.busy_notice_s:
+            return True, f"busy: GET /openapi.json answered after {waited:.0f}s"
+        return True, ""
+
+    async def _openapi(self, server: _Server) -> str | None:
+        """GET /openapi.json: None when it shows HuixiangDou's routes, :data:`_BUSY`
+        when it timed out, else why the server is not HuixiangDou."""
+        timeout = aiohttp.ClientTimeout(total=self._settings.timeout_s)
         try:
             async with self._http().get(server.url + "/openapi.json", timeout=timeout) as r:
                 if r.status != 200:
@@ -171,7 +223,7 @@ class HuixiangdouPool:
                 except ValueError:
                     return "answers, but /openapi.json is not JSON: not a HuixiangDou server?"
         except TimeoutError:
-            return "timed out"
+            return _BUSY
         except aiohttp.ClientError as e:
             return _describe_client_error(e)
         paths = spec.get("paths") if isinstance(spec, dict) else None
@@ -368,6 +420,22 @@ class HuixiangdouPool:
             }
             for s in self._servers
         }
+
+
+async def _accepts_connection(url: str, timeout: float) -> str | None:
+    """None when ``url``'s host accepts a TCP connection, else why not."""
+    u = urllib.parse.urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(u.hostname, port), timeout)
+    except TimeoutError:
+        return f"connection timed out after {timeout:g}s"
+    except OSError as e:
+        return f"connection refused ({e.strerror or e})"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 def _describe_client_error(e: aiohttp.ClientError) -> str:

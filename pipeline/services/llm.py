@@ -15,8 +15,15 @@ Library errors become :mod:`pipeline.errors` in exactly one place,
     402; 429 insufficient_quota or a daily limit;
     403 speaking of balance / quota / 余额      -> QuotaExhausted (never retried)
     401                                          -> FatalServiceError naming the key's env var
+    400/403/422 content-safety refusal           -> ContentRefused (this prompt only)
     400, 404, 422                                -> FatalServiceError naming the model
     403 otherwise, other 4xx                     -> FatalServiceError
+
+A reply is the answer proper (:func:`pipeline.services.replies.answer_proper`):
+reasoning never leaves this module. A reply with nothing usable raises
+:class:`UnusableReply` (its kind says why), a 200 cut by the content filter
+:class:`ContentRefused`; each is tried once more, then left to the caller as
+the loss of that one item.
 
 The key is only ever handed to the SDK; messages quote the provider's text
 with the key redacted, and name the environment variable instead.
@@ -30,6 +37,8 @@ import logging
 import random
 import re
 import time
+import unicodedata
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,7 +47,15 @@ from typing import Any
 import openai
 from aiolimiter import AsyncLimiter
 
-from pipeline.errors import FatalServiceError, QuotaExhausted, RetryableError, ServiceError
+from pipeline.errors import (
+    ContentRefused,
+    FatalServiceError,
+    QuotaExhausted,
+    RetryableError,
+    ServiceError,
+    UnusableReply,
+)
+from pipeline.services.replies import ADVICE, answer_proper, refusal_of, unusable_kind
 from pipeline.settings import LLMSettings
 
 __all__ = [
@@ -72,13 +89,15 @@ _EPS = 1e-9
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One successful chat call."""
+    """One successful chat call. ``text`` is the answer proper: never blank,
+    never reasoning."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     seconds: float   # from the first attempt to the answer, waits included
     attempts: int
+    finish_reason: str = "stop"
 
 
 class Usage:
@@ -86,10 +105,11 @@ class Usage:
 
     __slots__ = (
         "_price_in", "_price_out", "calls", "completion_tokens", "failures",
-        "latencies", "prompt_tokens", "rate_limited", "retries",
+        "latencies", "prompt_tokens", "rate_limited", "recent", "retries", "unusable",
     )
 
-    def __init__(self, price_input_per_m: float = 0.0, price_output_per_m: float = 0.0) -> None:
+    def __init__(self, price_input_per_m: float = 0.0, price_output_per_m: float = 0.0,
+                 window: int = 20) -> None:
         self._price_in = price_input_per_m
         self._price_out = price_output_per_m
         self.calls = 0             # answered calls
@@ -101,6 +121,18 @@ class Usage:
         # Seconds of each answered call, waits and retries included, for the
         # run report's p50/p95; a float per call stays small even at 100k calls.
         self.latencies: list[float] = []
+        # Calls whose final reply was unusable, by kind (replies.UNUSABLE_KINDS).
+        self.unusable: Counter[str] = Counter()
+        # Whether each of the last ``window`` finished calls was refused by the
+        # provider's content filter: a run whose prompts are mostly refused stops.
+        self.recent: deque[bool] = deque(maxlen=window)
+
+    def refused_share(self) -> float:
+        """Share of the last ``window`` finished calls the provider refused;
+        0 until that many calls have finished."""
+        if len(self.recent) < (self.recent.maxlen or 0):
+            return 0.0
+        return sum(self.recent) / len(self.recent)
 
     def cost(self) -> float:
         """Money spent so far, in the currency of ``[llm] price_*_per_m``."""
@@ -257,10 +289,13 @@ def translate_error(
                 return QuotaExhausted(f"{where} (quota or daily limit used up; resume later)",
                                       service=SERVICE, status=status)
             return RetryableError(where, service=SERVICE, status=status, retry_after=retry_after)
+        if status == 403 and (_BALANCE.search(said) or code in _QUOTA_CODES):
+            return QuotaExhausted(f"{where} (out of balance or quota; top up, then resume)",
+                                  service=SERVICE, status=status)
+        if refusal_of(status, exc.body, said):
+            return ContentRefused(f"{where} (refused by the provider's content filter)",
+                                  provider_message=said, service=SERVICE, status=status)
         if status == 403:
-            if _BALANCE.search(said) or code in _QUOTA_CODES:
-                return QuotaExhausted(f"{where} (out of balance or quota; top up, then resume)",
-                                      service=SERVICE, status=status)
             return FatalServiceError(
                 f"{where}; the key in ${env} may not use model {model!r}: "
                 "check the account's permissions or [llm] model",
@@ -278,8 +313,9 @@ def translate_error(
             )
         if status in (400, 422):
             return FatalServiceError(
-                f"{where}; the request for model {model!r} was refused: check [llm] model, "
-                f"max_tokens ({settings.max_tokens}) and temperature ({settings.temperature:g})",
+                f"{where}; the server rejects the request itself (not one prompt): check "
+                f"[llm] model ({model!r}), max_tokens ({settings.max_tokens}) and temperature "
+                f"({settings.temperature:g}) against the provider's documentation",
                 service=SERVICE, status=status,
             )
         return FatalServiceError(where, service=SERVICE, status=status)
@@ -380,6 +416,23 @@ def _http_client(settings: LLMSettings) -> Any:
     return openai.DefaultAsyncHttpxClient(limits=limits, timeout=settings.timeout_s)
 
 
+def _check_key(settings: LLMSettings) -> None:
+    """A key that cannot travel in an ``Authorization`` header (a zero-width
+    character, a line break inside it, a non-ASCII letter) would fail deep in
+    the HTTP stack; say so in one line naming the variable, never the key.
+    Surrounding whitespace is already stripped by the settings."""
+    key = settings.api_key.reveal()
+    for i, ch in enumerate(key, 1):
+        if not "\x21" <= ch <= "\x7e":
+            name = unicodedata.name(ch, f"U+{ord(ch):04X}")
+            raise FatalServiceError(
+                f"${settings.api_key_env}: character {i} of the key is {name} (U+{ord(ch):04X}), "
+                "which cannot be sent in an HTTP header; set the variable again from a clean copy "
+                "of the key",
+                service=SERVICE,
+            )
+
+
 class LLMClient:
     """Chat completions against an OpenAI-compatible API, within the run's limits."""
 
@@ -400,8 +453,10 @@ class LLMClient:
                 f"(the key for {settings.base_url})",
                 service=SERVICE,
             )
+        _check_key(settings)
         self.settings = settings
-        self.usage = Usage(settings.price_input_per_m, settings.price_output_per_m)
+        self.usage = Usage(settings.price_input_per_m, settings.price_output_per_m,
+                           window=settings.refusal_window)
         self.budget = TokenBudget(settings.rpm, settings.tpm)
         self._clock = clock
         self._sleep = sleep
@@ -443,10 +498,13 @@ class LLMClient:
     ) -> Completion:
         """One chat completion, retried on rate limits, 5xx, timeouts and dropped
         connections with jittered exponential backoff (at least as long as the
-        server's ``Retry-After``), up to ``max_retries`` times.
+        server's ``Retry-After``), up to ``max_retries`` times. The text is the
+        answer proper (reasoning removed, never blank).
 
         Raises :class:`RetryableError` when retries run out,
-        :class:`QuotaExhausted` at once, :class:`FatalServiceError` at once.
+        :class:`QuotaExhausted` at once, :class:`FatalServiceError` at once,
+        :class:`UnusableReply` (:class:`ContentRefused` among them) when a
+        second try of this prompt is unusable too.
         """
         s = self.settings
         temperature = s.temperature if temperature is None else temperature
@@ -454,10 +512,22 @@ class LLMClient:
         estimate = estimate_prompt_tokens(messages) + max_tokens
         started = self._clock()
         attempt = 0
+        unusable_tries = 0
         while True:
             attempt += 1
             try:
-                completion = await self._attempt(messages, temperature, max_tokens, estimate)
+                text, prompt, output, finish = await self._attempt(messages, temperature, max_tokens, estimate)
+            except UnusableReply as err:
+                # One more try: an empty or cut reply is often a fluke of sampling,
+                # and a content filter is asked once more, not hammered.
+                unusable_tries += 1
+                if unusable_tries > 1:
+                    self.usage.unusable[err.kind] += 1
+                    self.usage.recent.append(isinstance(err, ContentRefused))
+                    raise
+                self.usage.retries += 1
+                log.debug("LLM reply unusable (%s), trying once more: %s", err.kind, err)
+                continue
             except RetryableError as err:
                 if err.status == 429:
                     self.usage.rate_limited += 1
@@ -479,17 +549,20 @@ class LLMClient:
                 raise
             seconds = self._clock() - started
             self.usage.latencies.append(seconds)
+            self.usage.recent.append(False)
             return Completion(
-                text=completion[0],
-                prompt_tokens=completion[1],
-                completion_tokens=completion[2],
+                text=text,
+                prompt_tokens=prompt,
+                completion_tokens=output,
                 seconds=seconds,
                 attempts=attempt,
+                finish_reason=finish,
             )
 
     async def _attempt(
         self, messages: list[dict[str, str]], temperature: float, max_tokens: int, estimate: int
-    ) -> tuple[str, int, int]:
+    ) -> tuple[str, int, int, str]:
+        """One request: (answer proper, prompt tokens, completion tokens, finish reason)."""
         s = self.settings
         async with self._slots:
             own = await self.budget.acquire(estimate)
@@ -503,21 +576,41 @@ class LLMClient:
             except openai.OpenAIError as exc:
                 raise translate_error(exc, s) from exc
         choices = getattr(response, "choices", None)
-        if not choices:
-            raise RetryableError(f"LLM API at {s.base_url}: answer without choices", service=SERVICE)
-        text = choices[0].message.content or ""
+        first = choices[0] if choices else None
+        message = getattr(first, "message", None)
+        # Only ``content``: a ``reasoning_content`` / ``reasoning`` field beside it is never data.
+        content = getattr(message, "content", None)
+        content = content if isinstance(content, str) else None
+        finish = str(getattr(first, "finish_reason", None) or "stop")
+        text = answer_proper(content)
         usage = getattr(response, "usage", None)
         prompt = getattr(usage, "prompt_tokens", None)
         output = getattr(usage, "completion_tokens", None)
         if prompt is None:
             prompt = estimate - max_tokens
         if output is None:
-            output = estimate_prompt_tokens([{"content": text}])
+            output = estimate_prompt_tokens([{"content": content or ""}])
+        # Paid for whether usable or not.
         self.budget.settle(own, prompt + output)
         self.usage.calls += 1
         self.usage.prompt_tokens += prompt
         self.usage.completion_tokens += output
-        return text, prompt, output
+        kind = "no_choices" if first is None else unusable_kind(content, text, finish)
+        if kind == "refused":
+            raise ContentRefused(
+                f"LLM API at {s.base_url}: reply withheld by the provider's content filter "
+                f"(finish_reason {finish!r})",
+                provider_message=f"finish_reason {finish}", service=SERVICE, status=200,
+            )
+        if kind is not None:
+            raise UnusableReply(f"LLM API at {s.base_url}: unusable reply ({kind}): {ADVICE[kind]}",
+                                kind=kind, service=SERVICE, status=200)
+        return text, prompt, output, finish
+
+    def refusals_dominate(self) -> bool:
+        """Whether the provider refused at least ``max_refused_share`` of the
+        last ``refusal_window`` calls: going on would burn the quota on refusals."""
+        return self.usage.refused_share() >= self.settings.max_refused_share
 
     async def probe(self, *, chat: bool = False) -> None:
         """One cheap request to fail early with a readable error: lists the

@@ -36,8 +36,11 @@ the model's "not in the material" reply the second.
 Outcomes (HuixiangDou's conventions):
 
     no passage above the bars         -> skipped, "no passage above threshold" (no LLM call)
-    the model replies the marker      -> skipped, "not in the material"
-    a blank reply                     -> failed,  "LLM returned an empty answer"
+    the answer proper holds the marker -> skipped, "not in the material" (the model's
+                                         reasoning never reaches here: the client removed it)
+    an unusable reply (empty, all reasoning, cut off)
+                                      -> failed,  "LLM reply unusable (<kind>)"
+    the provider's content filter     -> refused, "refused by the provider: <its words>"
     RetryableError after the retries  -> failed,  "LLM error: ..."
     otherwise                         -> answered, "success", refs = the passages' files
     QuotaExhausted, FatalServiceError -> raised: the graph stops or waits
@@ -67,7 +70,7 @@ import bm25s
 import numpy as np
 
 from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
-from pipeline.errors import InputError, RetryableError, ServersDown
+from pipeline.errors import ContentRefused, InputError, RetryableError, ServersDown, UnusableReply
 from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
@@ -120,7 +123,8 @@ INDEX_VERSION = 1
 
 NO_PASSAGE = "no passage above threshold"
 NOT_IN_MATERIAL_STATE = "not in the material"
-EMPTY_REPLY = "LLM returned an empty answer"
+UNUSABLE = "LLM reply unusable"
+REFUSED = "refused by the provider"
 SUCCESS = "success"
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -527,11 +531,17 @@ class LocalAnswerer:
         )
         try:
             completion = await self._llm.chat(messages, temperature=rag.temperature)
+        except ContentRefused as exc:
+            return Outcome(kind="refused", state=f"{REFUSED}: {exc.provider_message}", refs=refs,
+                           server=SERVER, attempts=2, seconds=time.monotonic() - started)
+        except UnusableReply as exc:
+            return Outcome(kind="failed", state=f"{UNUSABLE} ({exc.kind})", refs=refs, server=SERVER,
+                           attempts=2, seconds=time.monotonic() - started)
         except RetryableError as exc:
             return Outcome(kind="failed", state=f"LLM error: {exc}", refs=refs, server=SERVER,
                            attempts=self._llm.settings.max_retries + 1,
                            seconds=time.monotonic() - started)
-        reply = completion.text.strip()
+        reply = completion.text
         common: dict[str, Any] = {
             "server": SERVER, "attempts": completion.attempts,
             "seconds": time.monotonic() - started,
@@ -539,8 +549,6 @@ class LocalAnswerer:
         if is_not_in_material(reply):
             return Outcome(kind="skipped", answer=reply, refs=refs, state=NOT_IN_MATERIAL_STATE,
                            **common)
-        if not reply:
-            return Outcome(kind="failed", refs=refs, state=EMPTY_REPLY, **common)
         return Outcome(kind="answered", answer=reply, refs=refs, state=SUCCESS, **common)
 
     async def aclose(self) -> None:

@@ -6,9 +6,11 @@ that says which it is, for everything that asks: the resume plan
 (``pipeline.store.resume``), ``status`` and ``qa --dry-run``, the dataset
 and the report (``pipeline.outputs``).
 
-A row counts for a turn when its ``conv`` is a string and its ``turn`` an
-int of at least 1 (other rows belong to no turn); a ``kind`` that is not a
-string reads as ``""``.
+Every row of the ledger belongs to a turn: a string ``conv`` and an int
+``turn`` of at least 1; a row without them is damage, named like a bad line
+(:func:`pipeline.store.ledger.headless_answer`), as skipping it would drop an
+answer without a word (rows in memory without them are left out). A ``kind``
+that is not a string reads as ``""``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Final
 import orjson
 
 from pipeline.store.layout import answer_block, turn_key, turn_keys
-from pipeline.store.ledger import iter_blocks, iter_ledger_spans
+from pipeline.store.ledger import headless_answer, iter_blocks, iter_ledger_spans
 from pipeline.store.schema import ANSWER_KINDS
 
 __all__ = ["READ_BLOCK", "AnswerIndex", "SpanReader"]
@@ -150,17 +152,18 @@ class AnswerIndex:
                     index._add_scanned(block.offset, *scanned)
                 else:
                     for row, offset, length in block.spans():
-                        index._add(row, offset << 32 | (length + 1))
+                        if not index._add(row, offset << 32 | (length + 1)):
+                            raise headless_answer(p, offset)
         except BaseException:
             fh.close()
             raise
         return index
 
-    def _add(self, row: Mapping[str, Any], ref: int) -> None:
-        """Index one row (ledger order)."""
+    def _add(self, row: Mapping[str, Any], ref: int) -> bool:
+        """Index one row (ledger order); False (nothing indexed) for a row of no turn."""
         key = _key_of(row)
         if key is None:
-            return
+            return False
         kind = row.get("kind")
         kind = kind if isinstance(kind, str) else ""
         code = _CODES.get(kind, _OTHER)
@@ -169,6 +172,7 @@ class AnswerIndex:
         elif code == _FAILED:
             self._fails[key] = self._fails.get(key, 0) + 1
         self._turns[key] = ref << _CODE_BITS | code
+        return True
 
     def _add_scanned(self, offset: int, keys: tuple[bytes, ...], lengths: list[int],
                      kinds: tuple[bytes, ...]) -> None:

@@ -12,13 +12,15 @@ fraction of a dict per row, so:
     whose every line starts ``{"conv":...,"turn":...,"kind":...`` (the
     question may come before the kind, as earlier versions wrote it), or None
 :func:`question_block`
-    the first-turn rows (``id``, ``aspect``, ``text``, ``seq``) and follow-ups
-    (``id``, ``conv``, ``turn``, ``text``) of a question-ledger block, as
-    columns, or None
+    the first-turn rows (``id``, ``aspect``, ``text``, ``seq``, and any fields
+    after them, parsed) and follow-ups (``id``, ``conv``, ``turn``, ``text``)
+    of a question-ledger block, as columns, or None
 
 Each checks the fields it reads (a JSON string's escapes and UTF-8, an int as
-JSON spells it); the rest of a line (fields added after these) is not looked
-at, and is checked by the readers that parse the row whole. When a scan
+JSON spells it). A question row's later fields are parsed (optional fields are
+written only when not at their default, so most rows have none); the rest of
+an answer row is not looked at, and is checked by the readers that parse the
+row whole. When a scan
 answers None the caller parses the block's rows instead, which also names a
 bad line. ``tests/test_layout.py`` checks both against a plain JSON parse of
 random ledgers: a change to the schema's leading fields or to how rows are
@@ -38,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import add
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -76,6 +78,7 @@ _STRING: Final = rb'"(' + _BODY + rb')"'  # captured
 _INT: Final = rb'(0|-?[1-9][0-9]{0,17})'  # an int as orjson reads it: leading zeros refused
 # The rest of a line after the fields a scan reads: more fields, or none.
 _REST: Final = rb'(?:,[^\n]*)?\}\n'
+_REST_CAPTURED: Final = rb'((?:,[^\n]*)?)\}\n'
 _LINE_START: Final = rb'(?<![^\n])'
 
 # ---------------------------------------------------------------- answer ledger
@@ -128,12 +131,14 @@ def answer_block(block: bytes, end: int) -> tuple[tuple[bytes, ...], list[int], 
 
 _FIRST_ROW: Final = re.compile(
     _LINE_START + rb'\{"id":"([0-9a-f]{16})","aspect":' + _STRING + rb',"text":' + _STRING
-    + rb',"seq":' + _INT + _REST
+    + rb',"seq":' + _INT + _REST_CAPTURED
 )
 _FOLLOWUP_ROW: Final = re.compile(
     _LINE_START + rb'\{"id":"' + _BODY + rb'","conv":' + _STRING + rb',"turn":' + _INT
-    + rb',"text":' + _STRING + _REST
+    + rb',"text":' + _STRING + _REST_CAPTURED
 )
+_FIRST_KEYS: Final = frozenset(f.name for f in QUESTION_FIELDS[:4]) | {"conv"}
+_FOLLOWUP_KEYS: Final = frozenset(f.name for f in FOLLOWUP_FIELDS[:4])
 
 
 @dataclass(slots=True)
@@ -142,13 +147,16 @@ class QuestionBlock:
     ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
     Ids stay UTF-8 bytes: most are only looked up, and only kept plans need
     them as text. Texts stay JSON string bodies (checked ones: see
-    :func:`json_string`) for the same reason: most are only counted."""
+    :func:`json_string`) for the same reason: most are only counted.
+    ``extras``: the fields after these of the first turns that have any
+    (a schema field at a value other than its default), by position."""
 
     ids: Sequence[bytes]
     aspects: list[str]
     texts: Sequence[bytes]
     seqs: list[int]
     followups: list[tuple[str, int, str]]
+    extras: dict[int, dict[str, Any]]
 
 
 def json_string(raw: bytes) -> str:
@@ -166,6 +174,22 @@ def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
     return [orjson.loads(b'"' + r + b'"') if b"\\" in r else r.decode() for r in raw]
 
 
+def _extras(tails: Sequence[bytes], leading: frozenset[str]) -> dict[int, dict[str, Any]]:
+    """The fields in each non-empty ``tail`` (``,"k":v,...`` after the scanned
+    fields), by position; ``ValueError`` when one is not JSON, or repeats a
+    scanned key (a plain parse would take the later value)."""
+    out: dict[int, dict[str, Any]] = {}
+    if not any(tails):
+        return out
+    for i, tail in enumerate(tails):
+        if tail:
+            fields = orjson.loads(b"{" + tail[1:] + b"}")
+            if not leading.isdisjoint(fields):
+                raise ValueError("a scanned key again")
+            out[i] = fields
+    return out
+
+
 def question_block(block: bytes, end: int) -> QuestionBlock | None:
     """The rows of the whole lines ``block[:end]`` of a question ledger as
     columns, or None unless every line is a row in the form written (then
@@ -177,14 +201,14 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
     follows = _FOLLOWUP_ROW.findall(block, 0, end) if len(firsts) < lines else []
     if len(firsts) + len(follows) != lines:
         return None
-    ids, aspects, texts, seqs = zip(*firsts) if firsts else ((), (), (), ())
+    ids, aspects, texts, seqs, tails = zip(*firsts) if firsts else ((), (), (), (), ())
     escaped = block.find(b"\\", 0, end) >= 0
     try:
+        extras = _extras(tails, _FIRST_KEYS)
         names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
-        convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
-        # Every text is UTF-8, checked without a str per text; the rest of a
-        # line (later fields) is only checked by a reader that parses it.
-        str(memoryview(block)[:end], "utf-8")
+        convs, turns, follow_texts, follow_tails = zip(*follows) if follows else ((), (), (), ())
+        _extras(follow_tails, _FOLLOWUP_KEYS)
+        str(memoryview(block)[:end], "utf-8")  # every text is UTF-8, without a str per text
         if escaped:  # and every escape in a text is sound
             deque(map(json_string, [t for t in texts if b"\\" in t]), maxlen=0)
         return QuestionBlock(
@@ -194,6 +218,7 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
             seqs=list(map(int, seqs)),
             followups=list(zip(_json_strings(convs, escaped), map(int, turns),
                                _json_strings(follow_texts, escaped))),
+            extras=extras,
         )
     except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
         return None

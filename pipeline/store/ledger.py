@@ -67,6 +67,7 @@ __all__ = [
     "RunLock",
     "gc_paused",
     "LineBlock",
+    "headless_answer",
     "iter_blocks",
     "iter_ledger",
     "iter_ledger_spans",
@@ -231,6 +232,13 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_on:
             gc.enable()
+
+
+def headless_answer(path: str | os.PathLike[str], offset: int) -> InputError:
+    """The error for an answer row at ``offset`` without a string ``conv`` and
+    a ``turn`` >= 1 (``{}``, say): damage, named like any other bad line,
+    since skipping it would drop an answer without a word."""
+    return _corrupt(Path(path), offset, "is an answer row without a string 'conv' and an integer 'turn' >= 1")
 
 
 def _line_blocks(

@@ -10,7 +10,7 @@ Ledgers under ``<out_dir>/state/``:
 
 ``questions.jsonl``  first-turn and follow-up questions (rows: :mod:`pipeline.store.schema`)
 ``answers.jsonl``    one row per answer attempt of a turn (rows: :mod:`pipeline.store.schema`)
-``events.jsonl``     run start/end, aspects given up, usage snapshots
+``events.jsonl``     run start/end, aspects given up, passages asked, usage snapshots
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from operator import not_
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
+
+from pipeline.errors import InputError
 from pipeline.store.answers import AnswerIndex
 from pipeline.store.layout import QuestionBlock, json_string
-from pipeline.store.schema import is_followup
+from pipeline.store.schema import is_followup, is_from_passage
 
 __all__ = [
     "ConvPlan",
@@ -93,12 +96,16 @@ class RunState:
     next_seq: int
     last_run: dict[str, Any] | None  # the last run_start/run_end pair, merged
     usage: dict[str, float]  # token and cost totals over all runs
+    # Passages of the corpus the question writer was asked about (their
+    # questions recorded, or a ``passage`` event): never asked again.
+    passages_asked: set[str] = field(default_factory=set)
+    corpus_questions: int = 0  # first-turn questions written from passages
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
 
     def total_questions(self) -> int:
-        return sum(self.accepted.values())
+        return sum(self.accepted.values()) + self.corpus_questions
 
 
 def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, float]]:
@@ -165,19 +172,33 @@ class StateBuilder:
         self._deferred: list[ConvPlan] = []
         self._followups: dict[tuple[str, int], str] = {}
         self._finished = self._gave_up = self._next_seq = 0
+        self._passages: set[str] = set()
+        self._corpus_questions = 0
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
-        if is_followup(row):
-            self.add_followup(row["conv"], int(row["turn"]), row["text"])
+        try:
+            if is_followup(row):
+                self.add_followup(row["conv"], int(row["turn"]), row["text"])
+                return
+            conv, text, seq = row["id"], row["text"], int(row["seq"])
+            aspect = None if is_from_passage(row) else row["aspect"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"state/questions.jsonl: the row {orjson.dumps(row).decode()[:200]} is not a question "
+                "row (it needs id, aspect, text and seq, or id, conv, turn and text). The ledger is "
+                "damaged, so nothing was dropped: fix or delete that line, then run again"
+            ) from None
+        if seq >= self._next_seq:
+            self._next_seq = seq + 1
+        if aspect is None:
+            self._passages.add(row["passage"])
+            self._corpus_questions += 1
+            self._plan(conv, "", seq, text)
             return
-        conv, text, seq = row["id"], row["text"], int(row["seq"])
-        aspect = row["aspect"]
         self.accepted[aspect] = self.accepted.get(aspect, 0) + 1
         self._sample_tail({})
         self._recent_of(aspect).append(text)
-        if seq >= self._next_seq:
-            self._next_seq = seq + 1
         self._plan(conv, aspect, seq, text)
 
     def add_followup(self, conv: str, turn: int, text: str) -> None:
@@ -193,6 +214,14 @@ class StateBuilder:
         may go in any order between them), with no Python code per first-turn
         row the index says is finished, and only the texts the plan keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
+        passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
+        if passages:  # questions of corpus passages: no aspect to count or sample, added whole
+            for i in passages:
+                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
+                          "seq": seqs[i], **block.extras[i]})
+            skip = set(passages)
+            keep = [i for i in range(len(ids)) if i not in skip]
+            ids, aspects, texts, seqs = ([col[i] for i in keep] for col in (ids, aspects, texts, seqs))
         accepted = self.accepted
         counts = Counter(aspects)
         for aspect, n in counts.items():  # new aspects in order of first appearance
@@ -317,6 +346,9 @@ class StateBuilder:
             next_seq=self._next_seq,
             last_run=last_run,
             usage=usage,
+            passages_asked=self._passages | {
+                str(ev["passage"]) for ev in events if ev.get("event") == "passage" and "passage" in ev},
+            corpus_questions=self._corpus_questions,
         )
 
 

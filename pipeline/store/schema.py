@@ -9,7 +9,8 @@ line, keys in the order of the field tuples below. Readers take a field of a
 row with :func:`field_of`, which gives an optional field's default on a row
 written before that field existed.
 
-Question ledger, one row per accepted question (:data:`QUESTION_FIELDS`),
+Question ledger, one row per accepted question (:data:`QUESTION_FIELDS`:
+of an aspect, or with ``aspect`` empty, of a corpus passage, :func:`is_from_passage`),
 and one per follow-up question written for a later turn
 (:data:`FOLLOWUP_FIELDS`); a row with a ``conv`` is a follow-up
 (:func:`is_followup`).
@@ -57,6 +58,7 @@ __all__ = [
     "field_of",
     "followup_row",
     "is_followup",
+    "is_from_passage",
     "question_row",
 ]
 
@@ -89,6 +91,12 @@ QUESTION_FIELDS: Final[tuple[Field, ...]] = (
     Field("aspect", "the [questions] aspect it was written for"),
     Field("text", "the question, as asked"),
     Field("seq", "its place in the run's order of accepted questions (0, 1, ...; resumed runs go on)"),
+    Field("passage", "the id of the corpus passage it was written from "
+                     "(pipeline.qa.passages.passage_id); empty for an aspect's question", default=""),
+    Field("file", "that passage's file, relative to [paths] data_dir; empty for an aspect's question",
+          default=""),
+    Field("span", "that passage's [start, end) in characters of the file's decoded text; "
+                  "null for an aspect's question", default=None),
 )
 
 FOLLOWUP_FIELDS: Final[tuple[Field, ...]] = (
@@ -98,14 +106,17 @@ FOLLOWUP_FIELDS: Final[tuple[Field, ...]] = (
     Field("text", "the follow-up question, as asked"),
 )
 
-ANSWER_KINDS: Final[tuple[str, ...]] = ("answered", "skipped", "vetoed", "failed", "rejected")
+ANSWER_KINDS: Final[tuple[str, ...]] = ("answered", "skipped", "vetoed", "failed", "refused", "rejected")
 """What an answer attempt came to. ``answered``: the backend answered and the
 answer gate let the answer through (the only kind that goes into the dataset);
 ``skipped``: the backend declined the question (no material, off-topic, not a
 question); ``vetoed``: the backend produced an answer and withdrew it (an
 irrelevant answer, a safety check); ``failed``: no usable reply (the backend or
 something behind it failed, or no follow-up question could be written),
-retried up to ``[run] max_answer_attempts``; ``rejected``: the backend answered
+retried up to ``[run] max_answer_attempts``; ``refused``: the LLM provider's
+content filter refused the prompt (the local backend's answer, or the
+follow-up that would have asked this turn; ``state`` quotes the provider),
+tried twice already; ``rejected``: the backend answered
 and the answer gate refused it (``reason`` says why). Every kind but
 ``failed`` is final for its turn."""
 
@@ -126,13 +137,27 @@ ANSWER_FIELDS: Final[tuple[Field, ...]] = (
 
 
 def _row(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str, Any]:
-    """A row with the keys of ``fields`` in their order, from ``values``."""
-    return {f.name: values[f.name] for f in fields}
+    """A row with the keys of ``fields`` in their order, from ``values``;
+    an optional field at its default is left out (:func:`field_of` reads it
+    back as the default), so rows that do not use a field keep the layout
+    they had before it existed."""
+    return {f.name: values[f.name] for f in fields
+            if f.default is REQUIRED or values[f.name] != f.default}
 
 
-def question_row(*, id: str, aspect: str, text: str, seq: int) -> dict[str, Any]:  # noqa: A002 - the field's name
-    """A question-ledger row for an accepted first-turn question."""
-    return _row(QUESTION_FIELDS, locals())
+def question_row(
+    *, id: str, aspect: str, text: str, seq: int,  # noqa: A002 - the field's name
+    passage: str = "", file: str = "", span: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """A question-ledger row for an accepted first-turn question: of an
+    aspect, or (``aspect`` empty) of a corpus passage, with its id, file and span."""
+    values = locals() | {"span": None if span is None else list(span)}
+    return _row(QUESTION_FIELDS, values)
+
+
+def is_from_passage(row: Mapping[str, Any]) -> bool:
+    """Whether a first-turn question row was written from a corpus passage."""
+    return bool(row.get("passage"))
 
 
 def followup_row(*, id: str, conv: str, turn: int, text: str) -> dict[str, Any]:  # noqa: A002 - the field's name

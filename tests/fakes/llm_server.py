@@ -14,6 +14,12 @@ As a subprocess (prints its base URL on the first line of stdout)::
 Routes: ``POST /v1/chat/completions`` (OpenAI response shape, with ``usage``)
 and ``GET /v1/models``. Every behaviour is an attribute of :class:`FakeLLM`
 that a test may change at any time; everything it saw is recorded on it.
+
+It speaks what real models and providers send back (see :data:`THINK_STYLES`,
+:data:`REFUSAL_STYLES`, :meth:`Failure.reply`): reasoning in ``<think>`` blocks
+(closed, unclosed at ``max_tokens``, opened by the template) whose drafts look
+like answers, ``reasoning_content`` / ``reasoning`` fields, ``content: null``,
+``choices: []``, and each provider's content-safety refusal.
 """
 
 from __future__ import annotations
@@ -38,11 +44,15 @@ from aiohttp import web
 
 __all__ = [
     "QUOTA_STYLES",
+    "REFUSAL_STYLES",
+    "THINK_STYLES",
     "SHAPES",
     "FakeLLM",
     "Failure",
     "format_questions",
+    "grounded_answer",
     "make_questions",
+    "passage_questions",
 ]
 
 Messages = list[dict[str, str]]
@@ -61,6 +71,17 @@ SHAPES: tuple[str, ...] = (
 )
 
 QUOTA_STYLES: tuple[str, ...] = ("openai", "deepseek", "siliconflow", "siliconflow_daily")
+
+# How a reasoning model's reply carries its reasoning:
+THINK_STYLES: tuple[str, ...] = (
+    "closed",        # <think>draft</think>\n\nanswer          (Qwen3, QwQ on vLLM/SGLang/Ollama)
+    "close_only",    # draft</think>\n\nanswer                 (DeepSeek-R1: the template opened it)
+    "unclosed",      # <think>draft ...  cut by max_tokens, finish_reason "length", no answer
+    "field",         # answer, with reasoning_content and reasoning fields beside it (DeepSeek API)
+)
+
+# Content-safety refusals, per provider (status and body as each sends them).
+REFUSAL_STYLES: tuple[str, ...] = ("deepseek", "dashscope", "openai", "azure", "azure_200")
 
 # 61 is prime: question k uses words a, a+d, a+2d (mod 61) with d in 1..60, so
 # any two of the first 61*60 questions share at most one word in the same
@@ -101,6 +122,15 @@ _EN_FOLLOWUPS = ("Can you say more about {a} and {b}?", "What happened next to {
 _ZH_ASK = re.compile(r"「(?P<aspect>[^」]+)」提出\s*(?P<n>\d+)\s*个")
 _EN_ASK = re.compile(r"Write (?P<n>\d+) different questions about the (?P<aspect>.+?) of ")
 _FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
+# The passage question writer's prompt (pipeline.presets passage_user).
+_PASSAGE = re.compile(r"<passage>\n(?P<passage>.*?)\n</passage>", re.S)
+_PASSAGE_N = re.compile(r"最多\s*(?P<n>\d+)\s*个问题|at most (?P<en>\d+) questions")
+# The local RAG backend's answer prompt (pipeline.presets rag_answer).
+_RAG = re.compile(r"(?:资料：|Material:)\n(?P<material>.*)\n\n(?:问题：|Question: )(?P<question>.*)$", re.S)
+_RAG_MARKER = "NOT_IN_MATERIAL"
+_SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]?")
+_QUOTED_FRAGMENT = re.compile(r"「(?P<zh>[^」]+)」|\"(?P<en>[^\"]+)\"")
+_FRAGMENT_CHARS = 12  # characters of a sentence a passage question quotes
 
 
 def _is_cjk(text: str) -> bool:
@@ -126,6 +156,39 @@ def make_questions(start: int, count: int, *, zh: bool = True) -> list[str]:
             text = f"{text[:-1]}（第{k}问）{text[-1]}" if zh else f"{text[:-1]} (#{k}){text[-1]}"
         out.append(text)
     return out
+
+
+def passage_questions(passage: str, n: int) -> list[str]:
+    """Up to ``n`` questions written FROM ``passage``: each quotes, verbatim, the
+    start of one of its sentences (the first ``n`` sentences long enough), so
+    a test can find the passage a question came from."""
+    out: list[str] = []
+    for m in _SENTENCE.finditer(passage):
+        sentence = m.group().strip()
+        fragment = sentence[:_FRAGMENT_CHARS].rstrip("。！？!?，,；;：: ")
+        if len(fragment) < 6 or "」" in fragment or '"' in fragment:
+            continue
+        zh = _is_cjk(fragment)
+        out.append(f"「{fragment}」说的是什么？" if zh else f'What is meant by "{fragment}"?')
+        if len(out) == n:
+            break
+    return out
+
+
+def grounded_answer(material: str, question: str) -> str:
+    """What a careful model answers from ``material`` only: the sentence that
+    holds the fragment a passage question quotes, or one that names a word of
+    a generated question; else the not-in-material marker."""
+    quoted = _QUOTED_FRAGMENT.search(question)
+    if quoted is not None:
+        needles = [quoted.group("zh") or quoted.group("en")]
+    else:
+        needles = [w for w in (*_ZH_WORDS, *_EN_WORDS) if w in question]
+    for needle in needles:
+        for m in _SENTENCE.finditer(material):
+            if needle in m.group():
+                return m.group().strip()
+    return _RAG_MARKER
 
 
 def format_questions(questions: Sequence[str], shape: str) -> str:
@@ -159,7 +222,7 @@ def format_questions(questions: Sequence[str], shape: str) -> str:
 class Failure:
     """One scripted misbehaviour, served to the next request instead of an answer."""
 
-    kind: Literal["status", "drop", "hang"]
+    kind: Literal["status", "drop", "hang", "reply"]
     status: int = 500
     message: str = ""
     retry_after: float | None = None      # seconds, in ``Retry-After``
@@ -167,11 +230,34 @@ class Failure:
     retry_after_date: bool = False         # send ``Retry-After`` as an HTTP date
     code: str | None = None
     body: dict[str, Any] | None = None     # a whole body, for providers' own shapes
+    # kind "reply": a 200 whose first choice has this content and finish reason;
+    # no_choices: a 200 with "choices": []
+    content: str | None = None
+    finish_reason: str = "stop"
+    no_choices: bool = False
+    extra: dict[str, Any] | None = None    # more fields of the message (reasoning_content ...)
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = None, **kw: Any) -> Failure:
         return cls("status", 429, "Rate limit reached for requests per min (RPM)",
                    retry_after=retry_after, code="rate_limit_exceeded", **kw)
+
+    @classmethod
+    def reply(cls, content: str | None, finish_reason: str = "stop", **kw: Any) -> Failure:
+        """A 200 carrying ``content`` (None: ``"content": null``) as the reply."""
+        return cls("reply", 200, content=content, finish_reason=finish_reason, **kw)
+
+    @classmethod
+    def empty_choices(cls) -> Failure:
+        return cls("reply", 200, no_choices=True)
+
+    @classmethod
+    def refusal(cls, style: str) -> Failure:
+        """The provider's content-safety refusal (one of :data:`REFUSAL_STYLES`)."""
+        if style == "azure_200":
+            return cls.reply(None, "content_filter", extra={"refusal": None})
+        status, body = _refusal_response(style)
+        return cls("status", status, body=body)
 
     @classmethod
     def drop(cls) -> Failure:
@@ -215,6 +301,52 @@ def _quota_response(style: str) -> tuple[int, dict[str, Any]]:
     raise ValueError(f"unknown quota style {style!r}; known styles: {', '.join(QUOTA_STYLES)}")
 
 
+def _refusal_response(style: str) -> tuple[int, dict[str, Any]]:
+    if style == "deepseek":
+        return 400, _error_body("Content Exists Risk", "invalid_request_error", "invalid_request_error")
+    if style == "dashscope":
+        return 400, _error_body("Input data may contain inappropriate content.",
+                                "data_inspection_failed", "data_inspection_failed")
+    if style == "openai":
+        return 400, _error_body(
+            "Your request was rejected as a result of our safety system. Your prompt may contain "
+            "text that is not allowed by our safety system.",
+            "invalid_request_error", "content_policy_violation",
+        )
+    if style == "azure":
+        body = _error_body(
+            "The response was filtered due to the prompt triggering Azure OpenAI's content "
+            "management policy. Please modify your prompt and retry. To learn more about our content "
+            "filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+            None, "content_filter",  # type: ignore[arg-type]
+        )
+        body["error"]["param"] = "prompt"
+        body["error"]["status"] = 400
+        body["error"]["innererror"] = {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {
+                "hate": {"filtered": False, "severity": "safe"},
+                "self_harm": {"filtered": False, "severity": "safe"},
+                "sexual": {"filtered": False, "severity": "safe"},
+                "violence": {"filtered": True, "severity": "medium"},
+            },
+        }
+        return 400, body
+    raise ValueError(f"unknown refusal style {style!r}; known styles: {', '.join(REFUSAL_STYLES)}")
+
+
+def _draft(messages: Messages) -> str:
+    """The scratch work of a reasoning model, with decoys that look like data:
+    a draft question list, a draft follow-up, the local backend's marker."""
+    text = "\n".join(str(m.get("content", "")) for m in messages)
+    if _is_cjk(text):
+        return ("用户要我写问题。先列个草稿：['草稿问题甲是什么？', '草稿问题乙是什么？', '草稿问题丙是什么？']\n"
+                "追问草稿：草稿追问是什么？如果资料里没有答案，就回复 NOT_IN_MATERIAL 。好，现在正式回答。")
+    return ("The user wants questions. Draft: [\"What is draft question one?\", \"What is draft question two?\"]\n"
+            "Draft follow-up: What is the draft follow-up? If the material lacks it, reply NOT_IN_MATERIAL. "
+            "Now the real answer.")
+
+
 def _rough_tokens(text: str) -> int:
     return max(1, len(text) // 2)
 
@@ -237,6 +369,9 @@ class FakeLLM:
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
         first_question: int = 0,
+        think: str | None = None,
+        refuse_every: int | None = None,
+        refusal_style: str = "deepseek",
     ) -> None:
         # behaviour
         self.api_key = api_key
@@ -248,6 +383,10 @@ class FakeLLM:
         self.quota_style = quota_style
         self.shape = shape  # one of SHAPES, or "mixed" to cycle through them
         self.responder = responder
+        self.think = think  # one of THINK_STYLES: every reply carries reasoning that way
+        # Every refuse_every-th chat request (counted from 1) is refused in refusal_style.
+        self.refuse_every = refuse_every
+        self.refusal_style = refusal_style
         self.clock = clock  # for the RPM window; tests may move it
         self.failures: collections.deque[Failure] = collections.deque()
         self.gate: asyncio.Event | None = None  # when set up, answers wait for it
@@ -357,6 +496,13 @@ class FakeLLM:
             return self._unauthorised(request)
         if self.failures:
             failure = self.failures.popleft()
+            if failure.kind == "reply":
+                return self._reply(body, messages, failure)
+            return await self._fail(request, failure)
+        if self.refuse_every and self.calls % self.refuse_every == 0:
+            failure = Failure.refusal(self.refusal_style)
+            if failure.kind == "reply":
+                return self._reply(body, messages, failure)
             return await self._fail(request, failure)
         model = body.get("model")
         if self.strict_models and model not in self.models:
@@ -383,19 +529,37 @@ class FakeLLM:
             await self.gate.wait()
         text = self._answer(messages)
         self.served += 1
+        extra: dict[str, Any] = {}
+        finish = "stop"
+        content: str | None = text
+        if self.think == "closed":
+            content = f"<think>\n{_draft(messages)}\n</think>\n\n{text}"
+        elif self.think == "close_only":
+            content = f"{_draft(messages)}\n</think>\n\n{text}"
+        elif self.think == "unclosed":
+            content, finish = f"<think>\n{_draft(messages)}\n", "length"
+        elif self.think == "field":
+            extra = {"reasoning_content": _draft(messages), "reasoning": _draft(messages)}
+        elif self.think is not None:
+            raise ValueError(f"unknown think style {self.think!r}; known: {', '.join(THINK_STYLES)}")
+        return self._reply(body, messages, Failure.reply(content, finish, extra=extra))
+
+    def _reply(self, body: dict[str, Any], messages: Messages, reply: Failure) -> web.Response:
+        """A 200 in the OpenAI shape, with ``usage``, carrying ``reply``'s content."""
         self.status_counts[200] += 1
         prompt_tokens = sum(_rough_tokens(str(m.get("content", ""))) for m in messages)
-        completion_tokens = _rough_tokens(text)
+        completion_tokens = _rough_tokens(reply.content or "")
+        choices = [] if reply.no_choices else [{
+            "index": 0,
+            "message": {"role": "assistant", "content": reply.content, **(reply.extra or {})},
+            "finish_reason": reply.finish_reason,
+        }]
         return web.json_response({
             "id": f"chatcmpl-fake-{self.calls}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }],
+            "model": body.get("model"),
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -464,8 +628,10 @@ class FakeLLM:
         return self.default_responder(messages)
 
     def default_responder(self, messages: Messages) -> str:
-        """Questions for a question-writer prompt, one question for a follow-up
-        prompt, otherwise a short echo. Every question is new."""
+        """Questions for a question-writer prompt (from the passage given, for the
+        passage writer's), a grounded answer or the marker for the local
+        backend's answer prompt, one question for a follow-up prompt,
+        otherwise a short echo. Every aspect question is new."""
         text = "\n".join(str(m.get("content", "")) for m in messages)
         user = next((str(m.get("content", "")) for m in reversed(messages)
                      if m.get("role") == "user"), text)
@@ -476,6 +642,15 @@ class FakeLLM:
             start = self._take(n)
             shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
             return format_questions(make_questions(start, n, zh=zh), shape)
+        passage = _PASSAGE.search(user)
+        if passage is not None:
+            m = _PASSAGE_N.search(user)
+            n = int((m.group("n") or m.group("en")) if m else 3)
+            shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
+            return format_questions(passage_questions(passage.group("passage"), n), shape)
+        rag = _RAG.search(user)
+        if rag is not None and _RAG_MARKER in user:
+            return grounded_answer(rag.group("material"), rag.group("question").strip())
         if _FOLLOWUP.search(text):
             zh = _is_cjk(text)
             k = self._take(1)
@@ -518,6 +693,9 @@ async def _serve(args: argparse.Namespace) -> None:
         strict_models=not args.any_model,
         seed=args.seed,
         first_question=args.first_question,
+        think=args.think,
+        refuse_every=args.refuse_every,
+        refusal_style=args.refusal_style,
     )
     if args.model:
         fake.models = list(args.model)
@@ -550,6 +728,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quota-style", choices=QUOTA_STYLES, default="openai")
     parser.add_argument("--shape", choices=(*SHAPES, "mixed"), default="python")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--think", choices=THINK_STYLES, default=None,
+                        help="every reply carries reasoning this way")
+    parser.add_argument("--refuse-every", type=int, default=None,
+                        help="refuse every Nth chat request with a content-safety refusal")
+    parser.add_argument("--refusal-style", choices=REFUSAL_STYLES, default="deepseek")
     parser.add_argument("--first-question", type=int, default=0,
                         help="number of the first generated question (a fresh fake that must not repeat another's)")
     asyncio.run(_serve(parser.parse_args(argv)))

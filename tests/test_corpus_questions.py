@@ -1,0 +1,238 @@
+"""Questions written from the corpus's own passages, end to end: the real
+openai client against the fake LLM (which writes questions FROM the passage
+it is given), the embedded BM25 backend answering from the same corpus.
+
+The corpus is crafted: each file holds facts (invented names and numbers)
+that no other file holds, so a question can only come from, and only be
+answered by, its own file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.qa.passages import allot, draw, passage_id, plan_passages
+from pipeline.qa.stage import run_qa
+from pipeline.settings import Settings, parse_settings
+from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
+from tests.fakes.llm_server import FakeLLM
+
+# Each file: facts only it holds. Sentences are long enough for the fake to quote.
+CORPUS: dict[str, str] = {
+    "瓦伦塔.txt": (
+        "瓦伦塔城是泽洛克星的首都，建于第七纪元的第三百二十年。\n\n"
+        "瓦伦塔城的城墙由青曜石砌成，高达四十七丈，共有九座城门。\n\n"
+        "瓦伦塔城的守护者名叫伊索菲尔，她手持一柄名为霜鸣的长枪。\n"
+    ),
+    "地理/科尔德河.txt": (
+        "科尔德河发源于阿斯玛高原，全长一千八百六十里，最终注入翡翠湾。\n\n"
+        "科尔德河上游盛产一种名叫银鳞鲑的鱼，每年秋季逆流而上产卵。\n"
+    ),
+    "人物/马格努斯.md": (
+        "# 马格努斯\n\n马格努斯是一位擅长炼制星火药剂的炼金术士，出生于洛维恩村。\n\n"
+        "马格努斯的导师是隐居在雾隐塔中的老法师塞拉芬，两人共同研究了十二年。\n"
+    ),
+    "english/orchard.txt": (
+        "The Quillmere orchard grows seventeen varieties of blue pear on its terraces.\n\n"
+        "Harvest in the Quillmere orchard begins on the ninth day of the frost moon.\n"
+    ),
+}
+
+
+def write_corpus(root: Path, files: dict[str, str] = CORPUS) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def make_settings(tmp_path: Path, fake: FakeLLM | None = None, **questions: Any) -> Settings:
+    data: dict[str, Any] = {
+        "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
+        "questions": {"source": "corpus", "per_passage": 2, "passage_size": 60, "max_chars": 60,
+                      **questions},
+        "rag": {"backend": "local"},
+        "conversations": {"min_answer_chars": 2},
+        "run": {"grace_s": 5, "progress_interval_s": 60},
+    }
+    if fake is not None:
+        data["llm"] = {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
+                       "timeout_s": 10, "max_retries": 0, "rpm": 100_000, "tpm": 100_000_000}
+    return parse_settings(data, source="test", environ={FAKE_KEY_ENV: FAKE_KEY})
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",), shape="mixed") as fake:
+        yield fake
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+_QUOTED = re.compile(r"「([^」]+)」|\"([^\"]+)\"")
+
+
+def quoted(question: str) -> str:
+    m = _QUOTED.search(question)
+    assert m is not None, question
+    return m.group(1) or m.group(2)
+
+
+def passage_prompts(fake: FakeLLM) -> list[str]:
+    """The passages the fake was asked to write questions from, in order."""
+    out = []
+    for messages in fake.requests:
+        m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
+        if m is not None:
+            out.append(m.group(1))
+    return out
+
+
+# --------------------------------------------------------------------------- selection (pure)
+
+
+@pytest.mark.parametrize(
+    ("counts", "budget", "expected"),
+    [
+        ([5, 3, 2], 0, [5, 3, 2]),  # 0: every passage
+        ([5, 3, 2], 99, [5, 3, 2]),
+        ([5, 3, 2], 2, [1, 1, 0]),  # fewer than files: the largest files first
+        ([10, 10, 0], 4, [2, 2, 0]),  # an empty file gets nothing
+        ([90, 9, 1], 10, [7, 2, 1]),  # one each, then 7 x (89, 8, 0) / 97 by largest remainder
+    ],
+)
+def test_allot_gives_each_file_one_then_shares_in_proportion(
+    counts: list[int], budget: int, expected: list[int]
+) -> None:
+    assert allot(counts, budget) == expected
+
+
+@pytest.mark.parametrize("budget", range(1, 60))
+def test_allot_spends_the_budget_exactly_and_never_more_than_a_file_holds(budget: int) -> None:
+    counts = [17, 1, 0, 9, 23, 4]
+    shares = allot(counts, budget)
+    assert sum(shares) == min(budget, sum(counts))
+    assert all(0 <= s <= c for s, c in zip(shares, counts))
+    if budget >= 5:  # as many as the non-empty files: every one of them is covered
+        assert all(s >= 1 for s, c in zip(shares, counts) if c)
+
+
+def test_draw_is_seeded_by_seed_and_file_and_sorted() -> None:
+    a = draw(100, 10, 7, "a.txt")
+    assert a == draw(100, 10, 7, "a.txt") == sorted(a) and len(set(a)) == 10
+    assert a != draw(100, 10, 8, "a.txt")
+    assert a != draw(100, 10, 7, "b.txt")
+    assert draw(5, 9, 0, "a.txt") == [0, 1, 2, 3, 4]
+
+
+def test_selection_is_the_same_on_every_run_and_spans_point_at_the_text(tmp_path: Path) -> None:
+    data = write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, max_passages=5, passage_seed=3)
+    first, second = plan_passages(settings), plan_passages(settings)
+    assert first.selected_ids == second.selected_ids
+    assert first.passages == second.passages
+    assert len(first.passages) == 5 and first.total > 5
+    assert {p.file for p in first.passages} == set(CORPUS)  # 5 >= 4 files: every file has one
+    for p in first.passages:
+        text = (data / p.file).read_text(encoding="utf-8")
+        assert text[p.start : p.end] == p.text and p.id == passage_id(p.text)
+    everything = plan_passages(make_settings(tmp_path))
+    assert len(everything.passages) == everything.total
+    assert plan_passages(make_settings(tmp_path, max_passages=5, passage_seed=4)).selected_ids != first.selected_ids
+
+
+def test_passages_without_texts_count_the_same_selection(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, max_passages=3)
+    assert plan_passages(settings, read=False).selected_ids == plan_passages(settings).selected_ids
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def test_every_file_gets_questions_and_every_question_traces_to_its_passage(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    data = write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, llm)
+
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete", result.detail
+    questions = [r for r in rows(settings.state_dir / "questions.jsonl") if "conv" not in r]
+    assert {q["file"] for q in questions} == set(CORPUS)
+    plan = plan_passages(settings)
+    assert {q["passage"] for q in questions} == set(plan.selected_ids)  # every passage gave some
+    for q in questions:
+        start, end = q["span"]
+        text = (data / q["file"]).read_text(encoding="utf-8")[start:end]
+        assert passage_id(text) == q["passage"]
+        assert quoted(q["text"]) in text  # written from this passage's own words
+    # Each passage was asked once, and got its own text.
+    asked = passage_prompts(llm)
+    assert sorted(asked) == sorted(p.text for p in plan.passages)
+    # Answered from the file the question came from: the crafted facts live nowhere else.
+    answers = {r["conv"]: r for r in rows(settings.state_dir / "answers.jsonl")}
+    by_id = {q["id"]: q for q in questions}
+    answered = [a for a in answers.values() if a["kind"] == "answered"]
+    assert len(answered) >= len(questions) - 1
+    for a in answered:
+        assert by_id[a["conv"]]["file"] in a["refs"]
+
+
+async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "data")
+    served: list[str] = []
+
+    def responder(fake: FakeLLM) -> Any:
+        def respond(messages: list[dict[str, str]]) -> str:
+            m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
+            if m is not None:
+                served.append(m.group(1))
+            return fake.default_responder(messages)
+        return respond
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as first:
+        first.responder = responder(first)
+        first.quota_after = 4  # a few passages and answers, then the balance is gone
+        settings = make_settings(tmp_path, first)
+        stopped = await run_qa(settings, install_signals=False)
+    assert stopped.status == "quota"
+    before = list(served)
+    assert 0 < len(before)
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as second:
+        second.responder = responder(second)
+        resumed = await run_qa(make_settings(tmp_path, second), install_signals=False)
+    assert resumed.status == "complete", resumed.detail
+    again = served[len(before):]
+    assert not set(before) & set(again)  # nothing served before is asked again
+    assert sorted(served) == sorted(p.text for p in plan_passages(settings).passages)
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as third:
+        third.responder = responder(third)
+        done = await run_qa(make_settings(tmp_path, third), install_signals=False)
+        assert done.status == "complete" and passage_prompts(third) == []
+
+
+def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:
+    from pipeline.jsonl import dumps_line
+    from pipeline.store.schema import QUESTION_FIELDS, field_of, is_from_passage, question_row
+
+    row = question_row(id="00000000000000a1", aspect="", text="q?", seq=3, passage="00000000000000b2",
+                       file="a/b.txt", span=(10, 52))
+    assert dumps_line(row) == (b'{"id":"00000000000000a1","aspect":"","text":"q?","seq":3,'
+                               b'"passage":"00000000000000b2","file":"a/b.txt","span":[10,52]}\n')
+    assert is_from_passage(row)
+    aspect_row = question_row(id="00000000000000a1", aspect="A", text="q?", seq=3)
+    assert dumps_line(aspect_row) == b'{"id":"00000000000000a1","aspect":"A","text":"q?","seq":3}\n'
+    assert not is_from_passage(aspect_row)
+    assert field_of(aspect_row, QUESTION_FIELDS, "span") is None
