@@ -171,17 +171,50 @@ async def _qa_with_progress(settings: Settings, live: bool, console: Any) -> Any
         return await run_qa(settings, on_graph=progress.attach)
 
 
+def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
+    """Make (or resume) the identity records: <out_dir>/identity.jsonl."""
+    if not settings.llm.api_key:
+        print(
+            f"error: the identity command needs an LLM API key: set the environment variable "
+            f"{settings.llm.api_key_env} (its name is [llm] api_key_env in {settings.source})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from pipeline.qa.identity_stage import run_identity
+
+    result = _run_async(run_identity(settings))
+    print(result.line())
+    return result.exit_code
+
+
 def cmd_dry_run(settings: Settings) -> int:
     """Print what ``qa`` would do, from the ledgers alone: no call, no lock, no write."""
     from pipeline.outputs.dry_run import plan_run
     from pipeline.store.view import open_ledgers, state_from_ledgers, state_from_rows
 
+    from pipeline.qa.stage import earlier_backend
+    from pipeline.services.backend import choose_backend, reachable_servers
+
     with open_ledgers(settings.state_dir) as ledgers:
         state = state_from_ledgers(settings, ledgers)
     print(f"dry run: nothing is called; output folder {settings.out_dir}")
+    earlier = earlier_backend(state, settings.state_dir / "answers.jsonl")
+    urls = settings.huixiangdou.urls
+    # Only a TCP connect, and only where the choice depends on it: no HTTP request is sent.
+    up = _run_async(reachable_servers(urls)) if settings.rag.backend == "auto" and earlier is None else None
+    choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=urls,
+                            data_dir=str(settings.paths.data_dir))
+    print(f"answers would come from: {choice.line()}")
+    passages: list[str] = []
+    if settings.questions.source != "aspects":
+        from pipeline.qa.passages import plan_passages
+
+        selection = plan_passages(settings, read=False)
+        passages = selection.selected_ids
+        print(f"passages: {len(passages)} selected of {selection.total} in {len(selection.files)} files")
     fresh = state_from_rows(settings, {})
     if state.total_questions() or state.pending or state.finished:
-        whole = plan_run(settings, fresh)
+        whole = plan_run(settings, fresh, backend=choice.backend, passages=passages)
         print(f"the whole job: {whole.llm_calls} LLM requests, {whole.rag_requests} RAG requests, "
               f"cost about {whole.cost:.4f}")
         print(f"already done: {state.total_questions()} questions written, {state.finished} "
@@ -189,7 +222,7 @@ def cmd_dry_run(settings: Settings) -> int:
         print("a resume would still do:")
     else:
         print("nothing recorded yet; the run would do:")
-    for line in plan_run(settings, state).lines():
+    for line in plan_run(settings, state, backend=choice.backend, passages=passages).lines():
         print(f"  {line}")
     return EXIT_OK
 
@@ -414,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     status.set_defaults(func=cmd_status)
+
+    identity = sub.add_parser(
+        "identity",
+        help="identity (self-cognition) records: who the assistant is, in its own voice",
+        description=(
+            "Have the LLM write varied questions a user asks an assistant about itself (who are "
+            "you, what can you do, who made you, what can't you do, greetings) in each of "
+            "[identity] languages, and answer each as the assistant named in [identity], "
+            "consistent with [conversations] system_prompt. Every answer must say the name and "
+            "no other model or company. Writes <out_dir>/identity.jsonl (XTuner records, the "
+            "system prompt on turn 1) and resumes where the last run stopped."
+        ),
+    )
+    identity.set_defaults(func=cmd_identity)
 
     add_validate_parser(sub)
     add_export_parser(sub)

@@ -111,18 +111,17 @@ async def _run(args: argparse.Namespace) -> None:
 def _install_outage(hxd: FakeHuixiangdou, outage: Outage, scale: float) -> None:
     """Answered questions take 3-6 s, rejections 0.4-1 s (scaled); during the
     outage every question gets the 2024-09 signature, at once."""
-    if hasattr(hxd, "llm_down"):  # the faithful fake has the outage built in
+    if hasattr(hxd, "llm_down"):  # the faithful fake: times and the outage built in
         hxd.time_scale = scale
 
         def responder(q: str) -> str:
             hxd.llm_down = "2024-09" if outage.down() else None
-            scenario = "outage_2024_09" if outage.down() else "answered"
-            outage.served.append((outage.now(), scenario))
+            outage.served.append((outage.now(), "outage_2024_09" if outage.down() else "answered"))
             return "answered"
 
         hxd.responder = responder
         return
-    # Before the faithful fake: scenario per question, one latency for all.
+    # The fake before it (main before the change): one latency for all, the signature by name.
     hxd.latency = (3.0 * scale, 6.0 * scale)
 
     def old_responder(q: str) -> str:

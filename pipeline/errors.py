@@ -5,6 +5,7 @@ boundary per service (``llm.py``, ``huixiangdou.py``), with ``raise ... from``.
     ├── SettingsError         bad settings file or value (exit 2)
     ├── InputError            bad corpus path, unreadable input (exit 2)
     ├── LockedError           another run holds the output folder
+    ├── Stopped               the run is stopping: a call was not made (no item failed)
     └── ServiceError          a call to the LLM API or a RAG server failed
         ├── RetryableError    try again, after ``retry_after`` seconds when given
         ├── QuotaExhausted    balance or daily quota gone: never retried in a loop
@@ -28,6 +29,7 @@ __all__ = [
     "ServersDown",
     "ServiceError",
     "SettingsError",
+    "Stopped",
     "UnusableReply",
 ]
 
@@ -50,6 +52,12 @@ class LockedError(PipelineError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class Stopped(PipelineError):
+    """The run is stopping (quota, signal, fatal error), so a call was not
+    made or not finished. Not a failure of the item it was for: the next run
+    goes on with that item."""
 
 
 class ServiceError(PipelineError):
@@ -85,7 +93,12 @@ class FatalServiceError(ServiceError):
 
 
 class ServersDown(ServiceError):
-    """No RAG server can take a request; the message names the URLs."""
+    """No RAG server can take a request; the message names the URLs and says
+    what to check. ``retry_in``: seconds until one may be tried again."""
+
+    def __init__(self, message: str, *, service: str = "", retry_in: float | None = None) -> None:
+        super().__init__(message, service=service)
+        self.retry_in = retry_in
 
 
 class UnusableReply(ServiceError):

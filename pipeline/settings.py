@@ -30,6 +30,7 @@ __all__ = [
     "SEED_SEPARATORS",
     "ConversationSettings",
     "HuixiangdouSettings",
+    "IdentitySettings",
     "LLMSettings",
     "PathSettings",
     "PretrainSettings",
@@ -179,7 +180,14 @@ class HuixiangdouSettings:
     failures_before_rest: int = field(
         default=3, metadata=_meta("consecutive failures before a server is rested", ge=1)
     )
-    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested", ge=0))
+    rest_s: float = field(default=60.0, metadata=_meta("seconds a failing server is rested at most", ge=0))
+    recheck_s: float = field(
+        default=10.0, metadata=_meta("seconds between questions sent to a resting server to see it back", gt=0)
+    )
+    instant_rejection_s: float = field(
+        default=0.1,
+        metadata=_meta("an LLM-judged rejection faster than this is HuixiangDou's own LLM failing; 0 = off", ge=0),
+    )
     down_timeout_s: float = field(
         default=900.0,
         metadata=_meta("seconds every server may be down before the run stops", ge=0),
@@ -254,7 +262,7 @@ class ConversationSettings:
 @dataclass(frozen=True, slots=True)
 class RagSettings:
     backend: Literal["huixiangdou", "local", "auto"] = field(
-        default="huixiangdou", metadata=_meta("'huixiangdou', 'local' or 'auto'")
+        default="auto", metadata=_meta("'auto', 'huixiangdou' or 'local'")
     )
     # The local backend's knobs (pipeline/services/local_rag.py); HuixiangDou ignores them.
     top_k: int = field(default=4, metadata=_meta("passages sent to the LLM at most", ge=1))
@@ -271,6 +279,29 @@ class RagSettings:
     answer_prompt: str = field(
         default="", metadata=_meta("local answer prompt; '' = preset")
     )
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    name: str = field(default="", metadata=_meta("the assistant's name; required by `identity`"))
+    author: str = field(default="", metadata=_meta("who made the assistant: a person or organisation"))
+    purpose: str = field(
+        default="", metadata=_meta("what the assistant is for; '' = what [conversations] system_prompt says")
+    )
+    languages: tuple[Literal["zh", "en"], ...] = field(
+        default=("zh", "en"), metadata=_meta("languages of the records: 'zh', 'en'")
+    )
+    records: int = field(default=100, metadata=_meta("records wanted, over all languages", ge=1))
+    batch_size: int = field(default=10, metadata=_meta("questions asked for per LLM call", ge=1))
+    max_question_chars: int = field(default=60, metadata=_meta("longest accepted question", ge=1))
+    max_answer_chars: int = field(default=400, metadata=_meta("longest accepted answer", ge=1))
+    max_attempts: int = field(
+        default=3, metadata=_meta("answers asked for one question before it is given up", ge=1)
+    )
+    other_names: tuple[str, ...] = field(
+        default=(), metadata=_meta("more model or company names an answer must not use")
+    )
+    output_name: str = field(default="identity.jsonl", metadata=_meta("file name under out_dir"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +335,7 @@ class Settings:
     questions: QuestionSettings = QuestionSettings()
     conversations: ConversationSettings = ConversationSettings()
     rag: RagSettings = RagSettings()
+    identity: IdentitySettings = IdentitySettings()
     run: RunSettings = RunSettings()
     source: str = "<defaults>"
 
@@ -336,6 +368,7 @@ _SECTIONS: dict[str, type] = {
     "questions": QuestionSettings,
     "conversations": ConversationSettings,
     "rag": RagSettings,
+    "identity": IdentitySettings,
     "run": RunSettings,
 }
 # Keys the loader fills itself; a file may not set them.
@@ -499,6 +532,10 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(
             f"{src}: [questions] passage_user_prompt: expected the placeholder {{passage}}"
         )
+    if not s.identity.languages:
+        raise SettingsError(f"{src}: [identity] languages: expected at least one of 'zh', 'en'")
+    if len(set(s.identity.languages)) != len(s.identity.languages):
+        raise SettingsError(f"{src}: [identity] languages: each language once, got {list(s.identity.languages)}")
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(
@@ -549,7 +586,8 @@ def _apply_presets(s: Settings) -> Settings:
         followup_prompt=s.conversations.followup_prompt or preset.followup,
     )
     r = dataclasses.replace(s.rag, answer_prompt=s.rag.answer_prompt or preset.rag_answer)
-    return dataclasses.replace(s, questions=q, conversations=c, rag=r)
+    i = dataclasses.replace(s.identity, purpose=s.identity.purpose or c.system_prompt)
+    return dataclasses.replace(s, questions=q, conversations=c, rag=r, identity=i)
 
 
 def load_settings(

@@ -24,6 +24,8 @@ PURE = (
     "pipeline.qa.questions",
     "pipeline.qa.dedup",
     "pipeline.qa.gate",
+    "pipeline.qa.terms",
+    "pipeline.qa.identity",
     "pipeline.services.hxd_protocol",
     "pipeline.services.replies",
 )

@@ -68,7 +68,9 @@ def write_settings(tmp_path: Path, llm_url: str, hxd_url: str, model: str = "fak
         "timeout_s = 5\nmax_retries = 0\nrpm = 100000\ntpm = 100000000\n"
         f'[huixiangdou]\nurls = ["{hxd_url}"]\ntimeout_s = 5\n'
         '[questions]\naspects = ["战斗系统"]\nper_aspect = 2\nbatch_size = 2\n'
-        "[run]\ngrace_s = 2\n",
+        "[run]\ngrace_s = 2\n"
+        # These tests are about HuixiangDou's own errors: no fallback to the local backend.
+        '[rag]\nbackend = "huixiangdou"\n',
         encoding="utf-8",
     )
     return path

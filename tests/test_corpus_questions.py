@@ -186,6 +186,16 @@ async def test_every_file_gets_questions_and_every_question_traces_to_its_passag
     assert len(answered) >= len(questions) - 1
     for a in answered:
         assert by_id[a["conv"]]["file"] in a["refs"]
+    # Any record of the dataset traces to its passage through the side file, line by line.
+    records = rows(settings.out_dir / "conversations.jsonl")
+    sources = rows(settings.out_dir / "conversations.provenance.jsonl")
+    assert len(records) == len(sources) == len(answered)
+    for n, (record, source) in enumerate(zip(records, sources), 1):
+        assert set(record) == {"conversation"}  # the dataset stays XTuner records
+        q = by_id[source["conv"]]
+        assert source == {"line": n, "conv": q["id"], "source": "corpus", "passage": q["passage"],
+                          "file": q["file"], "span": q["span"]}
+        assert record["conversation"][0]["input"] == q["text"]
 
 
 async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
@@ -236,3 +246,121 @@ def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_l
     assert dumps_line(aspect_row) == b'{"id":"00000000000000a1","aspect":"A","text":"q?","seq":3}\n'
     assert not is_from_passage(aspect_row)
     assert field_of(aspect_row, QUESTION_FIELDS, "span") is None
+
+
+def test_the_side_file_names_each_records_aspect_or_passage_line_by_line(tmp_path: Path) -> None:
+    from pipeline.outputs.dataset import write_dataset_with_sources, conversations_with_sources
+    from pipeline.store.schema import question_row
+
+    questions = [
+        question_row(id="00000000000000a1", aspect="战斗", text="a?", seq=0),
+        question_row(id="00000000000000a2", aspect="", text="b?", seq=1, passage="00000000000000f1",
+                     file="x/y.txt", span=(3, 9)),
+        question_row(id="00000000000000a3", aspect="战斗", text="c?", seq=2),  # not answered
+    ]
+    answered = {"00000000000000a1": "A", "00000000000000a2": "B"}
+
+    def row_of(conv: str, turn: int) -> dict[str, Any] | None:
+        if turn != 1 or conv not in answered:
+            return None
+        return {"kind": "answered", "question": "q", "answer": answered[conv]}
+
+    path = tmp_path / "conversations.jsonl"
+    assert write_dataset_with_sources(path, conversations_with_sources(questions, row_of, "", 1)) == 2
+    assert [r["conversation"][0]["output"] for r in rows(path)] == ["A", "B"]
+    assert rows(tmp_path / "conversations.provenance.jsonl") == [
+        {"line": 1, "conv": "00000000000000a1", "source": "aspect", "aspect": "战斗"},
+        {"line": 2, "conv": "00000000000000a2", "source": "corpus", "passage": "00000000000000f1",
+         "file": "x/y.txt", "span": [3, 9]},
+    ]
+
+
+async def test_the_report_shows_coverage_per_file_yield_by_source_and_flags_off_passage_answers(
+    tmp_path: Path,
+) -> None:
+    """One file's facts are missing from the knowledge base (its questions are
+    skipped) and one answer talks about something else: the report names the
+    uncovered file and why, and flags the answer without dropping it."""
+    write_corpus(tmp_path / "data")
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as fake:
+        def respond(messages: list[dict[str, str]]) -> str:
+            user = messages[-1]["content"]
+            if "NOT_IN_MATERIAL" in user and "Quillmere" in user.rsplit("Question:", 1)[-1]:
+                return "NOT_IN_MATERIAL"  # as if the orchard file were not in the knowledge base
+            if "NOT_IN_MATERIAL" in user and "「科尔德河发源于阿斯玛高原" in user:
+                return "这个问题的答案是一只会飞的大象。"  # names nothing of its passage
+            return fake.default_responder(messages)
+
+        fake.responder = respond
+        settings = make_settings(tmp_path, fake, aspects=["战斗系统"], per_aspect=2, source="both",
+                                 check_passage_terms=True)
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete", result.detail
+
+    report = orjson.loads((settings.out_dir / "report.json").read_bytes())
+    cov = report["coverage"]
+    per_file = {r["file"]: r for r in cov["per_file"]}
+    assert set(per_file) == set(CORPUS)
+    orchard = per_file["english/orchard.txt"]
+    assert orchard["answered"] == 0 and orchard["skipped"] == orchard["questions"] > 0
+    assert cov["uncovered"] == [{"file": "english/orchard.txt",
+                                 "why": "the backend found no answer (is the file in the knowledge base?)"}]
+    assert cov["files"] == 4 and cov["files_covered"] == 3 and cov["files_share"] == 0.75
+    plan = plan_passages(settings)
+    assert cov["passages_selected"] == cov["passages_asked"] == len(plan.passages)
+    orchard_passages = sum(1 for p in plan.passages if p.file == "english/orchard.txt")
+    assert cov["passages_covered"] == len(plan.passages) - orchard_passages
+    for r in cov["per_file"]:
+        assert r["questions"] == r["asked"] == r["answered"] + r["skipped"] + r["no_answer"]
+
+    corpus, aspect = report["sources"]["corpus"], report["sources"]["aspect"]
+    assert corpus["questions"] == sum(r["questions"] for r in cov["per_file"])
+    assert corpus["answered"] == sum(r["answered"] for r in cov["per_file"])
+    assert aspect["questions"] == 2 and aspect["asked"] == 2
+
+    flagged = report["off_passage"]["flagged"]
+    assert [f["file"] for f in flagged] == ["地理/科尔德河.txt"]
+    assert flagged[0]["answer"] == "这个问题的答案是一只会飞的大象。"
+    assert report["off_passage"]["checked"] == corpus["answered"]
+    records = rows(settings.out_dir / "conversations.jsonl")
+    assert any(r["conversation"][0]["output"] == flagged[0]["answer"] for r in records)  # flagged, kept
+
+    md = (settings.out_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Coverage of the corpus" in md and "- `english/orchard.txt`: the backend found no answer" in md
+    assert "| corpus |" in md and "| aspect |" in md
+
+
+def test_key_terms_leave_out_what_most_passages_share_and_an_answer_must_name_one() -> None:
+    from pipeline.qa.terms import document_frequency, key_terms, names_any
+
+    passages = ["黑神话的瓦伦塔城建于2024年。", "黑神话的科尔德河很长。", "黑神话的马格努斯会炼金。",
+                "The Quillmere orchard grows blue pears."]
+    df, n = document_frequency(passages)
+    keys = key_terms(passages[0], df, n)
+    assert "黑神" not in keys and "瓦伦" in keys and "2024" in keys  # 3 of 4 passages say 黑神话
+    assert names_any("瓦伦塔城是首都。", keys) and names_any("It was 2024.", keys)
+    assert not names_any("黑神话很好玩。", keys)
+    en = key_terms(passages[3], df, n)
+    assert names_any("QUILLMERE has pears", en) and not names_any("The pears are blue.", en - {"blue", "pears"})
+    assert "the" not in en
+
+
+def test_the_dry_run_counts_one_call_per_passage_not_asked_yet(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pipeline.outputs.dry_run import plan_run
+    from pipeline.store.view import state_from_rows
+
+    write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, max_passages=5, per_passage=2)
+    ids = plan_passages(settings, read=False).selected_ids
+    fresh = state_from_rows(settings, {})
+    plan = plan_run(settings, fresh, passages=ids)
+    assert plan.passage_calls == 5 and plan.question_calls == 0  # source "corpus": no aspect asked
+    assert plan.questions_left == 10 and plan.rag_requests == 10
+    assert plan.llm_calls == 5 + 10  # the local backend answers with the LLM too
+    assert plan.cost > 0 and any("5 passages" in line for line in plan.lines())
+    resumed = dataclasses.replace(fresh, passages_asked=set(ids[:3]))
+    assert plan_run(settings, resumed, passages=ids).passage_calls == 2
+    assert plan_run(settings, fresh).passage_calls == 0

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from pipeline.outputs.answer_stats import answer_stats
-from pipeline.outputs.dataset import conversation_record, conversations_from, write_dataset
+from pipeline.outputs.dataset import conversation_record, conversations_with_sources, write_dataset
 from pipeline.qa.gate import compile_gate, gate_answer
 from pipeline.errors import SettingsError
 from pipeline.settings import ConversationSettings, parse_settings
@@ -139,7 +139,8 @@ def build_conversations(questions: list[dict[str, Any]], answers: list[dict[str,
                         min_turns: int, max_turns: int | None = None) -> list[dict[str, Any]]:
     """The dataset of these ledger rows, built as the run's end builds it."""
     index = AnswerIndex.of_rows(answers)
-    return list(conversations_from(questions, index.answered_row, system_prompt, min_turns, max_turns))
+    pairs = conversations_with_sources(questions, index.answered_row, system_prompt, min_turns, max_turns)
+    return [record for record, _ in pairs]
 
 
 def turns_of(records: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:

@@ -178,10 +178,11 @@ def test_dataset_info_entries_match_llama_factory_columns_and_tags() -> None:
         "columns": {"messages": "conversations", "system": "system"},
         "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
     }
-    # LLaMA-Factory's defaults are sharegpt's keys: the entry names OpenAI's.
+    # LLaMA-Factory's defaults are sharegpt's keys: the entry names OpenAI's (and
+    # says sharegpt: its "openai" converter appends text to the system prompt).
     assert dataset_info_entry("openai", "z.jsonl") == {
         "file_name": "z.jsonl",
-        "formatting": "openai",
+        "formatting": "sharegpt",
         "columns": {"messages": "messages"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"},

@@ -38,8 +38,6 @@ EXPECTED = {
     "no_search_result": ("failed", STATES["no_search_result"]),
     "sourcegraph": ("failed", STATES["sourcegraph"]),
     "sourcegraph_llm": ("failed", STATES["sourcegraph_llm"]),
-    "outage_2024_09": ("skipped", "query is not a question"),
-    "outage_2024_10": ("vetoed", "Irrelevant answer."),
 }
 
 
@@ -415,7 +413,9 @@ async def test_waiting_asks_learn_that_every_server_went_down(
         await reach(fake, 1)
         queued = [asyncio.create_task(pool.ask(f"排队的问题{i}：悟空")) for i in range(3)]
         gate.set()
-        assert (await first).state == "HTTP 500"
+        # Its failure put the only server to rest: it waits with the others, not written off.
+        with pytest.raises(ServersDown, match="HTTP 500"):
+            await first
         for t in queued:
             with pytest.raises(ServersDown):
                 await asyncio.wait_for(t, 10)
@@ -592,3 +592,90 @@ async def test_a_server_busy_past_the_answer_timeout_is_up_not_absent(
         await pool.aclose()
     assert message == f"1 of 1 HuixiangDou servers up: {fake.url} (busy: GET /openapi.json unanswered after 0.2s)"
     assert pool.stats()[fake.url]["resting_until"] is None
+
+
+# ------------------------------------------------------------ the LLM behind the server
+
+
+@pytest.mark.parametrize("endpoint", ["inference", "stream"])
+@pytest.mark.parametrize("release", ["2024-09", "2024-10"])
+async def test_an_outage_of_the_servers_llm_is_retried_then_servers_down_never_skipped(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, hxd_clock: HxdClock, release: str, endpoint: str
+) -> None:
+    hxd_fake.llm_down = release
+    settings = hxd_settings(hxd_fake.url, endpoint=endpoint, max_retries=5, recheck_s=7.0)
+    pool = pool_for(settings, hxd_clock)
+    try:
+        with pytest.raises(ServersDown) as err:
+            await pool.ask(Q)
+        assert hxd_fake.counts[Q] == 3  # retried with backoff until the server rested
+        assert len(hxd_clock.sleeps) == 2
+        message = str(err.value)
+        assert "the LLM behind it does not" in message and "[llm] section" in message
+        assert "config.ini" in message and "remote_api_key" in message
+        assert err.value.retry_in == pytest.approx(7.0)
+
+        # The LLM comes back: the next check answers and ends the rest at once.
+        hxd_fake.llm_down = None
+        hxd_clock.advance(7.0)
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.answer) == ("answered", default_answer(Q))
+    assert pool.stats()[hxd_fake.url]["resting_until"] is None
+
+
+async def test_one_outage_answer_then_a_real_one_is_an_answer(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    hxd_fake.script[Q] = ["outage_2024_09", "answered"]
+    pool = pool_for(hxd_settings(hxd_fake.url), hxd_clock)
+    try:
+        outcome = await pool.ask(Q)
+    finally:
+        await pool.aclose()
+    assert (outcome.kind, outcome.attempts) == ("answered", 2)
+
+
+@pytest.mark.parametrize(("time_scale", "kind"), [(0.0, "down"), (0.5, "skipped")])
+async def test_a_rejection_faster_than_any_judgement_is_an_outage_a_real_one_is_skipped(
+    hxd_fakes: Fakes, hxd_settings: Settings, hxd_clock: HxdClock, time_scale: float, kind: str
+) -> None:
+    # A real "not a question" takes an LLM call (0.4-1 s; here x0.5: 0.2-0.5 s).
+    # Without the debug mark, only its speed tells an outage (time_scale 0: instant).
+    (fake,) = await hxd_fakes(1, time_scale=time_scale, script={Q: "not_question"})
+    pool = pool_for(hxd_settings(fake.url, instant_rejection_s=0.1), hxd_clock)
+    try:
+        if kind == "down":
+            with pytest.raises(ServersDown, match="faster than its LLM can judge"):
+                await pool.ask(Q)
+        else:
+            outcome = await pool.ask(Q)
+            assert (outcome.kind, outcome.state) == ("skipped", STATES["not_question"])
+    finally:
+        await pool.aclose()
+
+
+async def test_while_every_server_rests_one_question_checks_them_every_recheck_s(
+    hxd_fakes: Fakes, hxd_dead_url: str, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    (fake,) = await hxd_fakes(1, responder=lambda q: "error_500")
+    settings = hxd_settings(fake.url, failures_before_rest=1, max_retries=0, rest_s=600.0, recheck_s=5.0)
+    pool = pool_for(settings, hxd_clock)
+    try:
+        with pytest.raises(ServersDown):
+            await pool.ask(Q)
+        hxd_clock.advance(4.0)
+        with pytest.raises(ServersDown) as early:  # not due yet: the server is not touched
+            await pool.ask(Q)
+        assert fake.requests == 1 and early.value.retry_in == pytest.approx(1.0)
+        hxd_clock.advance(1.0)
+        with pytest.raises(ServersDown):  # the check fails: the next is 5 s on
+            await pool.ask(Q)
+        assert fake.requests == 2
+        fake.responder = None
+        hxd_clock.advance(5.0)
+        outcome = await pool.ask(Q)  # long before rest_s is over
+    finally:
+        await pool.aclose()
+    assert outcome.kind == "answered" and fake.requests == 3

@@ -14,6 +14,7 @@ from pipeline.services.hxd_protocol import (
     StreamDecoder,
     StreamFormatError,
     classify,
+    llm_outage,
     parse_inference_body,
     split_references,
 )
@@ -214,3 +215,35 @@ def test_stream_decoder_rejects_what_is_not_concatenated_json(data: bytes) -> No
     with pytest.raises(StreamFormatError):
         decoder.feed(data)
         decoder.close()
+
+
+def _is_question(relation: str) -> dict[str, object]:
+    return {"PreprocNode_is_question": {"input": "q", "default": 3, "relation": relation,
+                                        "throttle": 6, "output": 3}}
+
+
+@pytest.mark.parametrize(
+    ("body", "outage"),
+    [
+        # 2024-09: the scoring call failed, so no judgement and the default score.
+        ({"step": [{"state": "query is not a question", "response": "", "refs": []}],
+          "debug": _is_question("")}, True),
+        ({"step": [{"state": "query is not a question", "response": "", "refs": []}],
+          "debug": _is_question("这是陈述。得分：2")}, False),
+        # Without debug the body says nothing either way.
+        ({"step": [{"state": "query is not a question"}]}, False),
+        # 2024-10: an empty success, vetoed.
+        ({"step": [{"state": "Init state", "response": "", "refs": ["a.md"]},
+                   {"state": "success", "response": "", "refs": ["a.md"]},
+                   *[{"state": "Irrelevant answer.", "response": "", "refs": []}] * 3]}, True),
+        # A real veto keeps the vetoed text in its success step.
+        ({"step": [{"state": "Init state", "response": "", "refs": ["a.md"]},
+                   {"state": "success", "response": "不知道", "refs": ["a.md"]},
+                   *[{"state": "Irrelevant answer.", "response": "不知道", "refs": []}] * 3]}, False),
+        ({"step": [{"state": "Init state", "response": "", "refs": []}] * 4}, False),
+        ("**References:**\r\n* a.md\r\n\r\n", False),
+    ],
+    ids=["2024-09", "real-not-a-question", "no-debug", "2024-10", "real-veto", "irrelevant", "bare-string"],
+)
+def test_llm_outage_signatures(body: object, outage: bool) -> None:
+    assert (llm_outage(body) is not None) is outage

@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.errors import InputError, QuotaExhausted, SettingsError
-from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.services.llm import LLMClient
 from pipeline.services.local_rag import (
     INDEX_DIR,
     NOT_IN_MATERIAL,
-    AutoAnswerer,
     LocalAnswerer,
     Passage,
     answer_messages,
-    answer_slots,
     build_index,
     is_not_in_material,
     load_or_build_index,
@@ -30,7 +26,6 @@ from pipeline.services.local_rag import (
     tokenize,
 )
 from pipeline.settings import LLMSettings, Settings, parse_settings
-from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM, Failure
 
 # A tiny corpus: each file holds facts no other file has, in Chinese and English,
@@ -460,72 +455,3 @@ async def test_quota_exhausted_propagates(
     answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
     with pytest.raises(QuotaExhausted):
         await answerer.ask("怎样破解黄风大圣的神风？")
-
-
-def test_answer_slots_follow_llm_concurrency(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, concurrency=13))
-    assert answer_slots(settings) == 13
-
-
-# --------------------------------------------------------------------------- auto
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def test_auto_uses_huixiangdou_when_it_answers_the_probe(
-    tmp_path: Path, corpus: Path, hxd_fake: FakeHuixiangdou, llm_settings: LLMSettings,
-    llm_client: LLMClient, fake_llm: FakeLLM,
-) -> None:
-    settings = make_settings(tmp_path, llm_settings, backend="auto")
-    settings = dataclasses.replace(
-        settings, huixiangdou=dataclasses.replace(settings.huixiangdou, urls=(hxd_fake.url,))
-    )
-    auto = AutoAnswerer(settings, llm_client)
-    try:
-        described = await auto.probe()
-        assert described.startswith("rag backend auto -> HuixiangDou")
-        assert isinstance(auto.chosen, HuixiangdouPool)
-        outcome = await auto.ask("怎样破解黄风大圣的神风？")
-    finally:
-        await auto.aclose()
-    assert outcome.server == hxd_fake.url
-    assert hxd_fake.requests >= 1 and fake_llm.calls == 0
-    assert not (settings.state_dir / INDEX_DIR).exists()  # no index built for nothing
-
-
-async def test_auto_falls_back_to_the_local_index_when_no_server_answers(
-    tmp_path: Path, corpus: Path, fake_llm: FakeLLM, llm_settings: LLMSettings,
-    llm_client: LLMClient, caplog: pytest.LogCaptureFixture,
-) -> None:
-    fake_llm.responder = grounded_responder
-    settings = make_settings(tmp_path, llm_settings, backend="auto")
-    down = f"http://127.0.0.1:{_free_port()}"
-    settings = dataclasses.replace(
-        settings, huixiangdou=dataclasses.replace(settings.huixiangdou, urls=(down,))
-    )
-    auto = AutoAnswerer(settings, llm_client)
-    try:
-        with caplog.at_level("INFO", logger="pipeline.services.local_rag"):
-            described = await auto.probe()
-        outcome = await auto.ask("怎样破解黄风大圣的神风？")
-    finally:
-        await auto.aclose()
-    assert described.startswith("rag backend auto -> local: local index: ")
-    assert "using the local index" in caplog.text and down in caplog.text
-    assert isinstance(auto.chosen, LocalAnswerer)
-    assert (outcome.kind, outcome.refs) == ("answered", ("bosses.md",))
-
-
-def test_auto_slots_cover_either_backend(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    settings = dataclasses.replace(
-        settings,
-        llm=dataclasses.replace(settings.llm, concurrency=3),
-        huixiangdou=dataclasses.replace(settings.huixiangdou, urls=("a", "b"), concurrency_per_server=4),
-    )
-    assert AutoAnswerer.slots(settings) == 8

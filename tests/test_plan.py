@@ -18,6 +18,7 @@ def settings(**sections: dict[str, Any]) -> Settings:
     data: dict[str, Any] = {
         "questions": {"aspects": ["甲", "乙"], "per_aspect": 5, "batch_size": 3},
         "llm": {"rpm": 1000, "tpm": 10_000_000, "concurrency": 4},
+        "rag": {"backend": "huixiangdou"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -99,7 +99,7 @@ def fake_graph(settings: Settings) -> Any:
     stats = RunStats()
     stats.target.update({a: settings.questions.per_aspect for a in settings.questions.aspects})
     return SimpleNamespace(stats=stats, llm=SimpleNamespace(usage=Usage(1.0, 2.0)),
-                           answerer=object(), state=state_from_rows(settings, {}))
+                           answerer=object(), state=state_from_rows(settings, {}), passages=[])
 
 
 def small_settings(interval: float = 30.0) -> Settings:
@@ -134,6 +134,28 @@ def test_a_line_every_interval_with_rates_from_the_counters() -> None:
     assert progress.tick() is None
     clock.now = 60.0
     assert progress.tick() is not None and len(lines) == 2
+
+
+def test_the_eta_holds_still_while_every_server_is_down_and_resumes_at_the_old_pace() -> None:
+    s = small_settings(30.0)
+    clock, lines = Clock(), []
+    progress = Progress(s, clock=clock, emit=lines.append)
+    graph = fake_graph(s)
+    graph.servers_down_since = None
+    progress.attach(graph)
+    graph.stats.outcomes["answered"] = 4
+    clock.now = 30.0
+    assert (line := progress.tick()) is not None and line.endswith("eta 0m30s")
+    graph.servers_down_since = 30.0  # an outage: nothing is answered for 5 minutes
+    for minute in range(1, 6):
+        clock.now = 30.0 + 60 * minute
+        assert (line := progress.tick()) is not None and line.endswith("eta 0m30s"), line
+    graph.servers_down_since = None  # back: the outage is left out of the pace
+    clock.now = 390.0
+    graph.stats.outcomes["answered"] = 6
+    assert (line := progress.tick()) is not None
+    # 6 in the 30 s spent answering (not in 390 s): 2 left at 12 a minute.
+    assert line.endswith("eta 0m10s"), line
 
 
 async def test_the_timer_ticks_at_the_interval_on_the_injected_clock() -> None:

@@ -16,9 +16,13 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from pipeline.store.resume import target_turns
 from pipeline.outputs.validate import validate_file
+from tests.fakes.clock import FakeClock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 SYSTEM = "你是测试助手。"
 
@@ -31,7 +35,9 @@ def make_settings(
         "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
                 "timeout_s": 10, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
                 "rpm": 100_000, "tpm": 100_000_000},
-        "huixiangdou": {"urls": [h.url for h in hxd], "timeout_s": 10, "backoff_base_s": 0.01},
+        # instant_rejection_s 0: the fake rejects in under a millisecond (its times scaled).
+        "huixiangdou": {"urls": [h.url for h in hxd], "timeout_s": 10, "backoff_base_s": 0.01,
+                        "instant_rejection_s": 0},
         "questions": {"aspects": ["战斗系统", "游戏世界观", "主要角色"], "per_aspect": 4, "batch_size": 3},
         "conversations": {"system_prompt": SYSTEM},
         "run": {"grace_s": 5, "progress_interval_s": 60},
@@ -247,7 +253,7 @@ async def test_no_server_running_names_the_urls_and_pays_nothing(tmp_path: Path,
 
     async with FakeHuixiangdou() as hxd:
         dead = hxd.url
-    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]})
+    settings = make_settings(tmp_path, llm, [], huixiangdou={"urls": [dead]}, rag={"backend": "huixiangdou"})
     with pytest.raises(ServersDown) as info:
         await run_qa(settings, install_signals=False)
     assert dead in str(info.value) and "huixiangdou.server" in str(info.value)
@@ -289,52 +295,54 @@ def failing_first(n: int) -> Any:
 async def test_servers_down_for_a_while_are_waited_for_then_the_run_goes_on(
     tmp_path: Path, llm: FakeLLM
 ) -> None:
+    clock = FakeClock()
     async with FakeHuixiangdou(responder=failing_first(3)) as hxd:
         settings = make_settings(
             tmp_path, llm, [hxd],
-            huixiangdou={"failures_before_rest": 3, "rest_s": 0.05, "down_timeout_s": 60},
+            huixiangdou={"failures_before_rest": 3, "rest_s": 30, "recheck_s": 10, "down_timeout_s": 600},
         )
-        result = await run_qa(settings, install_signals=False)
+        run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        result = await clock.drive(run)
     assert result.status == "complete"
+    assert 10 in clock.slept and 30 not in clock.slept, "the run waited for a check, not the whole rest"
     assert len(conversations(settings)) == 12
 
 
 async def test_servers_down_longer_than_the_timeout_stop_the_run_cleanly(
     tmp_path: Path, llm: FakeLLM
 ) -> None:
+    clock = FakeClock()
     async with FakeHuixiangdou(responder=failing_first(10**6)) as hxd:
         settings = make_settings(
             tmp_path, llm, [hxd],
-            huixiangdou={"failures_before_rest": 1, "rest_s": 0.01, "down_timeout_s": 0.2},
+            huixiangdou={"failures_before_rest": 1, "rest_s": 30, "down_timeout_s": 300},
         )
-        result = await run_qa(settings, install_signals=False)
+        run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        result = await clock.drive(run)
     assert result.status == "servers_down" and result.exit_code == 1
     assert hxd.url in result.detail
     assert conversations(settings) == []
     assert len(rows(settings, "questions")) > 0, "the questions already paid for are kept"
 
 
-async def until(condition: Any, seconds: float = 10.0) -> None:
-    """Wait for a condition the test cannot be told about directly, with a deadline."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 async def test_on_quota_wait_sleeps_probes_and_goes_on(
     tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
 ) -> None:
+    clock = FakeClock()
     llm.quota_after = 2
-    settings = make_settings(tmp_path, llm, servers, run={"on_quota": "wait", "quota_wait_s": 0.05})
+    settings = make_settings(tmp_path, llm, servers, run={"on_quota": "wait", "quota_wait_s": 600})
+    run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+    await llm.wait_until(lambda: llm.status_counts[429] >= 1)
+    await clock.sleeping()
+    clock.advance(600)  # the first probe: still no quota
+    await llm.wait_until(lambda: llm.status_counts[429] >= 2)
+    await clock.sleeping()
+    llm.quota_after = None  # topped up
 
-    async def top_up() -> None:
-        await until(lambda: llm.status_counts[429] >= 2)  # the call and at least one probe
-        llm.quota_after = None
-
-    result, _ = await asyncio.gather(run_qa(settings, install_signals=False), top_up())
+    result = await clock.drive(run)
 
     assert result.status == "complete"
+    assert clock.slept.count(600) >= 2, "waited, probed, waited again"
     assert len(conversations(settings)) == 12
     assert set(asked(servers).values()) == {1}
 
@@ -384,3 +392,69 @@ async def test_a_resume_asks_huixiangdou_while_the_dedup_index_is_still_seeding(
     texts = [q["text"] for q in rows(more, "questions")]
     assert len(texts) == 4 == len(set(texts)), "the seeded questions were not written again"
     assert len(conversations(more)) == 4
+
+
+async def test_an_outage_of_huixiangdous_llm_that_persists_stops_resumably_and_writes_nothing_off(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    async with FakeHuixiangdou(llm_down="2024-09") as hxd:
+        settings = make_settings(tmp_path, llm, [hxd], huixiangdou={"down_timeout_s": 0})
+        result = await run_qa(settings, install_signals=False)
+        assert (result.status, result.exit_code) == ("servers_down", 1)
+        line = result.line()
+        assert "the LLM behind it does not" in line and "config.ini" in line and "[llm]" in line
+        assert "qa` again to resume" in line
+        assert rows(settings, "answers") == [], "no question written off as skipped"
+
+        hxd.llm_down = None  # the LLM is back: the next run asks every question
+        again = await run_qa(settings, install_signals=False)
+    assert again.status == "complete"
+    assert {r["kind"] for r in rows(settings, "answers")} == {"answered"}
+    assert len(conversations(settings)) == 12
+
+
+def outage_between(first: int, last: int, release: str) -> Any:
+    """A responder whose requests ``first``..``last`` meet an outage of the LLM behind the server."""
+    seen = iter(range(10**9))
+
+    def responder(question: str) -> str:
+        return f"outage_{release.replace('-', '_')}" if first <= next(seen) <= last else "answered"
+
+    return responder
+
+
+@pytest.mark.parametrize("release", ["2024-09", "2024-10"])
+async def test_a_short_outage_of_huixiangdous_llm_is_waited_out_and_every_question_answered(
+    tmp_path: Path, llm: FakeLLM, release: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FakeHuixiangdou(responder=outage_between(2, 9, release)) as hxd:
+        settings = make_settings(
+            tmp_path, llm, [hxd],
+            huixiangdou={"recheck_s": 0.02, "rest_s": 60, "down_timeout_s": 60},
+        )
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete"
+    answers = rows(settings, "answers")
+    assert {r["kind"] for r in answers} == {"answered"} and len(answers) == 12
+    assert len(conversations(settings)) == 12
+    waiting = [r.getMessage() for r in caplog.records if "Waiting for one to answer" in r.getMessage()]
+    assert waiting and all(".;" not in m and "config.ini" in m for m in waiting)
+
+
+async def test_usage_rows_are_written_only_when_usage_changed(tmp_path: Path, llm: FakeLLM) -> None:
+    gate = asyncio.Event()
+    ticks = 0
+
+    def on_progress(stats: Any) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks >= 30:  # many ticks with HuixiangDou held: nothing changes meanwhile
+            gate.set()
+
+    async with FakeHuixiangdou(gate=gate) as hxd:
+        settings = make_settings(tmp_path, llm, [hxd], run={"progress_interval_s": 0.001})
+        result = await run_qa(settings, install_signals=False, on_progress=on_progress)
+    assert result.status == "complete"
+    usage = [r["usage"] for r in rows(settings, "events") if r["event"] == "usage"]
+    assert usage and all(a != b for a, b in zip(usage, usage[1:]))
+    assert len(usage) < ticks

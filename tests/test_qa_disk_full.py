@@ -16,6 +16,9 @@ from pipeline.qa.stage import run_qa
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM
 from tests.test_qa import asked, conversations, llm, make_settings, rows, servers  # noqa: F401
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 
 def _full_after(answers: int) -> object:

@@ -15,6 +15,9 @@ from pipeline.outputs.validate import validate_file
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
 from tests.test_local_rag import FACTS, grounded_responder, write_corpus
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 OFF_TOPIC = ("量子纠缠实验的诺贝尔奖得主是谁？", "How do I bake sourdough bread at home?")
 QUESTIONS = [*FACTS, *OFF_TOPIC]

@@ -103,7 +103,7 @@ def test_counts_follow_the_latest_attempt_of_each_turn(tmp_path: Path, ledgers: 
     assert report["outcomes"] == {"answered": 2, "skipped": 4, "vetoed": 0, "failed": 0, "refused": 0,
                                   "rejected": 1}
     assert report["answer_rows"] == 8
-    assert report["questions"] == {"accepted": 7, "target": 8}
+    assert report["questions"] == {"accepted": 7, "target": 8, "corpus": 0}
     assert report["aspects"]["战斗"]["first_turn"]["answered"] == 2
     assert report["aspects"]["战斗"]["first_turn"]["skipped"] == 2
     assert report["aspects"]["剧情"]["questions"] == 3
@@ -219,13 +219,21 @@ def _plain_counts(answers: list[dict[str, Any]]) -> dict[str, Any]:
     by_kind: dict[str, int] = {}
     by_state: dict[str, int] = {}
     by_reason: dict[str, int] = {}
+    by_backend: dict[str, dict[str, int]] = {}
     for r in latest.values():
+        backend = r.get("backend") if isinstance(r.get("backend"), str) else (
+            "" if not isinstance(r.get("server"), str) or not r["server"]
+            else "local" if r["server"] == "local" else "huixiangdou")
+        if backend:
+            counts = by_backend.setdefault(backend, {})
+            counts[str(r.get("kind", ""))] = counts.get(str(r.get("kind", "")), 0) + 1
         kind = str(r.get("kind", ""))
         by_kind[kind] = by_kind.get(kind, 0) + 1
         by_state[str(r.get("state", ""))] = by_state.get(str(r.get("state", "")), 0) + 1
         if kind != "answered" and r.get("reason"):
             by_reason[str(r["reason"])] = by_reason.get(str(r["reason"]), 0) + 1
     return {"rows": len(answers), "by_kind": by_kind, "by_state": by_state, "by_reason": by_reason,
+            "by_backend": by_backend,
             "chars": sorted(len(str(r.get("answer", ""))) for r in latest.values() if r.get("kind") == "answered"),
             "seconds": [float(r["seconds"]) for r in answers
                         if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]}
@@ -241,6 +249,9 @@ def _plain_counts(answers: list[dict[str, Any]]) -> dict[str, Any]:
          {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
          {"conv": "q7", "turn": 1, "kind": "skipped", "state": ["odd"], "reason": {"r": 1}},
          a(5, "rejected", reason="refusal"), a(6, "vetoed", state="")],
+        # backends: recorded, or told by the server of rows older than the field
+        [{**a(0, "answered", answer="x"), "backend": "local"}, {**a(1, "skipped"), "server": "local"},
+         {**a(2, "skipped"), "server": "http://h:1"}, {**a(3, "failed"), "server": ""}],
     ],
 )
 def test_answer_stats_count_what_a_plain_count_of_latest_rows_says(
@@ -253,7 +264,8 @@ def test_answer_stats_count_what_a_plain_count_of_latest_rows_says(
         for stats in (answer_stats(index, top=10, examples=3),
                       answer_stats(AnswerIndex.of_rows(answers), top=10, examples=3)):
             assert {"rows": stats.rows, "by_kind": stats.by_kind, "by_state": stats.by_state,
-                    "by_reason": stats.by_reason, "chars": sorted(stats.answer_chars),
+                    "by_reason": stats.by_reason, "by_backend": stats.by_backend,
+                    "chars": sorted(stats.answer_chars),
                     "seconds": list(stats.rag_seconds)} == expected
             assert list(stats.by_kind.values()) == sorted(stats.by_kind.values(), reverse=True)
 

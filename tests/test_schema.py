@@ -54,6 +54,11 @@ def test_rows_keep_the_byte_layout_of_earlier_versions() -> None:
                      raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
                      attempts=1, seconds=1.23456)
     assert dumps_line(row) == ANSWER_LINE
+    # A field added since (the backend) goes after every earlier one: the old bytes stay a prefix.
+    row = answer_row(conv="00000000000000a1", turn=2, kind="answered", question="q", answer="a",
+                     raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
+                     attempts=1, seconds=1.23456, backend="huixiangdou")
+    assert dumps_line(row) == ANSWER_LINE[:-2] + b',"backend":"huixiangdou"}\n'
 
 
 def test_an_answer_row_refuses_a_kind_the_schema_does_not_have() -> None:
@@ -63,10 +68,10 @@ def test_an_answer_row_refuses_a_kind_the_schema_does_not_have() -> None:
 
 
 def test_a_field_added_later_reads_as_its_default_on_an_older_row() -> None:
-    fields = (*ANSWER_FIELDS, Field("backend", "which backend answered", default=""))
+    fields = (*ANSWER_FIELDS, Field("later", "a field added after these rows were written", default=""))
     old = {f.name: 1 for f in ANSWER_FIELDS}
-    assert field_of(old, fields, "backend") == ""
-    assert field_of({**old, "backend": "local"}, fields, "backend") == "local"
+    assert field_of(old, fields, "later") == ""
+    assert field_of({**old, "later": "local"}, fields, "later") == "local"
     assert field_of(old, fields, "turn") == 1
     with pytest.raises(KeyError):
         field_of({}, fields, "turn")  # a required field missing is a damaged row, not a default

@@ -27,7 +27,8 @@ def write_settings(tmp_path: Path, per_aspect: int = 2) -> Path:
     path = tmp_path / "wukong.toml"
     path.write_text(
         f'[paths]\nout_dir = "{tmp_path / "out"}"\n'
-        f'[questions]\naspects = ["战斗", "剧情"]\nper_aspect = {per_aspect}\n',
+        f'[questions]\naspects = ["战斗", "剧情"]\nper_aspect = {per_aspect}\n'
+        '[rag]\nbackend = "huixiangdou"\n',
         encoding="utf-8",
     )
     return path

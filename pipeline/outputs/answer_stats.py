@@ -28,6 +28,17 @@ class _Facts(NamedTuple):
     state_group: str  # str(row.get("state") or "(none)")
     reason: str | None  # counted in by_reason (not answered, a reason given), else None
     reason_group: str  # str(row.get("reason") or "(none)")
+    backend: str  # the backend that made it; rows older than the field: told by their server, "" if none
+
+
+def _backend(row: Mapping[str, Any]) -> str:
+    backend = row.get("backend")
+    if isinstance(backend, str):
+        return backend
+    server = row.get("server")
+    if not isinstance(server, str) or not server:
+        return ""
+    return "local" if server == "local" else "huixiangdou"
 
 
 def _facts(row: Mapping[str, Any]) -> _Facts:
@@ -39,6 +50,7 @@ def _facts(row: Mapping[str, Any]) -> _Facts:
         str(row.get("state") or "(none)"),
         str(reason) if kind != "answered" and reason else None,
         str(reason or "(none)"),
+        _backend(row),
     )
 
 
@@ -62,6 +74,7 @@ class AnswerStats:
     by_kind: dict[str, int] = field(default_factory=dict)
     by_state: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
+    by_backend: dict[str, dict[str, int]] = field(default_factory=dict)  # backend -> kind -> turns
     no_answer_states: list[Group] = field(default_factory=list)  # states of turns neither answered nor rejected
     gate_rejections: list[Group] = field(default_factory=list)  # reasons of rejected turns
     answer_chars: array[int] = field(default_factory=lambda: array("q"))  # per answered turn
@@ -73,7 +86,7 @@ def answer_stats(answers: AnswerIndex, *, top: int, examples: int) -> AnswerStat
     with up to ``examples`` example questions each."""
     stats = AnswerStats()
     facts: Counter[_Facts] = Counter()  # in order of first appearance: ties keep ledger order
-    by_text: dict[tuple[Any, Any, Any], _Facts] = {}
+    by_text: dict[tuple[Any, ...], _Facts] = {}
     states: dict[str, list[str]] = {}
     reasons: dict[str, list[str]] = {}
     chars, seconds_of = stats.answer_chars, stats.rag_seconds
@@ -85,15 +98,15 @@ def answer_stats(answers: AnswerIndex, *, top: int, examples: int) -> AnswerStat
             seconds_of.append(float(seconds))
         if not latest:
             continue
-        # A row's facts follow from these three values alone: worked out once per combination.
-        key = (row.get("kind"), row.get("state"), row.get("reason"))
+        # A row's facts follow from these values alone: worked out once per combination.
+        key = (row.get("kind"), row.get("state"), row.get("reason"), row.get("backend"), row.get("server"))
         try:
             f = by_text.get(key)
         except TypeError:  # an unhashable value in a damaged row
             f = None
         if f is None:
             f = _facts(row)
-            if all(type(v) is str for v in key):
+            if all(type(v) is str or v is None for v in key):
                 by_text[key] = f
         facts[f] += 1
         if f.kind == "answered":
@@ -106,11 +119,16 @@ def answer_stats(answers: AnswerIndex, *, top: int, examples: int) -> AnswerStat
     by_kind: Counter[str] = Counter()
     by_state: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
+    by_backend: dict[str, Counter[str]] = {}
     for f, n in facts.items():
         by_kind[f.kind] += n
         by_state[f.state] += n
         if f.reason:
             by_reason[f.reason] += n
+        if f.backend:
+            by_backend.setdefault(f.backend, Counter())[f.kind] += n
+    stats.by_backend = {b: {k: c[k] for k in sorted(c, key=lambda k: (-c[k], k))}
+                        for b, c in sorted(by_backend.items())}
     stats.by_kind = dict(by_kind.most_common())
     stats.by_state = dict(by_state.most_common())
     stats.by_reason = dict(by_reason.most_common())

@@ -1,4 +1,5 @@
-"""Dataset: XTuner conversation records built from the ledgers.
+"""Dataset: XTuner conversation records built from the ledgers, and the
+side file saying where each record's first question came from.
 
 The rows it reads are defined in :mod:`pipeline.store.schema`; a turn's
 outcome is its latest answer row (a retry appends a new one), and only turns
@@ -10,11 +11,19 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from pipeline.jsonl import write_jsonl_atomic
+from pipeline.jsonl import atomic_writer, dumps_line, write_jsonl_atomic
+from pipeline.store.schema import is_from_passage
 
-__all__ = ["conversation_record", "conversations_from", "write_dataset"]
+__all__ = [
+    "conversation_record",
+    "conversations_with_sources",
+    "provenance_path",
+    "write_dataset",
+    "write_dataset_with_sources",
+]
 
 # The latest row of a conversation's turn, or None when it has none.
 RowOf = Callable[[str, int], Mapping[str, Any] | None]
@@ -37,13 +46,13 @@ def conversation_record(system_prompt: str, turns: Sequence[tuple[str, str]]) ->
     return {"conversation": conversation}
 
 
-def conversations_from(
+def conversations_with_sources(
     question_rows: Iterable[Mapping[str, Any]],
     row_of: RowOf,
     system_prompt: str,
     min_turns: int,
     max_turns: int | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Conversation records from the ledgers, in question-ledger order
     (``seq``, then file order). Each conversation takes turns 1..k while
     every one of them is answered (a vetoed, failed or missing turn ends it),
@@ -51,11 +60,16 @@ def conversations_from(
 
     ``question_rows``: the first-turn question rows; ``row_of``: a turn's
     latest answer row (:meth:`pipeline.store.answers.AnswerIndex.answered_row`,
-    which answers None for a turn not answered, sparing the read)."""
-    for qid in _first_questions_in_order(question_rows):
+    which answers None for a turn not answered, sparing the read).
+
+    Each record comes with where its first question came from:
+    ``{"conv": id, "source": "aspect", "aspect": ...}`` or
+    ``{"conv": id, "source": "corpus", "passage": ..., "file": ..., "span": [start, end]}``."""
+    sources: list[dict[str, Any]] = []
+    for qid, source in _first_questions_in_order(question_rows, sources):
         pairs = _answered_turns(row_of, qid, max_turns)
         if pairs and len(pairs) >= min_turns:
-            yield conversation_record(system_prompt, pairs)
+            yield conversation_record(system_prompt, pairs), {"conv": qid, **sources[source]}
 
 
 def _answered_turns(row_of: RowOf, conv: str, max_turns: int | None) -> list[tuple[str, str]]:
@@ -71,12 +85,27 @@ def _answered_turns(row_of: RowOf, conv: str, max_turns: int | None) -> list[tup
     return pairs
 
 
-def _first_questions_in_order(question_rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
-    """Distinct question ids in ``seq`` order, then file order."""
+def _source_of(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a first-turn question came from, as a hashable key (see
+    :func:`conversations_with_sources`)."""
+    if is_from_passage(row):
+        span = row.get("span")
+        return ("corpus", str(row["passage"]), str(row.get("file", "")),
+                tuple(span) if isinstance(span, list) else ())
+    return ("aspect", str(row.get("aspect", "")))
+
+
+def _first_questions_in_order(
+    question_rows: Iterable[Mapping[str, Any]], sources: list[dict[str, Any]]
+) -> Iterator[tuple[str, int]]:
+    """Distinct question ids in ``seq`` order, then file order, each with the
+    index of its source in ``sources`` (filled here, each source once)."""
     # Held compactly, as this runs at the end of a run on top of what the run
     # left: a 16-hex id as one int in an array (8 bytes; a (seq, n, str)
-    # tuple cost ~200), other ids by position, seqs in a second array.
-    ids, seqs = array("Q"), array("q")
+    # tuple cost ~200), other ids by position, seqs in a second array, the
+    # source as an index (a passage's few questions, an aspect's many share one).
+    ids, seqs, where = array("Q"), array("q"), array("I")
+    source_index: dict[tuple[Any, ...], int] = {}
     odd_ids: dict[int, str] = {}
     seen: set[int | str] = set()
     for n, row in enumerate(question_rows):
@@ -94,17 +123,47 @@ def _first_questions_in_order(question_rows: Iterable[Mapping[str, Any]]) -> Ite
             key = 0
         ids.append(key)
         seqs.append(seq)
-    del seen
+        source = _source_of(row)
+        index = source_index.get(source)
+        if index is None:
+            index = source_index[source] = len(sources)
+            sources.append({"source": "aspect", "aspect": source[1]} if source[0] == "aspect" else
+                           {"source": "corpus", "passage": source[1], "file": source[2],
+                            "span": list(source[3])})
+        where.append(index)
+    del seen, source_index
     count = len(ids)
     # The ledger is written in seq order, so the sort is usually skipped; when
     # it is not, the stable sort keeps file order among equal seqs.
     in_order = all(seqs[i] <= seqs[i + 1] for i in range(count - 1))
     positions: Iterable[int] = range(count) if in_order else sorted(range(count), key=seqs.__getitem__)
     for i in positions:
-        yield odd_ids.get(i) or format(ids[i], "016x")
+        yield odd_ids.get(i) or format(ids[i], "016x"), where[i]
 
 
 def write_dataset(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> int:
     """Write the dataset atomically (a reader never sees half a file);
     return how many records."""
     return write_jsonl_atomic(path, records)
+
+
+def provenance_path(dataset: str | os.PathLike[str]) -> Path:
+    """The side file of ``dataset``: ``conversations.jsonl`` -> ``conversations.provenance.jsonl``."""
+    p = Path(dataset)
+    return p.with_name(f"{p.stem}.provenance.jsonl")
+
+
+def write_dataset_with_sources(
+    path: str | os.PathLike[str], pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]
+) -> int:
+    """Write the dataset (XTuner records only) and, beside it
+    (:func:`provenance_path`), where each record came from: line ``n`` of
+    the side file is ``{"line": n, "conv": ..., "source": ...}`` for line
+    ``n`` of the dataset. Both atomically; return how many records."""
+    count = 0
+    with atomic_writer(path) as data, atomic_writer(provenance_path(path)) as side:
+        for record, source in pairs:
+            count += 1
+            data.write(dumps_line(record))
+            side.write(dumps_line({"line": count, **source}))
+    return count

@@ -5,6 +5,9 @@ ledgers, so a dry run on a half-done folder plans the resume) and counts:
 
 - question calls: per aspect, the questions still wanted over ``batch_size``,
   rounded up (a lower bound: duplicates and rejects cost more rounds);
+- passage calls: one per selected passage of the corpus not asked yet
+  (``[questions] source`` "corpus" or "both"), each writing up to
+  ``per_passage`` questions (counted at that most);
 - follow-up calls: one per turn after the first, for the conversations still
   to write (expected turns ``(min_turns + max_turns) / 2``, the mean of the
   uniform draw in :func:`pipeline.store.resume.target_turns`) and for the turns left
@@ -22,10 +25,11 @@ ledgers, so a dry run on a half-done folder plans the resume) and counts:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.services.llm import estimate_prompt_tokens
-from pipeline.qa.questions import followup_messages, question_messages
+from pipeline.qa.questions import followup_messages, passage_messages, question_messages
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, RunState
 
@@ -42,8 +46,9 @@ ASSUMED_ANSWER_CHARS = 300
 class Plan:
     """What a run still has to do, and its estimated price and duration."""
 
-    questions_left: int
+    questions_left: int  # aspect questions, plus corpus questions at per_passage a passage
     question_calls: int
+    passage_calls: int
     new_conversations: int
     pending_conversations: int
     expected_turns: float  # per new conversation
@@ -62,7 +67,7 @@ class Plan:
 
     @property
     def llm_calls(self) -> int:
-        return self.question_calls + self.followup_calls + self.answer_calls
+        return self.question_calls + self.passage_calls + self.followup_calls + self.answer_calls
 
     @property
     def minutes(self) -> float:
@@ -74,10 +79,13 @@ class Plan:
         a = self.assumptions
         return [
             f"questions to write: {self.questions_left} "
-            f"({self.question_calls} LLM calls of up to {a['batch_size']} questions)",
+            f"({self.question_calls} LLM calls of up to {a['batch_size']} questions"
+            + (f", {self.passage_calls} passages of the corpus at up to {a['per_passage']} each"
+               if self.passage_calls else "") + ")",
             f"conversations: {self.new_conversations} new (about {self.expected_turns:g} turns each), "
             f"{self.pending_conversations} pending from earlier runs",
             f"LLM requests: {self.llm_calls} ({self.question_calls} question batches, "
+            + (f"{self.passage_calls} passages, " if self.passage_calls else "") +
             f"{self.followup_calls} follow-ups" + (f", {self.answer_calls} local answers" if self.answer_calls else "")
             + ")",
             f"RAG requests: {self.rag_requests} ({a['backend']})",
@@ -115,8 +123,15 @@ def plan_run(
     llm_latency_s: float = ASSUMED_LLM_LATENCY_S,
     rag_latency_s: float = ASSUMED_RAG_LATENCY_S,
     answer_chars: int = ASSUMED_ANSWER_CHARS,
+    backend: str | None = None,
+    passages: Sequence[str] = (),
 ) -> Plan:
-    """Count the calls, tokens, cost and time of running ``settings`` from ``state``."""
+    """Count the calls, tokens, cost and time of running ``settings`` from ``state``.
+    ``backend``: the answer backend the run would use ("huixiangdou" or
+    "local", as :func:`pipeline.services.backend.choose_backend` decides);
+    None takes ``[rag] backend``, counting "auto" as HuixiangDou.
+    ``passages``: the ids of the selected passages of the corpus
+    (:func:`pipeline.qa.passages.plan_passages`), those asked already left out."""
     qs, cs, llm, hx = settings.questions, settings.conversations, settings.llm, settings.huixiangdou
     q_chars = (qs.min_chars + qs.max_chars) // 2
     typical_q = "问" * q_chars if qs.language == "zh" else ("word " * max(1, q_chars // 5)).strip()
@@ -142,6 +157,15 @@ def plan_run(
             have += n
             left -= n
 
+    passage_calls = sum(1 for pid in passages if pid not in state.passages_asked)
+    if passage_calls:
+        # A passage fills its prompt up to passage_size characters.
+        typical_passage = ("资" if qs.language == "zh" else "w") * qs.passage_size
+        prompt += passage_calls * estimate_prompt_tokens(
+            passage_messages(qs, typical_passage, "file.txt", qs.per_passage))
+        completion += passage_calls * min(llm.max_tokens, qs.per_passage * per_question_tokens + 4)
+        questions_left += passage_calls * qs.per_passage
+
     expected_turns = (cs.min_turns + cs.max_turns) / 2
     new_turns = questions_left * expected_turns
     pending_turns = sum(p.target - p.next_turn + 1 for p in state.pending)
@@ -155,7 +179,7 @@ def plan_run(
     prompt += followup_calls * fu_prompt
     completion += followup_calls * min(llm.max_tokens, per_question_tokens + 4)
 
-    backend = settings.rag.backend
+    backend = backend or settings.rag.backend
     answer_calls = rag_requests if backend == "local" else 0
     if answer_calls:
         # Imported here: the local backend pulls in jieba and bm25s.
@@ -167,7 +191,7 @@ def plan_run(
         prompt += answer_calls * estimate_prompt_tokens(messages)
         completion += answer_calls * min(llm.max_tokens, _text_tokens(typical_a))
 
-    calls = question_calls + followup_calls + answer_calls
+    calls = question_calls + passage_calls + followup_calls + answer_calls
     completion_max = calls * llm.max_tokens
     price_in, price_out = llm.price_input_per_m / 1e6, llm.price_output_per_m / 1e6
     cost = prompt * price_in + completion * price_out
@@ -187,6 +211,7 @@ def plan_run(
     return Plan(
         questions_left=questions_left,
         question_calls=question_calls,
+        passage_calls=passage_calls,
         new_conversations=questions_left,
         pending_conversations=len(state.pending),
         expected_turns=expected_turns,
@@ -203,6 +228,7 @@ def plan_run(
         llm_bound=llm_bound,
         assumptions={
             "batch_size": qs.batch_size,
+            "per_passage": qs.per_passage,
             "backend": "local index + LLM" if backend == "local" else (
                 "HuixiangDou" if backend == "huixiangdou" else "auto: counted as HuixiangDou"),
             "max_tokens": llm.max_tokens,

@@ -11,7 +11,7 @@ OpenAI fine-tuning takes and what can be streamed and checked line by line):
 ``sharegpt``  LLaMA-Factory: ``conversations`` of ``{"from": "human"|"gpt",
               "value"}`` plus ``system``
 ``openai``    ``{"messages": [{"role": "system"|"user"|"assistant", "content"}]}``:
-              OpenAI fine-tuning, and LLaMA-Factory (``formatting: "openai"``, 0.9.4+)
+              OpenAI fine-tuning, and LLaMA-Factory (registered with OpenAI's tags)
 
 and, from pretraining records (``{"conversation": [{"input": "", "output": text}]}``):
 
@@ -227,7 +227,11 @@ _SHAREGPT_TAGS = {
     "assistant_tag": "gpt",
 }
 # LLaMA-Factory's defaults are sharegpt's (conversations/from/value/human/gpt),
-# so an "openai" entry must name the OpenAI keys itself.
+# so the entry names the OpenAI keys itself. Its formatting is "sharegpt", not
+# "openai": LLaMA-Factory 0.9.5's "openai" converter appends "\ndetailed
+# thinking off" to every system prompt (seen through its loader), which would
+# train the model on a system prompt nobody deploys; "sharegpt" with these tags
+# reads the same file, system message included, unchanged.
 _OPENAI_COLUMNS = {"messages": "messages"}
 _OPENAI_TAGS = {
     "role_tag": "role",
@@ -253,7 +257,7 @@ def dataset_info_entry(fmt: Format, file_name: str) -> dict[str, Any]:
     if fmt == "openai":
         return {
             "file_name": file_name,
-            "formatting": "openai",
+            "formatting": "sharegpt",
             "columns": dict(_OPENAI_COLUMNS),
             "tags": dict(_OPENAI_TAGS),
         }

@@ -93,6 +93,11 @@ class RateWindow:
         while len(self._points) > 2 and self._points[1][0] <= t - self.window_s:
             self._points.popleft()
 
+    def skip(self, seconds: float) -> None:
+        """Leave ``seconds`` just passed out of every rate, as if they had not
+        been (a pause whose standstill says nothing of the pace to come)."""
+        self._points = deque((t + seconds, v) for t, v in self._points)
+
     def per_minute(self, name: str) -> float:
         if len(self._points) < 2:
             return 0.0
@@ -218,12 +223,16 @@ class Progress:
         self._answers = RateWindow(ETA_WINDOW_S)
         self._last_line: float | None = None
         self._started = 0.0
+        # While every RAG server is down: since when, and the ETA before it.
+        self._paused: float | None = None
+        self._eta: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, graph: Graph) -> None:
         """Start following ``graph`` (``run_qa``'s ``on_graph``)."""
         self._graph = graph
-        self._remaining = plan_run(self.settings, graph.state).rag_requests
+        self._remaining = plan_run(self.settings, graph.state,
+                                   passages=[p.id for p in graph.passages]).rag_requests
         now = self._clock()
         self._last_line = self._started = now
         # A first point at the start, so the first rates count from here.
@@ -239,9 +248,20 @@ class Progress:
         now = self._clock()
         sample = take_sample(self._graph, now, self._started, self._remaining)
         self._rates.add(now, {"calls": sample.llm_calls, "tokens": sample.tokens})
-        self._answers.add(now, {"answers": sample.answers})
         rpm, tpm = self._rates.per_minute("calls"), self._rates.per_minute("tokens")
-        eta = eta_seconds(sample.remaining, self._answers.per_minute("answers"))
+        down_since = getattr(self._graph, "servers_down_since", None)
+        if down_since is not None:
+            # Every server is down: no answer comes, and the pace after it is
+            # the pace before it, so the ETA holds still instead of climbing.
+            if self._paused is None:
+                self._paused = min(now, down_since)
+            eta = self._eta
+        else:
+            if self._paused is not None:
+                self._answers.skip(now - self._paused)
+                self._paused = None
+            self._answers.add(now, {"answers": sample.answers})
+            eta = self._eta = eta_seconds(sample.remaining, self._answers.per_minute("answers"))
         if self._live is not None:
             self._live.update(render(sample, rpm, tpm, self.limits, eta), refresh=True)
         if self._last_line is not None and now - self._last_line >= self.interval:

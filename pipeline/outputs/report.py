@@ -24,6 +24,8 @@ from typing import Any
 
 from pipeline.jsonl import atomic_writer
 from pipeline.outputs.answer_stats import answer_stats
+from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_coverage
+from pipeline.outputs.identity import identity_report, identity_section
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState
 from pipeline.store.schema import ANSWER_KINDS, is_followup
@@ -155,13 +157,15 @@ def build_report(
             "exhausted": aspect in state.exhausted,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
+    sources = SourceTally()
     for q in ledgers.questions():
         if is_followup(q):
             continue
+        first = answers.turn(str(q.get("id")), 1)
+        sources.add(q, first[0] if first is not None else None)
         aspect = str(q.get("aspect", ""))
         if aspect not in per_aspect:
             continue
-        first = answers.turn(str(q.get("id")), 1)
         kind = first[0] if first is not None else "unasked"
         per_aspect[aspect]["first_turn"][kind] = per_aspect[aspect]["first_turn"].get(kind, 0) + 1
 
@@ -169,8 +173,14 @@ def build_report(
     report: dict[str, Any] = {
         "generated": iso_time(now if now is not None else _dt.datetime.now().timestamp()),
         "out_dir": str(settings.out_dir),
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects)},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "corpus": state.corpus_questions},
         "aspects": per_aspect,
+        "sources": sources.sources(),
+        "coverage": sources.coverage(ledgers.events),
+        "off_passage": (off_passage_answers(settings.data_dir, sources.answered,
+                                            lambda conv: answers.answered_row(conv, 1))
+                        if qs.check_passage_terms and sources.answered else None),
         "conversations": {
             "finished": state.finished,
             "pending": len(state.pending),
@@ -178,6 +188,7 @@ def build_report(
             "in_dataset": conversations,
         },
         "outcomes": {k: summary.by_kind.get(k, 0) for k in ANSWER_KINDS},
+        "backends": summary.by_backend,
         "answer_rows": summary.rows,
         "no_answer_states": [
             {"state": g.value, "kind": g.kind, "count": g.count, "examples": g.examples}
@@ -190,6 +201,7 @@ def build_report(
         "answer_chars": _lengths(summary.answer_chars),
         "latency": {"rag_all_runs": _latency(summary.rag_seconds)},
         "usage": usage_totals(state.usage),
+        "identity": identity_report(settings),
         "run": None,
     }
     if run is not None:
@@ -272,9 +284,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
 
     c = report["conversations"]
+    lines += render_coverage(report)
     lines += ["## Answers (all runs, latest attempt of each turn)", ""]
     lines.append(", ".join(f"{k} {v}" for k, v in report["outcomes"].items()))
     lines.append("")
+    backends = report.get("backends") or {}
+    if backends:
+        lines += ["By the backend that made them (HuixiangDou: grounded by the RAG server with its "
+                  "own vetoes; local: BM25 passages + one LLM call, no vetoes):", ""]
+        lines += _table(["backend", *ANSWER_KINDS],
+                        [[b, *(counts.get(k, 0) for k in ANSWER_KINDS)] for b, counts in backends.items()])
+        lines.append("")
     in_ds = "unknown" if c["in_dataset"] is None else c["in_dataset"]
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
@@ -321,6 +341,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               "",
               f"RAG latency over all recorded attempts: p50 {_fmt_s(rag['p50_s'])}, "
               f"p95 {_fmt_s(rag['p95_s'])} ({rag['n']} attempts).", ""]
+    if report.get("identity"):
+        lines += identity_section(report["identity"])
     return "\n".join(lines)
 
 

@@ -106,6 +106,7 @@ def build_status(
         "conversations": {"finished": state.finished, "pending": len(state.pending),
                           "turns_left": turns_left, "gave_up": state.gave_up},
         "by_kind": summary.by_kind,
+        "by_backend": summary.by_backend,
         "by_state": summary.by_state,
         "rejections": summary.by_reason,
         "dropped": dropped_all_runs(ledgers.events),
@@ -154,7 +155,9 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
                  f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
-    lines.append("answers by HuixiangDou's last state:")
+    for backend, counts in status.get("by_backend", {}).items():
+        lines.append(f"  by {backend}: {_counts(counts)}")
+    lines.append("answers by the backend's last state:")
     if status["by_state"]:
         lines += [f"  {n:>6}  {state or '(none)'}" for state, n in status["by_state"].items()]
     else:

@@ -12,18 +12,21 @@ End of input is a sentinel per worker, put once every producer has finished.
 A stop (quota, signal, fatal error) is two-phase: producers stop asking, workers
 finish what is in flight and drop what is queued (it is in the ledger and is
 picked up by the next run); whatever is still busy after ``grace_s`` is cancelled.
+From the moment a stop begins no LLM request leaves (:meth:`LLMClient.halt`);
+a call that is not made raises :class:`Stopped`, which ends the producer or the
+conversation that made it without recording anything: a stop is never a failed
+turn. A cancellation is caught only to clean up, and goes on up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +38,8 @@ from pipeline.errors import (
     RetryableError,
     ServersDown,
     ServiceError,
+    Stopped,
+    UnusableReply,
 )
 from pipeline.store.ledger import LedgerWriter
 from pipeline.services.llm import LLMClient
@@ -108,11 +113,14 @@ class Graph:
         earlier_questions: Callable[[], Iterable[list[str]]],
         on_progress: Callable[[RunStats], None] | None = None,
         passages: Sequence[Passage] = (),
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         """``earlier_questions`` yields the texts ``state`` counts as accepted,
         a chunk at a time (it runs in a worker thread). ``passages``: the
         selected passages of the corpus to write questions from (those in
-        ``state.passages_asked`` are not asked again)."""
+        ``state.passages_asked`` are not asked again). ``clock`` and ``sleep``
+        time the waits (servers down, quota, the grace of a stop); seams for tests."""
         self.settings = settings
         self.state = state
         self.llm = llm
@@ -121,6 +129,8 @@ class Graph:
         self.n_workers = workers
         self._earlier_questions = earlier_questions
         self.on_progress = on_progress
+        self._clock = clock
+        self._sleep = sleep
         self.stats = RunStats()
         self.passages = [p for p in passages if p.id not in state.passages_asked]
         self.stats.passages = [len(passages) - len(self.passages), len(passages)]
@@ -136,7 +146,9 @@ class Graph:
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup  # the run's, set by run()
         self._down_since: float | None = None  # when every RAG server was first seen down
+        self._down_logged: float | None = None  # when that was last logged
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -152,6 +164,7 @@ class Graph:
             self.stop_detail = detail
             log.warning("stopping (%s)%s", reason, f": {detail}" if detail else "")
             self._stopping.set()
+            self.llm.halt()
 
     async def run(self) -> StopReason:
         """Run until every aspect has its questions and every question its answer,
@@ -163,6 +176,7 @@ class Graph:
             self.stats.accepted[aspect] = min(have, qs.per_aspect)
 
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             # Seeding the near-duplicate index with a large resume takes tens of
             # seconds; answers of pending conversations need none of it, so it
             # runs in a thread while they start. Only producers wait for it.
@@ -174,6 +188,8 @@ class Graph:
             await asyncio.gather(*work, feeder, return_exceptions=True)
             progress.cancel()
             self._seeded.cancel()  # a stop before any producer needed it
+            if self._quota_wait is not None:
+                self._quota_wait.cancel()  # a probe still out when the grace ran out
         return self.stop_reason
 
     async def _seed_dedup(self) -> None:
@@ -209,7 +225,12 @@ class Graph:
             await asyncio.wait({waiter, done_all}, return_when=asyncio.FIRST_COMPLETED)
             if done_all.done():
                 return
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.run.grace_s)
+            grace = asyncio.ensure_future(self._sleep(self.settings.run.grace_s))
+            try:
+                await asyncio.wait({grace, done_all}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                grace.cancel()
+            pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
@@ -220,11 +241,15 @@ class Graph:
 
     async def _progress(self) -> None:
         interval = self.settings.run.progress_interval_s
+        last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
             if self.on_progress is not None:
                 self.on_progress(self.stats)
-            await self.writer.record("events", {"event": "usage", "usage": self.llm.usage.snapshot()})
+            usage = self.llm.usage.snapshot()
+            if usage != last:  # a row per change, not per tick
+                last = usage
+                await self.writer.record("events", {"event": "usage", "usage": usage})
 
     # ---- producing questions -------------------------------------------------------
 
@@ -259,10 +284,12 @@ class Graph:
         while have < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
             need = qs.per_aspect - have
             messages = question_messages(qs, aspect, min(qs.batch_size, need), list(sample))
-            text = await self._llm_text(messages, purpose="questions")
-            if text is None:
-                if self.stopping:
-                    return
+            try:
+                text = await self._llm_text(messages)
+            except Stopped:
+                return
+            except (RetryableError, UnusableReply) as exc:
+                log.warning("question call for aspect %r failed: %s", aspect, exc)
                 stale += 1
                 continue
             self.stats.question_calls += 1
@@ -321,8 +348,12 @@ class Graph:
         leaves it unrecorded, for the next run."""
         qs = self.settings.questions
         messages = passage_messages(qs, passage.text, passage.file, qs.per_passage)
-        text = await self._llm_text(messages, purpose="passage questions")
-        if text is None:
+        try:
+            text = await self._llm_text(messages)
+        except Stopped:
+            return
+        except (RetryableError, UnusableReply) as exc:
+            log.warning("passage %s of %s: %s; asked again next run", passage.id, passage.file, exc)
             return
         self.stats.question_calls += 1
         items = parse_question_list(text)
@@ -390,43 +421,68 @@ class Graph:
     # ---- answering -----------------------------------------------------------------
 
     async def _answer_worker(self, _index: int) -> None:
-        while True:
-            job = await self._queue.get()
-            if job is _DONE:
-                return
-            while not self.stopping:  # when stopping, it is in the ledger: the next run asks it
-                try:
-                    await self._converse(job.plan)
-                    break
-                except QuotaExhausted as exc:
-                    if not await self._on_quota(exc):
-                        break
-                except ServersDown as exc:
-                    if not await self._on_servers_down(exc):
-                        break
-                except FatalServiceError as exc:
-                    self.request_stop("fatal", str(exc))
+        while (job := await self._queue.get()) is not _DONE:
+            try:
+                await self._serve(job.plan)
+            except Stopped:
+                pass  # the conversation is in the ledger: the next run goes on with it
 
-    async def _on_servers_down(self, exc: ServersDown) -> bool:
-        """Every RAG server is resting: wait out one rest and try again, unless
-        they have been down for ``down_timeout_s`` in all. True: try again."""
+    async def _serve(self, plan: ConvPlan) -> None:
+        """Converse, waiting out exhausted quota and servers down when the
+        settings say so; raises :class:`Stopped` when the run stops first."""
+        while True:
+            self._raise_if_stopping()
+            try:
+                await self._converse(plan)
+                return
+            except QuotaExhausted as exc:
+                await self._on_quota(exc)
+            except ServersDown as exc:
+                await self._on_servers_down(exc)
+            except FatalServiceError as exc:
+                self.request_stop("fatal", str(exc))
+                raise Stopped(str(exc)) from exc
+
+    def _raise_if_stopping(self) -> None:
+        if self.stopping:
+            raise Stopped(f"the run is stopping ({self.stop_reason})")
+
+    @property
+    def servers_down_since(self) -> float | None:
+        """When every RAG server was first seen down (on the run's clock), or
+        None while one answers."""
+        return self._down_since
+
+    async def _on_servers_down(self, exc: ServersDown) -> None:
+        """Every RAG server is resting: wait until the backend says one may be
+        tried (``exc.retry_in``, else a rest), unless they have been down for
+        ``down_timeout_s`` in all. Returns when the caller may try again;
+        raises :class:`Stopped` otherwise."""
         hx = self.settings.huixiangdou
-        now = time.monotonic()
+        now = self._clock()
         if self._down_since is None:
             self._down_since = now
         if now - self._down_since >= hx.down_timeout_s:
             self.request_stop("servers_down", str(exc))
-            return False
-        log.warning("%s; trying again in %.0f s", exc, hx.rest_s)
-        await self._sleep_unless_stopping(max(hx.rest_s, 0.01))
-        return not self.stopping
+        else:
+            wait = exc.retry_in if exc.retry_in is not None else hx.rest_s
+            wait = min(wait, self._down_since + hx.down_timeout_s - now)
+            if self._down_logged is None or now - self._down_logged >= 60.0:
+                # Once a minute, not once per worker and check.
+                self._down_logged = now
+                log.warning("%s Waiting for one to answer (checked every %.0f s; the run stops after "
+                            "%.0f s of this, resumable)", exc, hx.recheck_s, hx.down_timeout_s)
+            await self._sleep_unless_stopping(max(wait, 0.01))
+        self._raise_if_stopping()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
+        slept = asyncio.ensure_future(self._sleep(seconds))
         try:
-            await asyncio.wait({stop}, timeout=seconds)
+            await asyncio.wait({stop, slept}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            slept.cancel()
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
@@ -439,7 +495,7 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
-            self._down_since = None
+            self._down_since = self._down_logged = None
             if row["kind"] != "answered":
                 return
             plan.history.append((question, row["answer"]))
@@ -447,11 +503,19 @@ class Graph:
             plan.next_question = None
 
     async def _write_followup(self, plan: ConvPlan, topic: str) -> str | None:
+        """The next turn's question, recorded; None when the model's reply gave
+        none (the turn is recorded as failed). Raises :class:`Stopped`."""
         last_q, last_a = plan.history[-1]
         messages = followup_messages(self.settings.conversations, topic, last_q, last_a)
-        text = await self._llm_text(messages, purpose="followup")
+        try:
+            text = await self._llm_text(messages)
+        except (RetryableError, UnusableReply) as exc:
+            self.stats.followup_calls += 1
+            state = f"LLM error: {exc}" if isinstance(exc, RetryableError) else "no follow-up question"
+            await self._record_answer(plan, "", Outcome(kind="failed", state=state))
+            return None
         self.stats.followup_calls += 1
-        followup = parse_followup(text) if text else ""
+        followup = parse_followup(text)
         if not followup or screen_question(followup, self.settings.questions) is not None:
             await self._record_answer(plan, followup or "", Outcome(kind="failed", state="no follow-up question"))
             return None
@@ -495,46 +559,46 @@ class Graph:
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
+            backend=self.answerer.backend,
         )
         await self.writer.record("answers", row)
         return row
 
     # ---- the LLM, with the run's reaction to its errors ----------------------------------
 
-    async def _llm_text(self, messages: list[dict[str, str]], *, purpose: str) -> str | None:
-        """One LLM call; None when it failed in a way that costs only this call."""
-        while not self.stopping:
+    async def _llm_text(self, messages: list[dict[str, str]]) -> str:
+        """The text of one LLM reply, waiting out exhausted quota when the
+        settings say so. Raises :class:`RetryableError` (failed after its
+        retries) or :class:`UnusableReply` (nothing usable in the reply) when
+        the call failed, which costs only its item, and :class:`Stopped` when
+        the run stops before or during the call."""
+        while True:
+            self._raise_if_stopping()
             try:
-                done = await self.llm.chat(messages)
-                return done.text
+                return (await self.llm.chat(messages)).text
             except QuotaExhausted as exc:
-                if not await self._on_quota(exc):
-                    return None
+                await self._on_quota(exc)
             except FatalServiceError as exc:
                 self.request_stop("fatal", str(exc))
-                return None
-            except RetryableError as exc:
-                log.warning("%s call failed after retries: %s", purpose, exc)
-                return None
-            except ServiceError as exc:  # pragma: no cover - every subclass is handled above
-                log.warning("%s call failed: %s", purpose, exc)
-                return None
-        return None
+                raise Stopped(str(exc)) from exc
 
-    async def _on_quota(self, exc: QuotaExhausted) -> bool:
-        """React to exhausted quota. Return True when the caller may try again."""
-        run = self.settings.run
-        if run.on_quota == "stop":
+    async def _on_quota(self, exc: QuotaExhausted) -> None:
+        """Exhausted quota: stop, or (``on_quota = "wait"``) wait with every
+        other caller for the one probe that finds it back. Returns when the
+        caller may try again; raises :class:`Stopped` otherwise."""
+        if self.settings.run.on_quota == "stop":
             self.request_stop("quota", str(exc))
-            return False
-        if self._quota_wait is None or self._quota_wait.done():
-            self._quota_wait = asyncio.ensure_future(self._wait_for_quota(exc))
-        # Every caller that hit the wall waits for the one probe, not its own.
-        with contextlib.suppress(asyncio.CancelledError):
+        else:
+            if self._quota_wait is None or self._quota_wait.done():
+                self._quota_wait = self._tg.create_task(self._wait_for_quota(exc))
+            # Shielded: a caller cancelled (the grace ran out) must not end the
+            # probe the others wait for; its cancellation goes on up.
             await asyncio.shield(self._quota_wait)
-        return not self.stopping
+        self._raise_if_stopping()
 
-    async def _wait_for_quota(self, exc: QuotaExhausted) -> None:
+    async def _wait_for_quota(self, exc: ServiceError) -> None:
+        """Sleep ``quota_wait_s``, probe with a one-token chat; again until the
+        quota is back or the run stops. Raises nothing but cancellation."""
         run = self.settings.run
         while not self.stopping:
             log.warning("quota exhausted (%s); waiting %.0f s before probing", exc, run.quota_wait_s)
@@ -545,8 +609,12 @@ class Graph:
                 await self.llm.probe(chat=True)
                 log.info("quota is back; going on")
                 return
-            except QuotaExhausted as again:
+            except (QuotaExhausted, RetryableError) as again:
                 exc = again
+            except FatalServiceError as fatal:
+                self.request_stop("fatal", str(fatal))
+            except Stopped:
+                return
 
 
 def _target(settings: Settings, conv: str) -> int:

@@ -14,18 +14,18 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.dataset import conversations_from, write_dataset
+from pipeline.outputs.dataset import conversations_with_sources, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
 from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
-from pipeline.services.huixiangdou import HuixiangdouPool
 from pipeline.store.answers import READ_BLOCK, AnswerIndex
-from pipeline.store.layout import first_turn_texts, question_block
+from pipeline.store.layout import first_turn_texts, has_string_field, question_block
 from pipeline.store.ledger import LedgerWriter, RunLock, gc_paused, iter_blocks, read_ledger, repair_tail
 from pipeline.store.schema import is_followup
 from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
@@ -51,6 +51,9 @@ EXIT_CODES: dict[str, int] = {
 }
 
 DATASET_NAME = "conversations.jsonl"
+
+# Bytes at the end of an old answer ledger read to tell which backend made it.
+_TAIL_BYTES = 64 * 1024
 
 # Read block of the question ledger when the near-duplicate index is seeded
 # from it: ~7,000 questions, one worker-thread call of Deduper.seed each.
@@ -164,8 +167,27 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
             return write_conversations(settings, opened)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if not is_followup(r))
-    records = conversations_from(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
-    return write_dataset(settings.out_dir / DATASET_NAME, records)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
+
+
+def earlier_backend(state: RunState, answers: Path) -> Backend | None:
+    """The backend that made the answers already recorded: the last run's
+    (its ``run_start`` event says), or, for ledgers older than that field,
+    what the newest answer rows' ``server`` says ("local", else a HuixiangDou
+    URL). None when no answer is recorded."""
+    try:
+        size = answers.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    if state.last_backend in BACKENDS:
+        return state.last_backend  # type: ignore[return-value]
+    with answers.open("rb") as f:
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    return "local" if has_string_field(tail, "server", "local") else "huixiangdou"
 
 
 def plan_corpus(settings: Settings) -> PassagePlan | None:
@@ -185,38 +207,33 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
     return plan
 
 
-def make_answerer(settings: Settings, llm: LLMClient) -> tuple[Answerer, int]:
-    """The answer backend of ``[rag] backend`` and how many answer workers it can keep busy."""
-    hx = settings.huixiangdou
-    if settings.rag.backend != "huixiangdou":
-        # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
-        from pipeline.services.local_rag import AutoAnswerer, LocalAnswerer, answer_slots
-
-        if settings.rag.backend == "local":
-            return LocalAnswerer(settings, llm), answer_slots(settings)
-        return AutoAnswerer(settings, llm), AutoAnswerer.slots(settings)
-    return HuixiangdouPool(hx), len(hx.urls) * hx.concurrency_per_server
-
-
 async def run_qa(
     settings: Settings,
     *,
     on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
-    ``on_graph`` receives the graph once built (for a display, or a test's stop)."""
+    ``on_graph`` receives the graph once built (for a display, or a test's stop);
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
         state = load_state(settings, repair=True)
         passages = await asyncio.to_thread(plan_corpus, settings)
-        async with LLMClient(settings.llm) as llm:
-            answerer, workers = make_answerer(settings, llm)
+        async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
+            # Fail before anything is paid for when a service is misconfigured.
+            await llm.probe()
+            earlier = earlier_backend(state, ledger_paths(settings.state_dir)["answers"])
+            answerer, choice, workers = await open_answerer(settings, llm, earlier=earlier,
+                                                            clock=clock, sleep=sleep)
+            log.info("%s", choice.line())
             try:
                 return await _run_graph(
                     settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
-                    passages,
+                    passages, clock, sleep,
                 )
             finally:
                 await answerer.aclose()
@@ -232,9 +249,9 @@ async def _run_graph(
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[Any]],
 ) -> QAResult:
-    # Fail before anything is paid for when a service is misconfigured.
-    await llm.probe()
     described = await answerer.probe()
     log.info("%s", described)
 
@@ -244,13 +261,15 @@ async def _run_graph(
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
     graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else ())
+                  earlier_questions=earlier, passages=passages.passages if passages else (),
+                  clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
-                                   "questions_before": state.total_questions()})
+                                   "questions_before": state.total_questions(),
+                                   "backend": answerer.backend})
     if passages is not None:
         await writer.record("events", passages.event())
     main = asyncio.current_task()

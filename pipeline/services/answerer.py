@@ -34,6 +34,9 @@ class Outcome:
 class Answerer(Protocol):
     """The seam between the QA graph and an answer backend (HuixiangDou or local)."""
 
+    # Which backend this is ("huixiangdou" or "local"): every answer row records it.
+    backend: str
+
     async def probe(self) -> str:
         """Check readiness; return a short description of what will answer.
         Raise :class:`pipeline.errors.ServersDown` when nothing can."""

@@ -6,13 +6,18 @@ project's exception tree:
 
     500/502/503/504, refused or dropped connection -> retried with backoff,
         preferably on another server; then ``Outcome(kind="failed")``
+    200 showing the LLM behind the server failed (``hxd_protocol.llm_outage``,
+        or an LLM-judged rejection faster than ``instant_rejection_s``) ->
+        the same as a 500: never a skipped or vetoed outcome
     timeout                 -> counted against the server, not retried (the
         server keeps working on the abandoned request, so a retry only queues
         behind it); ``Outcome(kind="failed", state="timeout ...")``
     422, other 4xx          -> FatalServiceError (our request is wrong)
     plain text on the stream endpoint -> FatalServiceError (server runs
         chat_with_repo; use endpoint = "inference" or restart the server)
-    every server resting    -> ServersDown naming the URLs
+    every server resting    -> ServersDown naming the URLs (or, when they all
+        answer but their LLM does not, saying what to check in its config.ini),
+        with ``retry_in``: when the next resting server will be checked
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ from aiolimiter import AsyncLimiter
 
 from pipeline.errors import FatalServiceError, ServersDown
 from pipeline.services.answerer import Kind, Outcome
-from pipeline.services.hxd_protocol import START_COMMAND, StreamDecoder, StreamFormatError, parse_inference_body
+from pipeline.services.hxd_protocol import (
+    LLM_JUDGED,
+    START_COMMAND,
+    StreamDecoder,
+    StreamFormatError,
+    llm_outage,
+    parse_inference_body,
+)
 from pipeline.settings import HuixiangdouSettings
 
 __all__ = ["HuixiangdouPool"]
@@ -49,14 +61,19 @@ class _Server:
     consecutive_failures: int = 0
     resting_until: float = 0.0
     last_error: str = ""
+    llm_down: bool = False  # the last failure was the LLM behind it, not the server
+    next_check: float = 0.0  # while resting: when one question may go to it as a check
+    checking: bool = False  # that question is in flight
 
 
 class _Retry(Exception):
-    """One attempt failed in a way worth retrying elsewhere."""
+    """One attempt failed in a way worth retrying elsewhere; ``llm_down``: the
+    server answered, but the LLM behind it did not."""
 
-    def __init__(self, state: str) -> None:
+    def __init__(self, state: str, *, llm_down: bool = False) -> None:
         super().__init__(state)
         self.state = state
+        self.llm_down = llm_down
 
 
 class _Timeout(Exception):
@@ -74,6 +91,14 @@ _CONNECT_S = 10.0
 # _openapi's answer when the GET timed out: the server is busy, not absent.
 _BUSY = "busy"
 
+# The state of an attempt the LLM behind the server failed.
+LLM_DOWN = "HuixiangDou's own LLM is not answering"
+_LLM_ADVICE = (
+    "Check the [llm] section of HuixiangDou's config.ini (remote_type, remote_llm_model, "
+    "remote_api_key: is the key valid, is its quota or balance left?) and that the LLM service "
+    "it names is up. The questions were not recorded: they are asked once it answers."
+)
+
 
 class HuixiangdouPool:
     """Answer questions with one or more HuixiangDou servers (an ``Answerer``).
@@ -81,14 +106,18 @@ class HuixiangdouPool:
     Each server takes at most ``concurrency_per_server`` requests at once; a
     request takes the least-loaded healthy server, waiting on a condition
     (never polling) when all are busy. A server failing
-    ``failures_before_rest`` times in a row rests ``rest_s`` seconds; when
-    every server rests, :meth:`ask` raises :class:`ServersDown`. A rested
-    server comes back at the next slot hand-out after its rest ends.
+    ``failures_before_rest`` times in a row rests up to ``rest_s`` seconds;
+    every ``recheck_s`` of its rest one question goes to it as a check, and
+    the first one answered ends the rest at once. When every server rests
+    and none is due a check, :meth:`ask` raises :class:`ServersDown` with
+    ``retry_in``, the seconds until the next check.
 
     An injected ``session`` is used as given (its connector limit is the
     caller's business) and not closed by :meth:`aclose`. ``clock``, ``sleep``
     and ``rng`` are seams for tests: rests, backoff and jitter without waiting.
     """
+
+    backend = "huixiangdou"
 
     def __init__(
         self,
@@ -160,6 +189,7 @@ class HuixiangdouPool:
         async with self._cond:
             for s, reason in down:
                 s.resting_until = now + self._settings.rest_s
+                s.next_check = now + min(self._settings.recheck_s, self._settings.rest_s)
                 s.last_error = reason
         total = len(self._servers)
         if not up:
@@ -236,23 +266,28 @@ class HuixiangdouPool:
     def _all_resting(self, now: float) -> bool:
         return all(s.resting_until > now for s in self._servers)
 
-    def _down_message(self, now: float) -> str:
+    def _down(self, now: float) -> ServersDown:
+        """Every server rests: say why and when the next one is checked."""
         parts = []
         for s in self._servers:
             left = max(0.0, s.resting_until - now)
             parts.append(f"{s.url} (resting {left:.0f}s more; last error: {s.last_error or 'none'})")
-        return (
-            "every HuixiangDou server is down or resting: " + "; ".join(parts)
-            + f". Is HuixiangDou running? Start it with `{START_COMMAND}`."
-        )
+        listing = "; ".join(parts)
+        if all(s.llm_down for s in self._servers):
+            message = (f"every HuixiangDou server answers, but the LLM behind it does not: {listing}. "
+                       f"{_LLM_ADVICE}")
+        else:
+            message = (f"every HuixiangDou server is down or resting: {listing}. Is HuixiangDou "
+                       f"running? Start it with `{START_COMMAND}`.")
+        checks = [max(0.0, s.next_check - now) for s in self._servers if not s.checking]
+        retry_in = min(checks) if checks else self._settings.recheck_s
+        return ServersDown(message, service="huixiangdou", retry_in=retry_in)
 
     async def _acquire(self, avoid: set[str]) -> _Server:
         cap = self._settings.concurrency_per_server
         async with self._cond:
             while True:
                 now = self._clock()
-                if self._all_resting(now):
-                    raise ServersDown(self._down_message(now), service="huixiangdou")
                 free = [
                     (s.url in avoid, s.in_flight, i, s)
                     for i, s in enumerate(self._servers)
@@ -262,25 +297,45 @@ class HuixiangdouPool:
                     server = min(free, key=lambda t: t[:3])[3]
                     server.in_flight += 1
                     return server
+                for server in self._servers:
+                    if (server.resting_until > now and not server.checking and server.next_check <= now
+                            and server.in_flight < cap and server.url not in avoid):
+                        # A resting server is due a check: this question is it.
+                        server.checking = True
+                        server.in_flight += 1
+                        return server
+                if self._all_resting(now):
+                    raise self._down(now)
                 await self._cond.wait()
 
-    async def _release(self, server: _Server, error: str | None) -> None:
+    async def _release(self, server: _Server, error: str | None, *, llm_down: bool = False) -> None:
         async with self._cond:
             server.in_flight -= 1
+            checked, server.checking = server.checking, False
+            now = self._clock()
             if error is None:
                 server.done += 1
                 server.consecutive_failures = 0
+                server.llm_down = False
+                if server.resting_until > now:
+                    server.resting_until = 0.0
+                    log.warning("HuixiangDou server %s answers again; its rest is over", server.url)
             else:
                 server.failures += 1
                 server.consecutive_failures += 1
                 server.last_error = error
-                if server.consecutive_failures >= self._settings.failures_before_rest:
+                server.llm_down = llm_down
+                if checked:
+                    server.next_check = now + self._settings.recheck_s
+                elif server.consecutive_failures >= self._settings.failures_before_rest:
                     server.consecutive_failures = 0
-                    server.resting_until = self._clock() + self._settings.rest_s
+                    server.resting_until = now + self._settings.rest_s
+                    server.next_check = now + min(self._settings.recheck_s, self._settings.rest_s)
                     log.warning(
-                        "HuixiangDou server %s failed %d times in a row (%s); resting it %.0fs",
+                        "HuixiangDou server %s failed %d times in a row (%s); resting it up to %.0fs, "
+                        "sending it one question every %.0fs to see it back",
                         server.url, self._settings.failures_before_rest, error,
-                        self._settings.rest_s,
+                        self._settings.rest_s, self._settings.recheck_s,
                     )
             # Everyone re-checks: a slot freed, or every server may now be resting.
             self._cond.notify_all()
@@ -305,12 +360,14 @@ class HuixiangdouPool:
             url = server.url
             attempts += 1
             error: str | None = None
+            llm_down = False
             try:
                 if self._limiter is not None:
                     await self._limiter.acquire()
                 kind, answer, refs, state = await self._call(server.url, question)
             except _Retry as e:
                 error = state = e.state
+                llm_down = e.llm_down
             except _Timeout as e:
                 await self._release(server, e.state)
                 return Outcome(
@@ -321,9 +378,10 @@ class HuixiangdouPool:
                 # Fatal errors and cancellation: give the slot back, count nothing.
                 async with self._cond:
                     server.in_flight -= 1
+                    server.checking = False
                     self._cond.notify_all()
                 raise
-            await self._release(server, error)
+            await self._release(server, error, llm_down=llm_down)
             if error is None:
                 return Outcome(
                     kind=kind, answer=answer, refs=refs, state=state, server=url,
@@ -334,17 +392,40 @@ class HuixiangdouPool:
                 now = self._clock()
                 if self._all_resting(now):
                     # No point sleeping first: nothing can take the retry.
-                    raise ServersDown(self._down_message(now), service="huixiangdou")
+                    raise self._down(now)
                 delay = s.backoff_base_s * (2 ** attempt) * (0.5 + self._rng.random())
                 log.debug("HuixiangDou %s: %s; retry %d in %.1fs", url, error, attempt + 1, delay)
                 await self._sleep(delay)
+        now = self._clock()
+        if self._all_resting(now):
+            # Its last attempt put the last server to rest: the question is not
+            # to blame, so it waits with the others instead of being written off.
+            raise self._down(now)
         return Outcome(
             kind="failed", state=state, server=url, attempts=attempts,
-            seconds=self._clock() - started,
+            seconds=now - started,
         )
 
     async def _call(self, url: str, question: str) -> tuple[Kind, str, tuple[str, ...], str]:
-        """One HTTP request: translate every aiohttp failure in this one place."""
+        """One HTTP request: translate every aiohttp failure in this one place,
+        and an answer showing the LLM behind the server failed into a retry."""
+        # The server's own time, not the injected clock: it judges the server.
+        sent = time.monotonic()
+        body = await self._request(url, question)
+        took = time.monotonic() - sent
+        if isinstance(body, _NotJson):
+            return "failed", "", (), str(body)
+        outage = llm_outage(body)
+        kind, answer, refs, state = parse_inference_body(body)
+        limit = self._settings.instant_rejection_s
+        if outage is None and kind == "skipped" and state in LLM_JUDGED and took < limit:
+            outage = f"'{state}' in {took * 1000:.0f} ms, faster than its LLM can judge"
+        if outage is not None:
+            raise _Retry(f"{LLM_DOWN} ({outage})", llm_down=True)
+        return kind, answer, refs, state
+
+    async def _request(self, url: str, question: str) -> Any:
+        """The decoded body of one request (a stream's last document)."""
         try:
             async with self._http().post(
                 url + self._path, json={"text": question, "image": ""}
@@ -375,14 +456,11 @@ class HuixiangdouPool:
         except aiohttp.ClientError as e:
             raise _Retry(_describe_client_error(e)) from e
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except ValueError:
-            return "failed", "", (), f"response is not JSON: {raw[:60]!r}"
-        return parse_inference_body(body)
+            return _NotJson(f"response is not JSON: {raw[:60]!r}")
 
-    async def _read_stream(
-        self, url: str, resp: aiohttp.ClientResponse
-    ) -> tuple[Kind, str, tuple[str, ...], str]:
+    async def _read_stream(self, url: str, resp: aiohttp.ClientResponse) -> Any:
         decoder = StreamDecoder()
         last: Any = None
         try:
@@ -401,8 +479,8 @@ class HuixiangdouPool:
                 service="huixiangdou",
             ) from e
         if last is None:
-            return "failed", "", (), "empty stream"
-        return parse_inference_body(last)
+            return _NotJson("empty stream")
+        return last
 
     # ------------------------------------------------------------------ stats
 
@@ -436,6 +514,10 @@ async def _accepts_connection(url: str, timeout: float) -> str | None:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return None
+
+
+class _NotJson(str):
+    """A body that is no answer at all: the state saying so."""
 
 
 def _describe_client_error(e: aiohttp.ClientError) -> str:

@@ -27,7 +27,9 @@ __all__ = [
     "STATE_KINDS",
     "StreamDecoder",
     "StreamFormatError",
+    "LLM_JUDGED",
     "classify",
+    "llm_outage",
     "parse_inference_body",
     "split_references",
 ]
@@ -60,6 +62,14 @@ STATE_KINDS: dict[str, Kind] = {
     "SourceGraph not result, please check token or input query": "failed",
     "LLM not response query with sg search": "failed",
 }
+
+# Rejections only a call to the server's own LLM can make: a real one takes
+# that call's time (0.4-1 s), so one back in milliseconds means the call failed.
+NOT_A_QUESTION = "query is not a question"
+LLM_JUDGED = frozenset({
+    NOT_A_QUESTION,
+    "The question does not have a topic. It might be a meaningless sentence.",
+})
 
 _REFS_HEADER = "**References:**"
 
@@ -104,6 +114,37 @@ def classify(steps: Sequence[Any]) -> Outcome:
     if state == INIT_STATE:
         return Outcome(kind="skipped", refs=refs, state=IRRELEVANT_MATERIAL)
     return Outcome(kind=STATE_KINDS.get(state, "failed"), refs=refs, state=state)
+
+
+def llm_outage(body: Any) -> str | None:
+    """How a chat_in_group body shows that the LLM behind the server failed,
+    or None when it does not.
+
+    The 2024 server answers 200 when its own LLM is down or out of quota:
+    2024-09 releases reject the question as ``query is not a question`` (one
+    step) with an empty ``relation`` in ``debug.PreprocNode_is_question``,
+    where a real judgement has the model's text; 2024-10 releases give a
+    ``success`` step with an empty response (then veto it). Neither says
+    anything about the question, and the same question is answered once the
+    LLM is back.
+    """
+    if not isinstance(body, dict):
+        return None
+    steps = body.get("step")
+    if not isinstance(steps, list) or not steps:
+        return None
+    for step in steps:
+        if isinstance(step, dict) and step.get("state") == SUCCESS:
+            response = step.get("response")
+            if not (isinstance(response, str) and response.strip()):
+                return "an empty 'success' step"
+    last = steps[-1]
+    if len(steps) == 1 and isinstance(last, dict) and last.get("state") == NOT_A_QUESTION:
+        debug = body.get("debug")
+        entry = debug.get("PreprocNode_is_question") if isinstance(debug, dict) else None
+        if isinstance(entry, dict) and entry.get("relation") == "":
+            return "'query is not a question' with no judgement in debug.PreprocNode_is_question"
+    return None
 
 
 def split_references(text: str) -> tuple[tuple[str, ...], str]:

@@ -53,6 +53,7 @@ from pipeline.errors import (
     QuotaExhausted,
     RetryableError,
     ServiceError,
+    Stopped,
     UnusableReply,
 )
 from pipeline.services.replies import ADVICE, answer_proper, refusal_of, unusable_kind
@@ -462,6 +463,7 @@ class LLMClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._halted = False
         self._openai = openai.AsyncOpenAI(
             api_key=settings.api_key.reveal(),
             base_url=settings.base_url,
@@ -489,6 +491,18 @@ class LLMClient:
         """Close the connection pool."""
         await self._openai.close()
 
+    def halt(self) -> None:
+        """Send no more requests, from now on: a call still waiting for its turn
+        (a concurrency slot, the rate limits, a retry's backoff) raises
+        :class:`Stopped` at the moment it would have been sent. Requests
+        already sent finish."""
+        self._halted = True
+
+    def _may_send(self) -> None:
+        """Called after every wait, right before a request leaves."""
+        if self._halted:
+            raise Stopped(f"LLM API at {self.settings.base_url}: request not sent, the run is stopping")
+
     async def chat(
         self,
         messages: list[dict[str, str]],
@@ -504,7 +518,8 @@ class LLMClient:
         Raises :class:`RetryableError` when retries run out,
         :class:`QuotaExhausted` at once, :class:`FatalServiceError` at once,
         :class:`UnusableReply` (:class:`ContentRefused` among them) when a
-        second try of this prompt is unusable too.
+        second try of this prompt is unusable too, :class:`Stopped` once
+        :meth:`halt` was called.
         """
         s = self.settings
         temperature = s.temperature if temperature is None else temperature
@@ -566,6 +581,7 @@ class LLMClient:
         s = self.settings
         async with self._slots:
             own = await self.budget.acquire(estimate)
+            self._may_send()
             try:
                 response = await self._openai.chat.completions.create(
                     model=s.model,
@@ -625,6 +641,7 @@ class LLMClient:
         try:
             async with self._slots:
                 await self.budget.acquire(1)
+                self._may_send()
                 page = await self._openai.models.list()
             offered = [m.id for m in page.data]
         except openai.NotFoundError:
@@ -641,6 +658,7 @@ class LLMClient:
         try:
             async with self._slots:
                 await self.budget.acquire(estimate_prompt_tokens([{"content": "ping"}]) + 1)
+                self._may_send()
                 await self._openai.chat.completions.create(
                     model=s.model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
                 )

@@ -45,8 +45,8 @@ Outcomes (HuixiangDou's conventions):
     otherwise                         -> answered, "success", refs = the passages' files
     QuotaExhausted, FatalServiceError -> raised: the graph stops or waits
 
-:class:`AutoAnswerer` serves ``[rag] backend = "auto"``: HuixiangDou when a
-server answers its readiness probe, else the local index.
+``[rag] backend = "auto"`` chooses between this and HuixiangDou:
+:mod:`pipeline.services.backend`.
 """
 
 from __future__ import annotations
@@ -70,11 +70,10 @@ import bm25s
 import numpy as np
 
 from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
-from pipeline.errors import ContentRefused, InputError, RetryableError, ServersDown, UnusableReply
-from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.errors import ContentRefused, InputError, RetryableError, UnusableReply
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
-from pipeline.services.answerer import Answerer, Outcome
+from pipeline.services.answerer import Outcome
 from pipeline.settings import SEED_SEPARATORS, RagSettings, Settings
 
 with warnings.catch_warnings():
@@ -88,13 +87,11 @@ with warnings.catch_warnings():
 __all__ = [
     "INDEX_DIR",
     "NOT_IN_MATERIAL",
-    "AutoAnswerer",
     "IndexInfo",
     "LocalAnswerer",
     "LocalIndex",
     "Passage",
     "answer_messages",
-    "answer_slots",
     "build_index",
     "corpus_fingerprint",
     "is_not_in_material",
@@ -485,13 +482,10 @@ def load_or_build_index(settings: Settings) -> tuple[LocalIndex, IndexInfo]:
 # --------------------------------------------------------------------------- answerers
 
 
-def answer_slots(settings: Settings) -> int:
-    """How many answer workers keep the local backend busy: one per LLM call in flight."""
-    return settings.llm.concurrency
-
-
 class LocalAnswerer:
     """Answer questions from ``data_dir`` with BM25 passages and the LLM (an ``Answerer``)."""
+
+    backend = "local"
 
     def __init__(self, settings: Settings, llm: LLMClient) -> None:
         self._settings = settings
@@ -553,54 +547,3 @@ class LocalAnswerer:
 
     async def aclose(self) -> None:
         """Nothing to release: the LLM client belongs to the caller."""
-
-
-class AutoAnswerer:
-    """``[rag] backend = "auto"``: HuixiangDou when a server answers the
-    readiness probe, else the local index. The choice is made once, in
-    :meth:`probe`, and logged."""
-
-    def __init__(
-        self, settings: Settings, llm: LLMClient, *, hxd: Answerer | None = None
-    ) -> None:
-        """``hxd`` is a seam for tests; by default a :class:`HuixiangdouPool`."""
-        self._settings = settings
-        self._llm = llm
-        self._hxd: Answerer = hxd if hxd is not None else HuixiangdouPool(settings.huixiangdou)
-        self._local: LocalAnswerer | None = None
-        self.chosen: Answerer | None = None
-
-    @staticmethod
-    def slots(settings: Settings) -> int:
-        """Answer workers for either choice: extra ones wait on the chosen backend's own limit."""
-        hx = settings.huixiangdou
-        return max(len(hx.urls) * hx.concurrency_per_server, answer_slots(settings))
-
-    async def probe(self) -> str:
-        """Probe HuixiangDou; on :class:`ServersDown` fall back to the local index."""
-        try:
-            described = await self._hxd.probe()
-        except ServersDown as exc:
-            log.info("rag backend auto: no HuixiangDou server ready (%s); using the local index",
-                     exc)
-            self._local = LocalAnswerer(self._settings, self._llm)
-            described = await self._local.probe()
-            self.chosen = self._local
-            return f"rag backend auto -> local: {described}"
-        log.info("rag backend auto: HuixiangDou answered the probe; using it")
-        self.chosen = self._hxd
-        return f"rag backend auto -> HuixiangDou: {described}"
-
-    async def ask(self, question: str) -> Outcome:
-        """Ask the backend :meth:`probe` chose."""
-        if self.chosen is None:
-            await self.probe()
-        assert self.chosen is not None
-        return await self.chosen.ask(question)
-
-    async def aclose(self) -> None:
-        """Close both backends (the HuixiangDou pool's session, if it made one)."""
-        await self._hxd.aclose()
-        if self._local is not None:
-            await self._local.aclose()
-

@@ -50,6 +50,7 @@ __all__ = [
     "QuestionBlock",
     "answer_block",
     "first_turn_texts",
+    "has_string_field",
     "json_string",
     "question_block",
     "turn_key",
@@ -125,6 +126,13 @@ def answer_block(block: bytes, end: int) -> tuple[tuple[bytes, ...], list[int], 
     if sum(lengths) != end:
         return None
     return keys, lengths, kinds
+
+
+def has_string_field(data: bytes, name: str, value: str) -> bool:
+    """Whether some row in ``data`` (raw ledger bytes, such as a file's last
+    few KiB) has the string field ``name`` equal to ``value``, without parsing
+    the rows (a match inside a longer string counts: a quick guess, not a read)."""
+    return b'"' + name.encode() + b'":' + orjson.dumps(value) in data
 
 
 # ---------------------------------------------------------------- question ledger

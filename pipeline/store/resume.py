@@ -96,6 +96,8 @@ class RunState:
     next_seq: int
     last_run: dict[str, Any] | None  # the last run_start/run_end pair, merged
     usage: dict[str, float]  # token and cost totals over all runs
+    # The answer backend of the last run that recorded one ("huixiangdou", "local"), or None.
+    last_backend: str | None = None
     # Passages of the corpus the question writer was asked about (their
     # questions recorded, or a ``passage`` event): never asked again.
     passages_asked: set[str] = field(default_factory=set)
@@ -346,6 +348,9 @@ class StateBuilder:
             next_seq=self._next_seq,
             last_run=last_run,
             usage=usage,
+            last_backend=next((ev["backend"] for ev in reversed(events)
+                               if ev.get("event") == "run_start" and isinstance(ev.get("backend"), str)),
+                              None),
             passages_asked=self._passages | {
                 str(ev["passage"]) for ev in events if ev.get("event") == "passage" and "passage" in ev},
             corpus_questions=self._corpus_questions,

@@ -133,6 +133,8 @@ ANSWER_FIELDS: Final[tuple[Field, ...]] = (
     Field("server", "which backend server answered (a URL, or the local backend's name)"),
     Field("attempts", "how many requests this one attempt took (the backend's retries included)"),
     Field("seconds", "how long the attempt took, rounded to milliseconds"),
+    Field("backend", "the answer backend that made it: 'huixiangdou' or 'local' (rows written before "
+                     "the field: '', told apart by their server)", default=""),
 )
 
 
@@ -179,6 +181,7 @@ def answer_row(
     server: str,
     attempts: int,
     seconds: float,
+    backend: str = "",
 ) -> dict[str, Any]:
     """An answer-ledger row for one attempt at one turn (see :data:`ANSWER_FIELDS`).
     ``seconds`` is rounded to milliseconds; ``refs`` stored as a list."""

@@ -90,6 +90,9 @@ def hxd_settings() -> Callable[..., HuixiangdouSettings]:
         base = HuixiangdouSettings(
             urls=tuple(urls), timeout_s=30.0, max_retries=2, backoff_base_s=0.5,
             failures_before_rest=3, rest_s=60.0,
+            # The fake's rejections take its scaled times (under a millisecond by
+            # default), which would all read as instant: tests of that rule set it.
+            instant_rejection_s=0.0,
         )
         return dataclasses.replace(base, **overrides)
 

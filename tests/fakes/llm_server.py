@@ -119,6 +119,48 @@ _EN_TEMPLATES = (
 _ZH_FOLLOWUPS = ("能再具体讲讲{a}和{b}的细节吗？", "{a}与{b}的故事后来怎样了？", "为什么{a}要找{b}？")
 _EN_FOLLOWUPS = ("Can you say more about {a} and {b}?", "What happened next to {a} and {b}?")
 
+# Identity (self-cognition) prompts: pipeline/qa/identity.py's wording.
+_ID_ZH_ASK = re.compile(r"请写出(?P<n>\d+)条(?P<what>用户[^。\n]*)")
+_ID_EN_ASK = re.compile(r"Write (?P<n>\d+) different (?P<what>(?:questions a user asks|greetings)[^\n]*)")
+_ID_ZH_FACTS = re.compile(r"关于你自己：你的名字是(?P<name>[^；\n]+)；(?:你由(?P<author>[^；\n]+)开发；)?")
+_ID_EN_FACTS = re.compile(r"About yourself: your name is (?P<name>[^;\n]+); (?:you were made by (?P<author>[^;\n]+); )?")
+_ID_KIND_WORDS = (  # first match wins: "不能做" before "能做"
+    ("limits", ("不能做", "局限", "cannot do")),
+    ("maker", ("开发", "制作", "made it", "made you", "谁做")),
+    ("greeting", ("问候", "greetings", "你好", "hello", "hi,", "hi!")),
+    ("abilities", ("能做", "功能", "擅长", "can do", "can you do", "good at", "help")),
+    ("who", ("是谁", "名字", "who", "name", "yourself", "介绍")),
+)
+_ID_ZH_OPENERS = ("", "请问", "冒昧问一下，", "我想知道", "嘿，", "能不能告诉我，", "说说看，", "好奇问下，")
+_ID_EN_OPENERS = ("", "Quick question: ", "I'm curious, ", "Hey, ", "Excuse me, ", "Tell me, ",
+                  "Out of interest, ", "So ")
+_ID_ZH_CORES = {
+    "who": ("你是谁？", "你叫什么名字？", "你是什么助手？", "我该怎么称呼你？", "你能介绍一下你自己吗？"),
+    "abilities": ("你能做些什么？", "你有哪些功能？", "你最擅长回答什么问题？", "你能帮我什么忙？",
+                  "你都会些什么？"),
+    "maker": ("你是谁开发的？", "是哪个团队做出了你？", "你的开发者是谁？", "谁创造了你？",
+              "你背后是哪家机构？"),
+    "limits": ("你有什么做不到的事？", "你的局限是什么？", "有什么问题是你回答不了的？",
+               "你会不会出错？", "哪些事情我不该问你？"),
+    "greeting": ("你好呀！", "早上好，你是谁呀？", "嗨，初次见面！", "你好，能帮我个忙吗？", "哈喽，在吗？"),
+}
+_ID_EN_CORES = {
+    "who": ("who are you?", "what's your name?", "what kind of assistant are you?",
+            "what should I call you?", "can you introduce yourself?"),
+    "abilities": ("what can you do?", "what are your features?", "what are you best at?",
+                  "how can you help me?", "what questions can you answer?"),
+    "maker": ("who made you?", "which team built you?", "who is your developer?", "who created you?",
+              "what organisation is behind you?"),
+    "limits": ("what can't you do?", "what are your limits?", "which questions can't you answer?",
+               "do you ever make mistakes?", "what shouldn't I ask you?"),
+    "greeting": ("hello there!", "good morning, who's this?", "hi, nice to meet you!",
+                 "hey, can you help me out?", "hi, anyone here?"),
+}
+# What a model fine-tuned from another says when it forgets who it is.
+_ID_SLIPS = {"zh": "我是DeepSeek，由深度求索公司开发的AI助手，很高兴为你服务。",
+             "en": "I am ChatGPT, a large language model trained by OpenAI. How can I help?"}
+_ID_NOISE = {"zh": "你和ChatGPT有什么区别？", "en": "Are you better than Claude?"}
+
 _ZH_ASK = re.compile(r"「(?P<aspect>[^」]+)」提出\s*(?P<n>\d+)\s*个")
 _EN_ASK = re.compile(r"Write (?P<n>\d+) different questions about the (?P<aspect>.+?) of ")
 _FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
@@ -131,6 +173,14 @@ _RAG_MARKER = "NOT_IN_MATERIAL"
 _SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]?")
 _QUOTED_FRAGMENT = re.compile(r"「(?P<zh>[^」]+)」|\"(?P<en>[^\"]+)\"")
 _FRAGMENT_CHARS = 12  # characters of a sentence a passage question quotes
+
+
+def _identity_kind(text: str) -> str:
+    lowered = text.lower()
+    for kind, words in _ID_KIND_WORDS:
+        if any(w in lowered for w in words):
+            return kind
+    return "who"
 
 
 def _is_cjk(text: str) -> bool:
@@ -383,6 +433,9 @@ class FakeLLM:
         self.quota_style = quota_style
         self.shape = shape  # one of SHAPES, or "mixed" to cycle through them
         self.responder = responder
+        # Every n-th identity answer claims to be another model (0: never).
+        self.identity_slip_every = 4
+        self.identity_answers = 0
         self.think = think  # one of THINK_STYLES: every reply carries reasoning that way
         # Every refuse_every-th chat request (counted from 1) is refused in refusal_style.
         self.refuse_every = refuse_every
@@ -408,6 +461,7 @@ class FakeLLM:
         self._shape_cycle = itertools.cycle(SHAPES)
         self._stopping = asyncio.Event()
         self._in_flight_waiters: list[tuple[int, asyncio.Event]] = []
+        self._answered_waiters: list[tuple[Callable[[], bool], asyncio.Event]] = []
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -459,6 +513,14 @@ class FakeLLM:
         self._in_flight_waiters.append((n, event))
         await event.wait()
 
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checked as each request is answered."""
+        if condition():
+            return
+        event = asyncio.Event()
+        self._answered_waiters.append((condition, event))
+        await event.wait()
+
     # -- handlers ----------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -479,6 +541,9 @@ class FakeLLM:
             response = await self._chat_inner(request)
         finally:
             self.in_flight -= 1
+            for condition, event in self._answered_waiters:
+                if condition():
+                    event.set()
         return response
 
     async def _chat_inner(self, request: web.Request) -> web.StreamResponse:
@@ -635,6 +700,9 @@ class FakeLLM:
         text = "\n".join(str(m.get("content", "")) for m in messages)
         user = next((str(m.get("content", "")) for m in reversed(messages)
                      if m.get("role") == "user"), text)
+        identity = self._identity(messages, user)
+        if identity is not None:
+            return identity
         ask = _ZH_ASK.search(user) or _EN_ASK.search(user)
         if ask is not None:
             n = int(ask.group("n"))
@@ -659,6 +727,60 @@ class FakeLLM:
             a, b = words[k % _N], words[(k // _N + k + 1) % _N]
             return templates[k % len(templates)].format(a=a, b=b)
         return f"fake answer {next(self._counter)}: {user[:40]}"
+
+    def _identity(self, messages: Messages, user: str) -> str | None:
+        """Identity questions for an identity question-writer prompt, an answer
+        in the assistant's voice for an identity answer prompt, else None.
+        Like a real model: a question list repeats itself once and slips in a
+        question naming another model; every ``identity_slip_every``-th answer
+        claims to be another model."""
+        system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+        ask = _ID_ZH_ASK.search(user) or _ID_EN_ASK.search(user)
+        if ask is not None:
+            lang = "zh" if ask.re is _ID_ZH_ASK else "en"
+            kind = _identity_kind(ask.group("what"))
+            openers = _ID_ZH_OPENERS if lang == "zh" else _ID_EN_OPENERS
+            cores = (_ID_ZH_CORES if lang == "zh" else _ID_EN_CORES)[kind]
+            start = self._take(int(ask.group("n")))
+            qs = []
+            for k in range(start, start + int(ask.group("n"))):
+                core = cores[k % len(cores)]
+                opener = openers[(k // len(cores)) % len(openers)]
+                q = opener + core
+                qs.append(q[0].upper() + q[1:])
+            qs[-1:] = [qs[0], _ID_NOISE[lang]]  # a repeat and an off-limits one, as models do
+            shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
+            return format_questions(qs, shape)
+        facts = _ID_ZH_FACTS.search(system) or _ID_EN_FACTS.search(system)
+        if facts is None:
+            return None
+        lang = "zh" if facts.re is _ID_ZH_FACTS else "en"
+        self.identity_answers += 1
+        if self.identity_slip_every and self.identity_answers % self.identity_slip_every == 0:
+            return _ID_SLIPS[lang]
+        name, author = facts.group("name").strip(), (facts.group("author") or "").strip()
+        kind = _identity_kind(user)
+        if lang == "zh":
+            made = f"由{author}开发的" if author else ""
+            body = {
+                "who": f"你好！我是{name}，{made}AI助手，很高兴认识你。",
+                "abilities": f"我是{name}，我可以回答你在我专长领域里的各种问题，帮你了解背后的故事和知识。",
+                "maker": f"我是{name}，" + (f"由{author}开发。" if author else "一个AI助手。"),
+                "limits": f"我是{name}，我只擅长自己专长领域的问题，不能联网查询实时信息，也可能出错。",
+                "greeting": f"你好呀！我是{name}，有什么想了解的尽管问我吧。",
+            }[kind]
+        else:
+            made = f", made by {author}" if author else ""
+            body = {
+                "who": f"Hi! I'm {name}, an AI assistant{made}. Nice to meet you.",
+                "abilities": f"I'm {name}. I can answer your questions about my field and tell you "
+                             "the stories and background behind it.",
+                "maker": f"I'm {name}" + (f", and I was made by {author}." if author else ", an AI assistant."),
+                "limits": f"I'm {name}. I only know my own field well, I can't browse the web, "
+                          "and I can make mistakes.",
+                "greeting": f"Hello! I'm {name}. Ask me anything you'd like to know.",
+            }[kind]
+        return body
 
     def _take(self, n: int) -> int:
         start = next(self._counter)
