@@ -133,6 +133,7 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
         separators=SEED_SEPARATORS if seed else p.separators,
         patterns=p.patterns,
         seed_compatible=seed,
+        bad_bytes_limit=p.bad_bytes_limit,
     )
     print(summary.line())
     return EXIT_OK

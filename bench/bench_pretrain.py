@@ -10,8 +10,13 @@
 2. Peak RSS of ``python run.py pretrain`` on one generated file of
    ``--large-mb`` megabytes (target < 300 MB at 1024), next to the bare
    script's, which reads the file whole.
+3. The same for ``--one-line-mb`` megabytes that are one line with no
+   separator at all (no newline, no punctuation, no space): the splitter's
+   last resort, cutting by characters. Target: under 300 MB and about the
+   time per megabyte of the text with newlines (before: 200 MB took 91 s and
+   584 MB).
 
-    python bench/bench_pretrain.py [--corpus DIR] [--repeat 5] [--large-mb 64]
+    python bench/bench_pretrain.py [--corpus DIR] [--repeat 5] [--large-mb 64] [--one-line-mb 64]
 """
 
 from __future__ import annotations
@@ -153,17 +158,32 @@ def throughput(corpus: Path, work: Path, repeat: int) -> None:
         )
 
 
-def peak_rss(work: Path, megabytes: float) -> None:
-    big = work / "large" / "big.txt"
+def write_one_line(path: Path, megabytes: float, seed: int) -> None:
+    """Characters only: no newline, punctuation or space anywhere."""
+    rng = random.Random(seed)
+    target = int(megabytes * 1024 * 1024)
+    written = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        while written < target:
+            block = "".join(rng.choices(HAN, k=100_000))
+            fh.write(block)
+            written += len(block.encode("utf-8"))
+
+
+def peak_rss(work: Path, megabytes: float, *, one_line: bool = False) -> None:
+    name = "one-line" if one_line else "large"
+    big = work / name / "big.txt"
     big.parent.mkdir()
     t = time.perf_counter()
-    write_text(big, megabytes, seed=99)
+    (write_one_line if one_line else write_text)(big, megabytes, seed=99)
     size = big.stat().st_size
-    print(f"large file: {size / 2**20:.0f} MiB generated in {time.perf_counter() - t:.1f} s")
+    print(f"{name} file: {size / 2**20:.0f} MiB generated in {time.perf_counter() - t:.1f} s")
     ours_cmd, bare_cmd = commands(big, work, False, [big])
     seconds, rss = run_timed(ours_cmd)
     print(f"  ours  peak RSS {rss / 2**20:7.1f} MiB   {seconds:6.1f} s (target < 300 MiB at 1 GiB)")
-    if megabytes <= 256:  # the bare script holds the whole file and all chunks
+    # The bare script holds the whole file and all chunks; on one line with no
+    # separator LangChain's character split costs it about 36 MB a megabyte.
+    if megabytes <= (16 if one_line else 256):
         seconds, rss = run_timed(bare_cmd)
         print(f"  bare  peak RSS {rss / 2**20:7.1f} MiB   {seconds:6.1f} s")
 
@@ -173,6 +193,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="corpus folder (default: the seed corpus)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each command (best kept)")
     parser.add_argument("--large-mb", type=float, default=64, help="size of the large file")
+    parser.add_argument("--one-line-mb", type=float, default=64,
+                        help="size of the one-line file with no separator (0: skip)")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
@@ -183,6 +205,8 @@ def main() -> None:
                 corpus = SEED_CORPUS if SEED_CORPUS.is_dir() else generated_corpus(work / "gen")
             throughput(corpus, work, args.repeat)
         peak_rss(work, args.large_mb)
+        if args.one_line_mb:
+            peak_rss(work, args.one_line_mb, one_line=True)
 
 
 if __name__ == "__main__":

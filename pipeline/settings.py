@@ -49,14 +49,15 @@ SEED_SEPARATORS: tuple[str, ...] = (
 )
 
 # Chinese-aware order: paragraphs, lines, sentence ends, clause marks, spaces,
-# then characters. Sentence marks rank above the space so a stray space does
+# then characters (no zero width space: the reader removes it). Sentence
+# marks rank above the space so a stray space does
 # not cut a Chinese paragraph mid-sentence.
 CHINESE_SEPARATORS: tuple[str, ...] = (
     "\n\n", "\n",
     "。", "！", "？", "；", "…",
     "! ", "? ", "; ", ". ",
     "，", "、", "：", ", ", ": ",
-    " ", "\u200b", "",
+    " ", "",
 )
 
 
@@ -122,6 +123,9 @@ class PretrainSettings:
     )
     seed_compatible: bool = field(
         default=False, metadata=_meta("reproduce the reference script's chunks exactly")
+    )
+    bad_bytes_limit: int = field(
+        default=16, metadata=_meta("bad bytes a file may hold and still be read as text", ge=0)
     )
     output_name: str = field(
         default="incremental_pretraining.jsonl", metadata=_meta("file name under out_dir", check="file_name")
@@ -243,19 +247,88 @@ class ConversationSettings:
     max_turns: int = field(default=1, metadata=_meta("turns per conversation at most", ge=1))
     followup_prompt: str = field(default="", metadata=_meta("follow-up writer prompt; '' = preset"))
     min_answer_chars: int = field(default=10, metadata=_meta("shortest accepted answer", ge=0))
+    max_answer_chars: int = field(default=4000, metadata=_meta("longest accepted answer", ge=1))
     strip_prefixes: tuple[str, ...] = field(
         default=(
-            r"^根据(提供的|所提供的|已知|现有|给定的|参考)?(材料|资料|信息|内容|文档|知识库)[，,：:]?\s*",
-            r"^(Based on|According to) the (provided |given )?(materials?|information|documents?|context)[,:]?\s*",
+            r"^(根据|依据|按照|结合|基于)(您|你)?(所?提供的|已知的?|现有的?|给定的|上述的?|相关的?)?(参考)?的?"
+            r"(材料|资料|信息|内容|文档|知识库|上下文)(中的信息|中的内容|中的描述|中|里|所述|来看|可知)?[，,：:]?\s*",
+            r"^(?i:(Based on|According to|From) the (provided |given |above |reference )?"
+            r"(materials?|information|documents?|context|passages?|sources?|text))[,:]?\s*",
         ),
-        metadata=_meta("regular expressions of boilerplate lead-ins removed from answers", check="regexes"),
+        metadata=_meta("regular expressions of boilerplate lead-ins removed where a sentence starts",
+                       check="regexes"),
     )
     refusal_patterns: tuple[str, ...] = field(
         default=(
-            r"无法回答", r"不知道", r"没有(提供|提到|相关)", r"未(提及|提到)",
-            r"(?i)I don'?t know", r"(?i)cannot answer", r"(?i)not (mentioned|provided) in",
+            r"抱歉|对不起|很遗憾|遗憾的是",
+            r"无法(准确|直接|确切|具体|完整)?(地)?(回答|提供|确定|找到|得知|判断)",
+            r"不知道|不清楚",
+            r"(没有|未能?|并未|并没有)(找到|检索到|查到|获得)",
+            r"(材料|资料|文档|上下文|知识库)(中|里|内)?[，,]?\s*(也|还|并)?(没有|未|不)(包含|涉及|提及|提到|提供|说明|记载|给出|明确|具体|直接|详细)",
+            r"^(但|不过|然而)?[，,]?\s*(并)?(没有|未)(直接|明确|具体|详细)?(提及|提到|说明|记载|涉及)",
+            r"没有(关于|相关|有关)[^。！？]{0,30}(信息|资料|内容|记载)",
+            r"(信息|资料)(不足|有限|不够)",
+            r"(材料|资料|文档|上下文)(为空|是空的|缺失)",
+            r"(没有|未|并未|并没有)在?(您|你)?(所?提供的|给定的|参考)?的?(材料|资料|文档|文本|上下文)(中|里)(被)?"
+            r"(明确|直接|具体|详细)?地?(提及|提到|说明|记载|列出|描述|涉及|给出)",
+            r"(并未|并没有|没有|未)被?(直接|明确|具体|详细)地?(提及|提到|说明|记载|描述)",
+            r"(?i:\b(sorry|apologi[sz]e|unfortunately)\b)",
+            r"(?i:\bI (don'?t|do not|cannot|can'?t|am unable to|could not|couldn'?t) (know|answer|find|determine|provide|say))",
+            r"(?i:\b(not enough|insufficient|no( relevant| specific)?) information\b)",
+            r"(?i:\bnot (mentioned|provided|specified|stated|covered|given|addressed|discussed|included) in the "
+            r"(provided |given |above |reference )?(documents?|context|materials?|passages?|sources?|text|information))",
+            r"(?i:\b(documents?|context|materials?|passages?|sources?|text|information)\b[^.]{0,40}"
+            r"\b(do(es)? not|don'?t|doesn'?t|did not|never) (mention|specify|say|state|contain|include|provide|cover|address|discuss))",
         ),
-        metadata=_meta("regular expressions that mark an answer as a refusal", check="regexes"),
+        metadata=_meta("regular expressions of refusal sentences (apologies, gaps in the material)",
+                       check="regexes"),
+    )
+    refusal_share: float = field(
+        default=0.5,
+        metadata=_meta("share of an answer's characters in refusal sentences that makes it a refusal",
+                       gt=0, le=1),
+    )
+    material_talk: Literal["rewrite", "reject"] = field(
+        default="rewrite", metadata=_meta("'rewrite' (where safe, else reject) or 'reject'")
+    )
+    material_patterns: tuple[str, ...] = field(
+        default=(
+            r"(您|你|所)提供的(信息|内容)|提供的(参考)?(材料|资料|文档|上下文)|(给定|给出|上述|现有)的?(材料|资料|文档)",
+            r"参考(材料|资料|文档)",
+            r"(材料|资料|文档|上下文|知识库)(中|里|内|当中|所述|显示|表明|指出|提到|提及|描述|记载|说明|介绍|主要|并未|并没有|没有|未)",
+            r"(?i:\bthe (provided |given |above |reference |supplied )(documents?|context|materials?|passages?|excerpts?|sources?|texts?|information)\b)",
+            r"(?i:\b(in|from|according to) the (documents?|context|materials?|passages?|excerpts?)\b)",
+            r"(?i:\bthe (documents?|context|materials?|passages?)\b (says?|states?|mentions?|shows?|indicates?|notes?|do(es)? not|don'?t|doesn'?t)\b)",
+        ),
+        metadata=_meta("regular expressions of sentences that talk about 'the material'", check="regexes"),
+    )
+    material_rewrites: tuple[str, ...] = field(
+        default=(
+            # "材料中提到，X" / "此外，资料显示：“X”" -> "X" / "此外，“X”"
+            r"(^|(?<=[，,]))(在|从)?(您|你)?(所?提供的|给定的|参考)?的?(材料|资料|文档)(中|里)?[，,]?\s*(也|还)?有?"
+            r"(提到|显示|指出|表明|记载|说明|介绍|提及)(了)?([，,：:][ \t]*|(?=[“「『\"]))",
+            # "以下是根据提供的材料对X的概述" -> "以下是对X的概述"
+            r"(根据|依据|结合)(您|你)?((所?提供的|给定的|参考)的?(材料|资料|文档)"
+            r"(中的信息|中的内容|中的描述|中提供的信息|中提到的)?(?![中里])|(材料|资料|文档)"
+            r"(中的信息|中的内容|中的描述|中提供的信息|中提到的))[，,]?",
+            r"(根据|依据|按照|据)(知识库|资料|材料|文档|参考资料)的?(记载|显示|所述|介绍|描述)[，,]",
+            r"^(在|从)(您|你)?(所?提供的|给定的|参考)?的?(材料|资料|文档)(中|里)[，,]\s*",
+            r"^(?i:the (provided |given )?(documents?|context|materials?|passages?|text) "
+            r"(says?|states?|mentions?|notes?|shows?|indicates?|explains?) that)\s+",
+            r",? (?i:(as|like) (mentioned|stated|described|noted) in the (provided |given )?"
+            r"(documents?|context|materials?|passages?|text))(?=[,.])",
+        ),
+        metadata=_meta("regular expressions of material talk removed with material_talk = 'rewrite'",
+                       check="regexes"),
+    )
+    reference_headers: tuple[str, ...] = field(
+        default=(
+            # "参考资料：", "**References:**", "**来源**：", "## 参考文献"; not "References to the novel..."
+            r"^\s*(#{1,6}\s*)?(\*\*)?(参考资料|参考文献|参考来源|资料来源|引用来源|引用|出处|"
+            r"(?i:references?|sources?|citations?))\s*([:：]\s*(\*\*)?|\*\*\s*[:：]?|(?=\s*$))",
+        ),
+        metadata=_meta("regular expressions of a references header line; the list under it goes to refs",
+                       check="regexes"),
     )
 
 
@@ -536,6 +609,9 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(f"{src}: [identity] languages: expected at least one of 'zh', 'en'")
     if len(set(s.identity.languages)) != len(s.identity.languages):
         raise SettingsError(f"{src}: [identity] languages: each language once, got {list(s.identity.languages)}")
+    name = s.identity.output_name
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise SettingsError(f"{src}: [identity] output_name: expected a plain file name under out_dir, got {name!r}")
     missing = [p for p in ("{passages}", "{question}", "{marker}") if p not in s.rag.answer_prompt]
     if missing:
         raise SettingsError(

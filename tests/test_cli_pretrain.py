@@ -200,3 +200,14 @@ def test_settings_option_works_before_or_after_the_subcommand(tmp_path: Path, be
     args = build_parser().parse_args(argv)
     assert args.settings == str(settings)
     assert main(argv) == EXIT_USAGE  # the file was read: its bad value is reported
+
+
+def test_an_empty_corpus_exits_2_naming_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = write_settings(tmp_path, "")
+    empty = tmp_path / "empty_corpus"
+    empty.mkdir()
+    code = main(["--settings", str(settings), "pretrain", "--root-path", str(empty),
+                 "--save-path", str(tmp_path / "o.jsonl")])
+    assert code == EXIT_USAGE
+    assert f"error: {empty}: no files matching *.txt, *.md" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -222,8 +222,16 @@ def test_seed_compatible_file_chunks_equal_the_reference_on_the_same_text(tmp_pa
     path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     with open(path, encoding="utf-8-sig") as fh:
         same_text = fh.read()
-    got = list(iter_chunks(path, seed_splitter(1024, 50)))
+    # The stage keeps the zero width spaces in this mode (and counts them), as the reference did.
+    summary = run_pretrain(
+        path, tmp_path / "out.jsonl", chunk_size=1024, chunk_overlap=50,
+        separators=REFERENCE_SEPARATORS, patterns=["*.txt"], seed_compatible=True,
+    )
+    got = [json.loads(line)["conversation"][0]["output"]
+           for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert got == reference_splitter(1024, 50).split_text(same_text)
+    assert summary.cleaned == {"zero_width": 60}
+    assert "60 invisible/control characters kept (seed-compatible)" in summary.line()
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(0, 0), (10, 10), (10, 11), (10, -1)])
@@ -383,12 +391,21 @@ def test_detect_encoding_prefers_a_bom() -> None:
     assert detect_encoding("悟".encode()[:2]) == "utf-8"  # a cut character is not an error
 
 
-def test_probe_finds_a_bad_byte_past_the_first_block(tmp_path: Path) -> None:
+def test_probe_finds_bad_bytes_past_the_first_block(tmp_path: Path) -> None:
     path = tmp_path / "late.txt"
     good = ("悟空。" * 200_000).encode()  # ~1.8 MB, beyond one read
     path.write_bytes(good + b"\xff\xfe tail")
-    with pytest.raises(UndecodableFile, match=rf"late\.txt: not valid utf-8 at byte {len(good)}"):
-        probe(path)
+    info = probe(path)
+    assert (info.encoding, info.bad_bytes, info.bad_offsets) == ("utf-8", 2, (len(good), len(good) + 1))
+
+
+def test_a_file_with_too_many_bad_bytes_is_not_text_and_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "late.txt"
+    good = ("悟空。" * 200_000).encode()
+    path.write_bytes(good + b"\xff" * 17)
+    with pytest.raises(UndecodableFile, match=rf"late\.txt: not utf-8 text: more than 16 bad bytes "
+                                              rf"\(first at byte {len(good)}, {len(good) + 1}, "):
+        probe(path, bad_bytes_limit=16)
 
 
 def test_probe_reports_size_hash_and_encoding(tmp_path: Path) -> None:
@@ -448,7 +465,7 @@ def test_run_writes_records_and_a_manifest_that_traces_each_chunk(corpus: Path, 
     files = {f["path"]: f for f in manifest["files"]}
     assert list(files) == ["a.txt", "b_bom.txt", "sub/c_gb.txt", "sub/d.md"]
     assert files["sub/c_gb.txt"]["encoding"] == "gb18030"
-    assert manifest["skipped"] == [{"path": "sub/e_bin.txt", "reason": "binary or unknown encoding"}]
+    assert manifest["skipped"] == [{"path": "sub/e_bin.txt", "reason": "binary content (control characters)"}]
     assert manifest["settings"]["chunk_size"] == 60
     # Every chunk traces back to its file through the line ranges.
     texts = outputs(save)
@@ -459,7 +476,7 @@ def test_run_writes_records_and_a_manifest_that_traces_each_chunk(corpus: Path, 
             assert chunk in source
     assert sum(f["chunks"] for f in files.values()) == len(texts) == summary.chunks
     assert summary.files_read == 4
-    assert summary.files_skipped == [("sub/e_bin.txt", "binary or unknown encoding")]
+    assert summary.files_skipped == [("sub/e_bin.txt", "binary content (control characters)")]
 
 
 def test_the_bom_is_not_in_any_chunk_and_gb18030_text_is_read(corpus: Path, tmp_path: Path) -> None:
@@ -532,3 +549,107 @@ def test_a_file_as_root_and_an_output_inside_the_root(tmp_path: Path) -> None:
     assert s.files_read == 1
     manifest = json.loads(manifest_path(root / "pre.txt").read_text(encoding="utf-8"))
     assert [f["path"] for f in manifest["files"]] == ["book.txt"]
+
+
+# --------------------------------------------------------------------------- clean text, bad bytes, empty corpora
+
+
+def test_invisible_characters_leave_the_chunks_and_are_counted_in_summary_and_manifest(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    part = "天命人踏上西行之路。黄风岭上风沙漫天。\n"
+    # Two BOM files joined by `cat`, a zero width space, a soft hyphen, a bidi
+    # override, pdftotext page breaks and an ANSI colour; the no-break space stays.
+    raw = (b"\xef\xbb\xbf" + part.encode() + b"\xef\xbb\xbf"
+           + f"{part}\x0c{part}第\u200b三\u00ad回\u202e。\x1b[31m红\x1b[0m色\xa0空格。".encode())
+    (root).mkdir()
+    (root / "joined.txt").write_bytes(raw)
+    save = tmp_path / "pre.jsonl"
+    summary = pretrain(root, save, chunk_size=30, chunk_overlap=0)
+    text = "".join(outputs(save))
+    assert not re.search("[\ufeff\u200b\u00ad\u202e\x0c\x1b]", text)
+    assert "第三回。红色\xa0空格。" in text
+    expected = {"bom": 1, "zero_width": 1, "soft_hyphen": 1, "bidi": 1, "page_break": 1, "control": 2}
+    assert summary.cleaned == expected
+    assert "7 invisible/control characters normalised (control 2, " in summary.line()
+    manifest = json.loads(manifest_path(save).read_text(encoding="utf-8"))
+    assert manifest["totals"]["cleaned"] == expected
+    assert manifest["files"][0]["cleaned"] == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "count", "offsets"),
+    [
+        # A single NUL in 5,000 characters: a control character, cleaned away.
+        ("悟空。" * 800 + "\x00" + "大圣。" * 866, 0, []),
+        # A stray 0xFF in UTF-8 text.
+        ("天命人出发。".encode() * 40 + b"\xff" + "The wind rises.".encode() * 40, 1, [18 * 40]),
+        # A truncated last multi-byte character.
+        ("悟空。".encode() * 4000 + "空".encode()[:2], 2, [36000]),
+    ],
+    ids=["one-nul", "stray-0xff", "truncated-last-character"],
+)
+def test_a_text_file_with_a_few_bad_bytes_is_read_and_reported(
+    tmp_path: Path, raw: str | bytes, count: int, offsets: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "notes.txt").write_bytes(raw.encode() if isinstance(raw, str) else raw)
+    save = tmp_path / "pre.jsonl"
+    summary = pretrain(root, save)
+    assert summary.files_read == 1 and not summary.files_skipped
+    text = "".join(outputs(save))
+    assert "\x00" not in text and text.count("\ufffd") == (1 if count else 0)
+    manifest = json.loads(manifest_path(save).read_text(encoding="utf-8"))
+    assert manifest["files"][0]["bad_bytes"] == {"count": count, "first_offsets": offsets}
+    if count:
+        assert summary.bad_bytes == [("notes.txt", count, tuple(offsets))]
+        assert f"1 with bad bytes replaced (notes.txt {count})" in summary.line()
+        assert f"notes.txt: {count} bad utf-8 bytes replaced by U+FFFD (first at byte {offsets[0]})" in caplog.text
+
+
+def test_an_empty_corpus_is_an_input_error_naming_the_folder(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    touch(root / "notes.pdf", "not a text pattern")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(root))}: no files matching \*\.txt, \*\.md"):
+        pretrain(root, tmp_path / "pre.jsonl")
+    assert not (tmp_path / "pre.jsonl").exists()
+
+
+def test_a_corpus_whose_every_file_is_skipped_is_an_input_error_and_keeps_the_old_output(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.txt").write_bytes(bytes(range(32)) * 40)
+    (root / "b.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + random.Random(1).randbytes(4000))
+    save = tmp_path / "pre.jsonl"
+    save.write_text("previous\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(root))}: no text to cut: all 2 matching files "
+                                         r"were skipped \(a\.txt: binary"):
+        pretrain(root, save)
+    assert save.read_text(encoding="utf-8") == "previous\n"
+    assert not manifest_path(save).exists()
+
+
+def test_a_corpus_of_empty_files_is_an_input_error(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    touch(root / "a.txt", "")
+    touch(root / "b.txt", " \n\n ")
+    with pytest.raises(InputError, match=r"no text to cut: the 2 readable matching files are empty"):
+        pretrain(root, tmp_path / "pre.jsonl")
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(1024, 50), (100, 99), (7, 0), (2, 1)])
+@pytest.mark.parametrize("make", [default_splitter, seed_splitter], ids=["default", "seed"])
+@pytest.mark.parametrize(
+    "text",
+    ["悟" * 5000, "\t悟空\u3000" * 900 + "大", "一。" + "二" * 3000 + "。三", "x" * 2049],
+    ids=["han", "whitespace-inside", "one-long-sentence", "ascii"],
+)
+def test_text_with_no_separator_is_cut_as_langchain_cuts_it(make, size: int, overlap: int, text: str) -> None:
+    # The linear fallback must give LangChain's own chunks, character for character.
+    ours = make(size, overlap)
+    plain = RecursiveCharacterTextSplitter(
+        chunk_size=size, chunk_overlap=overlap, separators=ours._separators,
+        keep_separator=ours._keep_separator, is_separator_regex=ours._is_separator_regex,
+        length_function=len,
+    )
+    assert ours.split_text(text) == plain.split_text(text)

@@ -21,6 +21,7 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
+from tests.test_local_rag import write_corpus as write_files
 
 # Each file: facts only it holds. Sentences are long enough for the fake to quote.
 CORPUS: dict[str, str] = {
@@ -44,12 +45,8 @@ CORPUS: dict[str, str] = {
 }
 
 
-def write_corpus(root: Path, files: dict[str, str] = CORPUS) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
+def write_corpus(root: Path) -> Path:
+    return write_files(root, CORPUS)
 
 
 def make_settings(tmp_path: Path, fake: FakeLLM | None = None, **questions: Any) -> Settings:
@@ -218,6 +215,9 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
     assert stopped.status == "quota"
     before = list(served)
     assert 0 < len(before)
+    status = status_of(settings)
+    assert status["passages"]["left"] == status["passages"]["selected"] - len(set(before)) > 0
+    assert status["resume"] is not None
 
     async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as second:
         second.responder = responder(second)
@@ -231,6 +231,28 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
         third.responder = responder(third)
         done = await run_qa(make_settings(tmp_path, third), install_signals=False)
         assert done.status == "complete" and passage_prompts(third) == []
+    status = status_of(settings)
+    assert status["passages"]["left"] == 0 and status["resume"] is None
+    assert status["questions"]["corpus"] > 0
+
+
+def status_of(settings: Settings) -> dict[str, Any]:
+    from pipeline.outputs.status import build_status
+    from pipeline.store.view import open_ledgers, state_from_ledgers
+
+    with open_ledgers(settings.state_dir) as ledgers:
+        return build_status(settings, ledgers, state_from_ledgers(settings, ledgers), None)
+
+
+def test_the_closing_line_says_how_many_passages_were_not_asked_and_what_to_do() -> None:
+    from pipeline.qa.stage import QAResult
+
+    line = QAResult(status="complete", detail="", conversations=4,
+                    stats={"passages": [3, 5], "corpus_questions": 6}).line()
+    assert "passages 3/5 asked, 6 questions from them" in line
+    assert "2 of 5 passages not asked: their calls failed (see qa.log); run `python run.py qa` again" in line
+    whole = QAResult(status="complete", detail="", conversations=4, stats={"passages": [5, 5]}).line()
+    assert "not asked" not in whole
 
 
 def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:
@@ -326,6 +348,7 @@ async def test_the_report_shows_coverage_per_file_yield_by_source_and_flags_off_
     records = rows(settings.out_dir / "conversations.jsonl")
     assert any(r["conversation"][0]["output"] == flagged[0]["answer"] for r in records)  # flagged, kept
 
+    assert report["run"]["questions_new"] == aspect["questions"] + corpus["questions"]
     md = (settings.out_dir / "report.md").read_text(encoding="utf-8")
     assert "## Coverage of the corpus" in md and "- `english/orchard.txt`: the backend found no answer" in md
     assert "| corpus |" in md and "| aspect |" in md
@@ -364,3 +387,36 @@ def test_the_dry_run_counts_one_call_per_passage_not_asked_yet(tmp_path: Path) -
     resumed = dataclasses.replace(fresh, passages_asked=set(ids[:3]))
     assert plan_run(settings, resumed, passages=ids).passage_calls == 2
     assert plan_run(settings, fresh).passage_calls == 0
+
+
+async def test_a_question_both_sources_write_is_kept_once(tmp_path: Path) -> None:
+    from tests.fakes.llm_server import passage_questions
+
+    write_corpus(tmp_path / "data")
+    shared = passage_questions(CORPUS["瓦伦塔.txt"], 1)[0]  # what the passage writer will write too
+
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as fake:
+        def respond(messages: list[dict[str, str]]) -> str:
+            if "「战斗系统」" in messages[-1]["content"]:
+                return orjson.dumps([shared, "瓦伦塔城的守护者使用什么武器？"]).decode()
+            return fake.default_responder(messages)
+
+        fake.responder = respond
+        settings = make_settings(tmp_path, fake, source="both", aspects=["战斗系统"], per_aspect=2,
+                                 max_stale_rounds=1)
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete", result.detail
+    texts = [r["text"] for r in rows(settings.state_dir / "questions.jsonl") if "conv" not in r]
+    assert texts.count(shared) == 1 and "瓦伦塔城的守护者使用什么武器？" in texts
+    assert len(texts) == len(set(texts))
+    assert result.stats["dropped"].get("duplicate", 0) >= 1
+
+
+def test_progress_lines_show_the_passages_asked_only_when_there_are_some() -> None:
+    from pipeline.outputs.progress import Sample, format_line
+
+    base = dict(t=0.0, elapsed=61.0, accepted={"a": 3}, target={"a": 10}, outcomes={}, in_flight=0,
+                llm_calls=1, prompt_tokens=1, completion_tokens=1, cost=0.0)
+    line = format_line(Sample(**base, passages=(4, 9), corpus_questions=11), 1, 1, (60, 100), None)
+    assert "| questions 3/10 | passages 4/9 questions 11 | answered 0" in line
+    assert "passages" not in format_line(Sample(**base), 1, 1, (60, 100), None)

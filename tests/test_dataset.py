@@ -1,103 +1,16 @@
-"""Answer gate, XTuner records, and building the dataset from ledger rows."""
+"""XTuner records, and building the dataset from ledger rows (the answer gate: test_gate.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
-
-import re
 
 import pytest
 
 from pipeline.outputs.answer_stats import answer_stats
 from pipeline.outputs.dataset import conversation_record, conversations_with_sources, write_dataset
-from pipeline.qa.gate import compile_gate, gate_answer
-from pipeline.errors import SettingsError
-from pipeline.settings import ConversationSettings, parse_settings
 from pipeline.store.answers import AnswerIndex
-
-CS = ConversationSettings(min_answer_chars=10)
-LONG = "天命人是玩家扮演的角色，是一只寻找大圣六根的猴子。"
-
-
-# --------------------------------------------------------------------------- gate
-
-
-@pytest.mark.parametrize(
-    ("raw", "cleaned"),
-    [
-        (f"根据提供的材料，{LONG}", LONG),
-        (f"根据已知信息：{LONG}", LONG),
-        (f"根据材料 {LONG}", LONG),
-        (f"根据提供的材料，根据已知信息，{LONG}", LONG),
-        ("Based on the provided materials, the Destined One is the player's monkey.",
-         "The Destined One is the player's monkey."),
-        ("According to the context: Wukong was released on 2024-08-20.",
-         "Wukong was released on 2024-08-20."),
-        (f"  {LONG}  ", LONG),
-        ("第一行  有   多余空格\r\n\r\n\r\n\r\n第二行", "第一行 有 多余空格\n\n第二行"),
-    ],
-)
-def test_gate_strips_lead_ins_and_tidies_whitespace(raw: str, cleaned: str) -> None:
-    assert gate_answer(raw, CS) == (cleaned, None)
-
-
-def test_gate_leaves_a_lead_in_inside_the_text() -> None:
-    text = f"{LONG}这些都是根据提供的材料整理的。"
-    assert gate_answer(text, CS) == (text, None)
-
-
-def test_gate_keeps_lowercase_starts_it_did_not_create() -> None:
-    assert gate_answer("iPhone ports are not planned for the game.", CS)[0][0] == "i"
-
-
-@pytest.mark.parametrize(
-    ("raw", "reason"),
-    [
-        ("", "empty"),
-        ("   \n ", "empty"),
-        ("根据提供的材料，", "empty"),
-        ("根据提供的材料，我无法回答这个问题。", "refusal"),
-        ("抱歉，我不知道这个问题的答案，请换个问题。", "refusal"),
-        ("材料中没有提到黄眉的具体来历和他的结局。", "refusal"),
-        ("I don't know the answer to that question.", "refusal"),
-        ("Sorry, I cannot answer this from the given documents.", "refusal"),
-        ("太短了", "too_short"),
-        ("根据提供的材料，是猴子。", "too_short"),
-        (f"{LONG}<|im_end|>", "template_marker"),
-    ],
-)
-def test_gate_rejects_with_a_reason(raw: str, reason: str) -> None:
-    assert gate_answer(raw, CS)[1] == reason
-
-
-def test_a_refusal_word_deep_inside_a_long_answer_is_not_a_refusal() -> None:
-    text = LONG * 6 + "至于他的结局，材料中未提及。"
-    assert gate_answer(text, CS) == (text, None)
-
-
-def test_min_answer_chars_is_inclusive_and_zero_keeps_short_answers() -> None:
-    ten = "一二三四五六七八九十"
-    assert gate_answer(ten, CS) == (ten, None)
-    assert gate_answer(ten[:-1], CS)[1] == "too_short"
-    assert gate_answer("是。", dataclasses.replace(CS, min_answer_chars=0)) == ("是。", None)
-
-
-def test_gate_patterns_come_from_settings() -> None:
-    cs = dataclasses.replace(CS, strip_prefixes=(r"^答[:：]\s*",), refusal_patterns=(r"无可奉告",))
-    gate = compile_gate(cs)
-    assert gate(f"答：{LONG}") == (LONG, None)
-    assert gate(f"{LONG}无可奉告")[1] == "refusal"
-    assert gate(f"根据提供的材料，{LONG}") == (f"根据提供的材料，{LONG}", None)
-
-
-@pytest.mark.parametrize("key", ["strip_prefixes", "refusal_patterns"])
-def test_a_bad_pattern_is_a_settings_error_naming_the_key(key: str) -> None:
-    with pytest.raises(SettingsError, match=rf"\[conversations\] {key}: bad regular expression '\(oops'"):
-        compile_gate(dataclasses.replace(CS, **{key: ("(oops",)}))
-
 
 # --------------------------------------------------------------------------- records
 
@@ -259,40 +172,3 @@ def test_answer_stats_count_the_latest_outcome_per_turn() -> None:
     assert next(iter(s.by_kind)) == "rejected"  # most common first
     assert list(s.rag_seconds) == [0.1] * 6, "latency counts every attempt"
     assert list(s.answer_chars) == [len("a-a1")]
-
-
-@pytest.mark.parametrize(
-    ("patterns", "answer", "reason"),
-    [
-        (["无法回答", "不知道"], "抱歉，我不知道这件事的详细经过与背景。", "refusal"),
-        (["无法回答", "不知道"], "天命人手持如意金箍棒，踏上取回六根的旅程。", None),
-        # Joined, a back-reference or an inline flag would change meaning: checked one by one.
-        ([r"(无法)\1", "不知道"], "无法无法确定这件事情的经过与背景。", "refusal"),
-        ([r"(无法)\1", r"(?i)sorry"], "SORRY, the material does not say so at all.", "refusal"),
-        ([r"(无法)\1", r"(?i)sorry"], "无法确定，但材料写了天命人取回六根的经过。", None),
-    ],
-)
-def test_refusal_patterns_reject_as_any_one_of_them_would(
-    patterns: list[str], answer: str, reason: str | None
-) -> None:
-    cs = parse_settings({"conversations": {"refusal_patterns": patterns, "min_answer_chars": 5}},
-                        source="test", environ={}).conversations
-    assert compile_gate(cs)(answer)[1] == reason
-
-
-def test_tidy_takes_its_shortcut_only_where_the_long_way_changes_nothing() -> None:
-    import random
-
-    from pipeline.qa.gate import _tidy
-
-    def long_way(text: str) -> str:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        text = re.sub(r"[ \t\u3000\xa0]+", " ", text)
-        text = re.sub(r"[ \t]+\n", "\n", text)
-        return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-    rng = random.Random(7)
-    alphabet = ["天", "命", "a", " ", "\n", "\r", "\t", "\u3000", "\xa0", "。"]
-    for _ in range(20_000):
-        text = "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
-        assert _tidy(text) == long_way(text), repr(text)

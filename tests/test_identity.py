@@ -263,6 +263,8 @@ def test_languages_must_be_known_and_given_once() -> None:
         parse_settings({"identity": {"languages": ["zh", "fr"]}})
     with pytest.raises(SettingsError, match=r"\[identity\] languages: each language once"):
         parse_settings({"identity": {"languages": ["en", "en"]}})
+    with pytest.raises(SettingsError, match=r"\[identity\] output_name: expected a plain file name"):
+        parse_settings({"identity": {"output_name": "../identity.jsonl"}})
 
 
 async def test_the_command_line_runs_it_and_export_registers_it_beside_the_conversations(

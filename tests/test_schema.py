@@ -59,6 +59,10 @@ def test_rows_keep_the_byte_layout_of_earlier_versions() -> None:
                      raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
                      attempts=1, seconds=1.23456, backend="huixiangdou")
     assert dumps_line(row) == ANSWER_LINE[:-2] + b',"backend":"huixiangdou"}\n'
+    row = answer_row(conv="00000000000000a1", turn=2, kind="answered", question="q", answer="a",
+                     raw_answer=" a ", refs=("r.md",), state="success", reason="", server="http://s",
+                     attempts=1, seconds=1.23456, backend="local", edits=("lead_in",))
+    assert dumps_line(row) == ANSWER_LINE[:-2] + b',"backend":"local","edits":["lead_in"]}\n'
 
 
 def test_an_answer_row_refuses_a_kind_the_schema_does_not_have() -> None:

@@ -5,9 +5,9 @@ trainer is importable (CI installs neither); run them in a venv that has one:
     pip install -e '.[test]' xtuner==0.2.0          # or llamafactory==0.9.5
     python -m pytest -m trainers tests/test_trainers.py
 
-No model is downloaded: XTuner's loader gets a small real tokenizer built
-here (WordLevel, with Qwen's chat markers as special tokens); LLaMA-Factory's
-dataset loader and format converters need none.
+No model is downloaded: both get a small real tokenizer built here
+(WordLevel over the test's own words, with Qwen's chat markers as special
+tokens) and the Qwen chat template (XTuner's qwen_chat, LLaMA-Factory's qwen).
 """
 
 from __future__ import annotations
@@ -50,51 +50,68 @@ def outputs(tmp_path: Path) -> Path:
 # ---- LLaMA-Factory -------------------------------------------------------------
 
 
-def lf_load(dataset_dir: Path, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Each named dataset through LLaMA-Factory's dataset_info parser, file
-    loader and format converter, as `dataset: a,b` in a training config does."""
-    from llamafactory.data.loader import _load_single_dataset
-    from llamafactory.data.parser import get_dataset_list
+def lf_load(dataset_dir: Path, stage: str, dataset: str, eval_dataset: str | None = None) -> dict[str, Any]:
+    """README's LLaMA-Factory config through its own get_dataset: dataset_info
+    parsing, file loading, format conversion, the qwen template, tokenizing."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments, ModelArguments
     from transformers import Seq2SeqTrainingArguments
 
-    data = DataArguments(dataset_dir=str(dataset_dir), dataset=",".join(names))
+    tok = tokenizer()
+    data = DataArguments(dataset_dir=str(dataset_dir), dataset=dataset, eval_dataset=eval_dataset,
+                         template="qwen", cutoff_len=1024, overwrite_cache=True)
     model = ModelArguments(model_name_or_path="unused")
     training = Seq2SeqTrainingArguments(output_dir=str(dataset_dir / "run"))
-    return {attr.dataset_name: list(_load_single_dataset(attr, model, data, training))
-            for attr in get_dataset_list(names, str(dataset_dir))}
+    template = get_template_and_fix_tokenizer(tok, data)
+    return get_dataset(template, model, data, training, stage=stage, tokenizer=tok, processor=None)
+
+
+def trained(row: dict[str, Any]) -> list[int]:
+    return [t for t in row["labels"] if t != -100]
+
+
+def answers_ids(record: dict[str, Any]) -> list[int]:
+    """The tokens a trainer should learn from ``record``: each answer and its end marker."""
+    tok = tokenizer()
+    ids: list[int] = []
+    for _, answer in turns(record):
+        ids += tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
+    return ids
+
+
+def system_count(row: dict[str, Any]) -> int:
+    tok = tokenizer()
+    return tok.decode(row["input_ids"]).count(" ".join(tok.tokenize(SYSTEM)))
 
 
 @pytest.mark.parametrize("fmt", ["alpaca", "sharegpt", "openai"])
-def test_llama_factory_loads_every_conversation_of_each_export_and_split(outputs: Path, fmt: str) -> None:
+def test_llama_factory_trains_only_the_answers_of_each_export_and_split(outputs: Path, fmt: str) -> None:
     pytest.importorskip("llamafactory")
     out = outputs / "export"
     export(CONVERSATIONS, fmt, out, "wk", val_ratio=0.25, seed=1)
-    loaded = lf_load(out, ["wk_train", "wk_val"])
-    rows = loaded["wk_train.jsonl"] + loaded["wk_val.jsonl"]
-    assert len(loaded["wk_val.jsonl"]) == 1 and len(rows) == len(CONVERSATIONS)
-    got = sorted(
-        [(m["content"], r["_response"][0]["content"]) for m in r["_prompt"][-1:]]
-        for r in rows
-    )
-    assert got == sorted([turns(c)[-1]] for c in CONVERSATIONS)
-    for r in rows:
-        assert r["_system"] == SYSTEM  # unchanged: nothing appended
-        roles = [m["role"] for m in r["_prompt"]] + [m["role"] for m in r["_response"]]
-        assert roles == ["user", "assistant"] * (len(roles) // 2)
-    two = next(r for r in rows if len(r["_prompt"]) == 3)
-    assert [m["content"] for m in two["_prompt"]] == [
-        "Which soil for roses?", "Loamy, well drained.", "How often to water them?"]
+    loaded = lf_load(out, "sft", "wk_train", "wk_val")
+    rows = list(loaded["train_dataset"]) + list(loaded["eval_dataset"])
+    assert len(loaded["eval_dataset"]) == 1 and len(rows) == len(CONVERSATIONS)
+    assert sorted(trained(r) for r in rows) == sorted(answers_ids(c) for c in CONVERSATIONS)
+    # The system prompt once per conversation, and nothing added to it or
+    # anywhere: every word of the data is in the vocabulary, so an unknown
+    # token is text the loader made up (0.9.5's own "openai" formatting adds
+    # "detailed thinking off" to the system prompt).
+    assert all(system_count(r) == 1 for r in rows)
+    assert not any(tokenizer().unk_token_id in r["input_ids"] for r in rows)
 
 
-def test_llama_factory_loads_the_pretraining_export_as_text(outputs: Path) -> None:
+def test_llama_factory_pretrains_on_the_pretraining_export(outputs: Path) -> None:
     pytest.importorskip("llamafactory")
     from pipeline.outputs.export import read_records
 
     out = outputs / "export"
     export(read_records(outputs / "incremental_pretraining.jsonl", "pretraining"), "pretrain", out, "pt")
-    rows = lf_load(out, ["pt"])["pt.jsonl"]
-    assert [r["_prompt"][0]["content"] for r in rows] == CHUNKS
+    rows = list(lf_load(out, "pt", "pt")["train_dataset"])
+    tok = tokenizer()
+    # stage pt packs the texts, each ended by the end marker, into blocks of cutoff_len.
+    ids = [t for r in rows for t in r["input_ids"]]
+    assert ids == [t for c in CHUNKS for t in tok.encode(c, add_special_tokens=False) + [tok.eos_token_id]]
 
 
 def test_llama_factory_mixes_conversations_and_identity_by_name(outputs: Path) -> None:
@@ -102,8 +119,8 @@ def test_llama_factory_mixes_conversations_and_identity_by_name(outputs: Path) -
     out = outputs / "export"
     export(CONVERSATIONS[:2], "sharegpt", out, "conversations_sharegpt")
     export(CONVERSATIONS[2:], "sharegpt", out, "identity_sharegpt")
-    loaded = lf_load(out, ["conversations_sharegpt", "identity_sharegpt"])
-    assert [len(v) for v in loaded.values()] == [2, 2]
+    rows = list(lf_load(out, "sft", "conversations_sharegpt,identity_sharegpt")["train_dataset"])
+    assert sorted(trained(r) for r in rows) == sorted(answers_ids(c) for c in CONVERSATIONS)
     assert json.loads((out / "dataset_info.json").read_text(encoding="utf-8")).keys() == {
         "conversations_sharegpt", "identity_sharegpt"}
 
@@ -152,9 +169,9 @@ def test_xtuner_trains_only_the_answers_of_every_conversation(outputs: Path) -> 
         for _, answer in turns(record):
             expected += tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
         assert trained == expected
-        # The system prompt once, at the start.
-        text = tok.decode(row["input_ids"])
-        assert text.count(" ".join(tok.tokenize(SYSTEM))) == 1
+        # The system prompt once, and no text the loader made up.
+        assert system_count(row) == 1
+        assert tok.unk_token_id not in row["input_ids"]
 
 
 def test_xtuner_reads_the_pretraining_file_with_no_map_fns(outputs: Path) -> None:

@@ -66,6 +66,8 @@ class Sample:
     cost: float
     remaining: int | None = None  # RAG requests still to make, when known
     servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    passages: tuple[int, int] = (0, 0)  # passages of the corpus asked (all runs), selected
+    corpus_questions: int = 0  # questions written from them this run
 
     @property
     def answers(self) -> int:
@@ -131,6 +133,8 @@ def take_sample(graph: Graph, now: float, started: float, remaining_at_start: in
         cost=usage.cost(),
         remaining=remaining,
         servers=servers if isinstance(servers, dict) else {},
+        passages=(stats.passages[0], stats.passages[1]),
+        corpus_questions=stats.corpus_questions,
     )
 
 
@@ -160,7 +164,10 @@ def format_line(sample: Sample, rpm: float, tpm: float, limits: tuple[int, int],
     target = sum(sample.target.values())
     answers = " ".join(f"{k} {sample.outcomes.get(k, 0)}" for k in ANSWER_KINDS)
     return (
-        f"progress {_hms(sample.elapsed)} | questions {accepted}/{target} | {answers} | "
+        f"progress {_hms(sample.elapsed)} | questions {accepted}/{target} | "
+        + (f"passages {sample.passages[0]}/{sample.passages[1]} questions {sample.corpus_questions} | "
+           if sample.passages[1] else "")
+        + f"{answers} | "
         f"in_flight {sample.in_flight} | rpm {rpm:.0f}/{limits[0]} tpm {tpm:.0f}/{limits[1]} | "
         f"tokens {sample.prompt_tokens}+{sample.completion_tokens} cost {sample.cost:.4f} | "
         f"eta {_hms(eta)}"
@@ -177,6 +184,8 @@ def render(sample: Sample, rpm: float, tpm: float, limits: tuple[int, int], eta:
         aspects.add_row(aspect, f"{done}/{target}", style="green" if done >= target else None)
     answers = "  ".join(f"{k} {sample.outcomes.get(k, 0)}" for k in ANSWER_KINDS)
     lines = [
+        *([Text(f"corpus: {sample.passages[0]}/{sample.passages[1]} passages asked, "
+                f"{sample.corpus_questions} questions this run")] if sample.passages[1] else []),
         Text(f"answers: {answers}   in flight {sample.in_flight}"),
         Text(f"LLM: {rpm:.0f}/{limits[0]} requests/min, {tpm:.0f}/{limits[1]} tokens/min; "
              f"{sample.llm_calls} calls"),

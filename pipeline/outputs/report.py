@@ -36,7 +36,7 @@ __all__ = [
     "REPORT_MD",
     "as_ledgers",
     "build_report",
-    "dropped_all_runs",
+    "all_runs",
     "iso_time",
     "percentile",
     "render_markdown",
@@ -95,11 +95,12 @@ def _lengths(values: Iterable[int]) -> dict[str, Any]:
     }
 
 
-def dropped_all_runs(events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def all_runs(events: Sequence[Mapping[str, Any]], counter: str) -> dict[str, int]:
+    """One of the run statistics' counters (e.g. "dropped"), summed over every finished run."""
     total: Counter[str] = Counter()
     for ev in events:
         if ev.get("event") == "run_end" and isinstance(ev.get("stats"), dict):
-            for reason, n in (ev["stats"].get("dropped") or {}).items():
+            for reason, n in (ev["stats"].get(counter) or {}).items():
                 if isinstance(n, int):
                     total[reason] += n
     return dict(total.most_common())
@@ -197,7 +198,8 @@ def build_report(
         "gate_rejections": [
             {"reason": g.value, "count": g.count, "examples": g.examples} for g in summary.gate_rejections
         ],
-        "dropped_questions": dropped_all_runs(ledgers.events),
+        "dropped_questions": all_runs(ledgers.events, "dropped"),
+        "gate_edits": all_runs(ledgers.events, "edited"),
         "answer_chars": _lengths(summary.answer_chars),
         "latency": {"rag_all_runs": _latency(summary.rag_seconds)},
         "usage": usage_totals(state.usage),
@@ -318,6 +320,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                         [[g["reason"], g["count"], " / ".join(g["examples"])] for g in report["gate_rejections"]])
     else:
         lines.append("None.")
+    lines.append("")
+    edits = report["gate_edits"]
+    lines.append("Answers the gate changed, kept or not (all finished runs; `pipeline/qa/gate.py` names each rule): "
+                 + (", ".join(f"{k} {v}" for k, v in edits.items()) if edits else "none."))
     lines.append("")
 
     lines += ["## Questions dropped (all finished runs)", ""]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.answer_stats import answer_stats
-from pipeline.outputs.report import as_ledgers, dropped_all_runs, iso_time, usage_totals
+from pipeline.outputs.report import all_runs, as_ledgers, iso_time, usage_totals
 from pipeline.settings import Settings
 from pipeline.store.ledger import parse_lock_info
 from pipeline.store.resume import RunState
@@ -85,7 +85,10 @@ def build_status(
         max(0, qs.per_aspect - state.accepted.get(a, 0))
         for a in qs.aspects if a not in state.exhausted
     )
-    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0
+    selection = next((ev for ev in reversed(ledgers.events) if ev.get("event") == "passages"), None)
+    selected = int(selection.get("selected", 0)) if selection is not None else 0
+    passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
+    done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
     return {
         "out_dir": str(settings.out_dir),
         "last_run": {
@@ -101,15 +104,16 @@ def build_status(
                 "exhausted": a in state.exhausted}
             for a in qs.aspects
         },
-        "questions": {"accepted": state.total_questions(), "target": qs.per_aspect * len(qs.aspects),
-                      "left": questions_left},
+        "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
+                      "left": questions_left, "corpus": state.corpus_questions},
+        "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
                           "turns_left": turns_left, "gave_up": state.gave_up},
         "by_kind": summary.by_kind,
         "by_backend": summary.by_backend,
         "by_state": summary.by_state,
         "rejections": summary.by_reason,
-        "dropped": dropped_all_runs(ledgers.events),
+        "dropped": all_runs(ledgers.events, "dropped"),
         "usage": usage_totals(state.usage),
         "resume": None if done else resume_command(settings),
     }
@@ -146,6 +150,9 @@ def render_status(status: Mapping[str, Any]) -> str:
             lines.append(f"  {last['detail']}")
     q = status["questions"]
     lines.append(f"questions: {q['accepted']}/{q['target']}")
+    p = status["passages"]
+    if p["selected"] or q["corpus"]:
+        lines.append(f"corpus questions: {q['corpus']}, from {p['asked']} of {p['selected']} passages asked")
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))

@@ -72,6 +72,7 @@ class RunStats:
     outcomes: Counter[str] = field(default_factory=Counter)
     states: Counter[str] = field(default_factory=Counter)  # last state of unanswered turns
     rejected: Counter[str] = field(default_factory=Counter)  # answer-gate reasons
+    edited: Counter[str] = field(default_factory=Counter)  # answer-gate rules that changed an answer
     in_flight: int = 0
     question_calls: int = 0
     corpus_questions: int = 0  # accepted from passages (not part of ``accepted``: no aspect target)
@@ -88,6 +89,7 @@ class RunStats:
             "outcomes": dict(self.outcomes),
             "dropped": dict(self.dropped),
             "rejected": dict(self.rejected),
+            "edited": dict(self.edited),
             "in_flight": self.in_flight,
             "seconds": round(time.monotonic() - self.started, 1),
         }
@@ -538,11 +540,17 @@ class Graph:
     async def _record_answer(self, plan: ConvPlan, question: str, outcome: Outcome) -> dict[str, Any]:
         kind: str = outcome.kind
         answer, reason = "", ""
+        refs: tuple[str, ...] = outcome.refs
+        edits: tuple[str, ...] = ()
         if kind == "answered":
-            answer, rejection = self._gate(outcome.answer)
-            if rejection is not None:
-                kind, reason = "rejected", rejection
-                self.stats.rejected[rejection] += 1
+            gated = self._gate(outcome.answer)
+            answer, edits = gated.answer, gated.changes
+            if gated.refs:  # a references list the gate took out of the answer's text
+                refs = tuple(dict.fromkeys((*refs, *gated.refs)))
+            self.stats.edited.update(edits)
+            if gated.reason is not None:
+                kind, reason = "rejected", gated.reason
+                self.stats.rejected[gated.reason] += 1
         else:
             self.stats.states[outcome.state] += 1
         self.stats.outcomes[kind] += 1
@@ -553,13 +561,14 @@ class Graph:
             question=question,
             answer=answer,
             raw_answer=outcome.answer,
-            refs=outcome.refs,
+            refs=refs,
             state=outcome.state,
             reason=reason,
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
             backend=self.answerer.backend,
+            edits=edits,
         )
         await self.writer.record("answers", row)
         return row

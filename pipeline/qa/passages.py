@@ -10,7 +10,7 @@ repeats are dropped (the first is kept), as the pretraining stage does.
 A passage's id is a digest of its text, so it stays the same when its file
 is renamed or text elsewhere in the file changes (a resume does not ask it
 again), and changes when the passage itself does. Its span is in characters
-of the file's decoded, newline-normalised text (see :func:`~pipeline.corpus.iter_spans`).
+of the file's decoded, newline-normalised, cleaned text (see :func:`~pipeline.corpus.iter_spans`).
 
 Selection, under ``[questions] max_passages`` (0: every passage): while the
 budget lasts every file gets one passage (largest files first), so each file

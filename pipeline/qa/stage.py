@@ -91,6 +91,10 @@ class QAResult:
         text = "; ".join(parts)
         if self.detail:
             text += f"\n{self.detail}"
+        asked, selected = self.stats.get("passages", [0, 0])
+        if asked < selected and self.status == "complete":
+            text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
+                     f"(see qa.log); run `{self.resume}` again to ask them")
         if self.status in ("quota", "interrupted", "servers_down", "crashed"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
         return text
@@ -346,7 +350,8 @@ def _run_summary(
         "status": status,
         "detail": graph.stop_detail,
         "seconds": end["seconds"],
-        "questions_new": max(0, sum(stats.accepted.values()) - state.total_questions()),
+        "questions_new": max(0, sum(stats.accepted.values()) - sum(state.accepted.values()))
+                         + stats.corpus_questions,
         "stats": end["stats"],
         "usage": end["usage"],
         "llm_seconds": list(llm.usage.latencies),

@@ -115,8 +115,8 @@ FINGERPRINT_NAME = "fingerprint.json"
 BM25_DIR = "bm25"
 SERVER = "local"
 NOT_IN_MATERIAL = "NOT_IN_MATERIAL"
-# Bump when tokenisation or the index layout changes: old caches are rebuilt.
-INDEX_VERSION = 1
+# Bump when tokenisation, passage text or the index layout changes: old caches are rebuilt.
+INDEX_VERSION = 2
 
 NO_PASSAGE = "no passage above threshold"
 NOT_IN_MATERIAL_STATE = "not in the material"
@@ -334,7 +334,7 @@ def _survey(settings: Settings) -> list[_FileEntry]:
     for path in discover(root, settings.pretrain.patterns):
         rel = _relative(path, root)
         try:
-            info = probe(path)
+            info = probe(path, settings.pretrain.bad_bytes_limit)
         except UndecodableFile as exc:
             log.warning("local index: skipped %s: %s", rel, exc.reason)
             entries.append(_FileEntry(path, rel, path.stat().st_size, _sha256_file(path), None,
@@ -368,6 +368,7 @@ def corpus_fingerprint(files: Iterable[tuple[str, int, str]], settings: Settings
         "chunk_overlap": p.chunk_overlap,
         "separators": list(_separators(settings)),
         "seed_compatible": p.seed_compatible,
+        "bad_bytes_limit": p.bad_bytes_limit,
         "patterns": list(p.patterns),
         "files": sorted([rel, size, sha] for rel, size, sha in files),
     }

@@ -135,6 +135,8 @@ ANSWER_FIELDS: Final[tuple[Field, ...]] = (
     Field("seconds", "how long the attempt took, rounded to milliseconds"),
     Field("backend", "the answer backend that made it: 'huixiangdou' or 'local' (rows written before "
                      "the field: '', told apart by their server)", default=""),
+    Field("edits", "the answer gate's rules that changed the answer (pipeline.qa.gate: cleaned, "
+                   "references, lead_in, material_rewritten), a list of strings", default=()),
 )
 
 
@@ -182,12 +184,14 @@ def answer_row(
     attempts: int,
     seconds: float,
     backend: str = "",
+    edits: Sequence[str] = (),
 ) -> dict[str, Any]:
     """An answer-ledger row for one attempt at one turn (see :data:`ANSWER_FIELDS`).
-    ``seconds`` is rounded to milliseconds; ``refs`` stored as a list."""
+    ``seconds`` is rounded to milliseconds; ``refs`` and ``edits`` stored as lists."""
     if kind not in ANSWER_KINDS:
         raise ValueError(f"answer kind must be one of {', '.join(ANSWER_KINDS)}, not {kind!r}")
-    values = locals() | {"refs": list(refs), "seconds": round(seconds, 3)}
+    # An unedited answer leaves "edits" out (its default); an edited one stores a list.
+    values = locals() | {"refs": list(refs), "seconds": round(seconds, 3), "edits": list(edits) or ()}
     return _row(ANSWER_FIELDS, values)
 
 

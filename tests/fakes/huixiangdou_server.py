@@ -124,6 +124,16 @@ def _answered(q: str) -> list[dict[str, Any]]:
     return [_step("init"), _step("success", default_answer(q))]
 
 
+# What the server's LLM says when the retrieved text lacks the answer: the
+# server passes it on as a "success", and so do real deployments.
+REFUSAL_ANSWER = "抱歉，资料中没有关于这个问题的信息，无法回答。"
+
+
+def _with_reference_list(q: str) -> list[dict[str, Any]]:
+    # The LLM wrote its own references list ahead of the answer.
+    return [_step("init"), _step("success", f"参考资料：\n- 角色设定.md\n- wukong.md\n\n{default_answer(q)}")]
+
+
 def _vetoed(state: str, answer: Callable[[str], str]) -> Callable[[str], list[dict[str, Any]]]:
     # Each veto step still carries the answer it vetoes.
     return lambda q: [_step("init"), _step("success", answer(q)), *[_step(state, answer(q))] * 3]
@@ -143,6 +153,8 @@ def _rejected(state: str) -> Callable[[str], list[dict[str, Any]]]:
 # before any body is built.
 SCENARIOS: dict[str, Callable[[str], list[dict[str, Any]]]] = {
     "answered": _answered,
+    "refusal_answer": lambda q: [_step("init"), _step("success", REFUSAL_ANSWER)],
+    "reference_list": _with_reference_list,
     "vetoed": _vetoed("irrelevant_answer", lambda q: VETOED_ANSWER),
     "safety": _vetoed("prohibited", default_answer),
     "irrelevant_material": lambda q: [_step("init", refs=[])] * 4,
