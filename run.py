@@ -2,13 +2,15 @@
 
     python run.py                 the whole job on [paths] data_dir
     python run.py pretrain ...    incremental-pretraining JSONL only
-    python run.py qa [--dry-run]  questions and answers (or what they would cost)
+    python run.py qa [--dry-run] [--retry skipped,vetoed] [--retry-short]
+                                  questions and answers (or what they would cost)
     python run.py status          where the QA stage stands, from its ledgers
 
 Exit codes: 0 done; 1 failed, with a message saying what to fix (a service
 refused or is down, the disk is full, or another run holds the output folder:
 that is a failure to start, not a usage error, so 1 and not 75); 2 bad
-settings or input; 75 quota exhausted (resume later); 130 interrupted.
+settings or input; 3 finished short of per_aspect (the last line says why and
+what to do); 75 quota exhausted (resume later); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.errors import InputError, PipelineError, SettingsError
 from pipeline.outputs.export import FORMATS, export, read_records, source_kind
 from pipeline.outputs.validate import format_problem, summary_line, validate_file
 from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
+from pipeline.store.schema import ANSWER_KINDS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -153,7 +156,8 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     console, undo_logging = _configure_qa_logging(settings, live)
     try:
         log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
-        result = _run_async(_qa_with_progress(settings, live, console))
+        result = _run_async(_qa_with_progress(settings, live, console, args.retry,
+                                              retry_short=args.retry_short))
         log.info("%s", result.line(), extra={"file_only": True})  # printed below
     except (PipelineError, OSError, BaseExceptionGroup) as exc:
         log.error("qa stopped: %s", exc, extra={"file_only": True})
@@ -164,12 +168,28 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     return result.exit_code
 
 
-async def _qa_with_progress(settings: Settings, live: bool, console: Any) -> Any:
+async def _qa_with_progress(settings: Settings, live: bool, console: Any, retry: tuple[str, ...], *,
+                            retry_short: bool = False) -> Any:
     from pipeline.outputs.progress import Progress
     from pipeline.qa.stage import run_qa
 
     async with Progress(settings, live=live, console=console) as progress:
-        return await run_qa(settings, on_graph=progress.attach)
+        return await run_qa(settings, on_graph=progress.attach, retry=retry, retry_short=retry_short)
+
+
+# Answer kinds ``qa --retry`` may ask again: every kind but an answer.
+RETRY_KINDS = tuple(k for k in ANSWER_KINDS if k != "answered")
+
+
+def _retry_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in RETRY_KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(bad) or repr(text)}: --retry takes answer kinds, comma-separated, of "
+            f"{', '.join(RETRY_KINDS)}"
+        )
+    return kinds
 
 
 def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
@@ -435,6 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="call nothing; print the requests, tokens, cost and time the run would take",
+    )
+    qa.add_argument(
+        "--retry",
+        type=_retry_kinds,
+        default=(),
+        metavar="KINDS",
+        help=f"ask again the questions whose answer was of these kinds, comma-separated "
+             f"({', '.join(RETRY_KINDS)}), e.g. skipped,vetoed after improving the knowledge base",
+    )
+    qa.add_argument(
+        "--retry-short",
+        action="store_true",
+        help="ask again for aspects given up short of per_aspect, the saturated ones too",
     )
     qa.set_defaults(func=cmd_qa)
 

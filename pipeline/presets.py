@@ -23,6 +23,16 @@ class Preset:
     rag_answer: str  # the local backend's answer prompt: material only, else the marker
     passage_system: str  # questions written from one passage of the corpus
     passage_user: str
+    # How a question's length is measured: "chars" for languages written without
+    # spaces, "words" for space-separated ones (see [questions] min_/max_chars, _words).
+    length_unit: str = "chars"
+    # The script its questions are written in: "han" (at least one Han
+    # character) or "latin" (more Latin letters than CJK characters). A
+    # question in another script is screened out as "wrong_language".
+    script: str = "han"
+    # What a backend without conversation history is sent for a follow-up that
+    # does not name the topic ({topic} without its 《》, {question} as asked).
+    standalone: str = "关于《{topic}》，{question}"
 
 
 PRESETS: dict[str, Preset] = {
@@ -35,7 +45,8 @@ PRESETS: dict[str, Preset] = {
         question_user="请针对《{topic}》的「{aspect}」提出{n}个不同的问题。",
         followup=(
             "你是一个提问助手，专注于《{topic}》。下面是上一轮的问题和回答。"
-            "请根据它提出一个更深入、更具体的追问，不超过30个字，只返回这个问题。\n"
+            "请根据它提出一个更深入、更具体的追问，不超过30个字，只返回这个问题。"
+            "追问要能单独看懂：直接写出所问的人物、地点或事物的名字，不要用“他”“它”“这个”等指代上文。\n"
             "问题：{question}\n回答：{answer}"
         ),
         system_prompt=(
@@ -67,7 +78,8 @@ PRESETS: dict[str, Preset] = {
         followup=(
             "You write questions about {topic}. Below are the last question and its answer. "
             "Write one deeper, more specific follow-up question of at most 20 words, "
-            "and return only that question.\nQuestion: {question}\nAnswer: {answer}"
+            "and return only that question. It must make sense on its own: name the person, "
+            "place or thing it asks about instead of \"he\", \"it\" or \"that\".\nQuestion: {question}\nAnswer: {answer}"
         ),
         system_prompt=(
             "You are an AI assistant that answers questions about {topic}, "
@@ -89,5 +101,8 @@ PRESETS: dict[str, Preset] = {
             "nothing else."
         ),
         passage_user="Passage (from {file}):\n<passage>\n{passage}\n</passage>\nWrite at most {n} questions this passage answers.",
+        length_unit="words",
+        script="latin",
+        standalone="About {topic}: {question}",
     ),
 }

@@ -216,8 +216,18 @@ class QuestionSettings:
     )
     system_prompt: str = field(default="", metadata=_meta("question-writer system prompt; '' = preset"))
     user_prompt: str = field(default="", metadata=_meta("question-writer user prompt; '' = preset"))
-    min_chars: int = field(default=4, metadata=_meta("shortest accepted question", ge=1))
-    max_chars: int = field(default=60, metadata=_meta("longest accepted question", ge=1))
+    min_chars: int = field(
+        default=4, metadata=_meta("shortest accepted question, in characters (zh)", ge=1)
+    )
+    max_chars: int = field(
+        default=60, metadata=_meta("longest accepted question, in characters (zh)", ge=1)
+    )
+    min_words: int = field(
+        default=3, metadata=_meta("shortest accepted question, in words (en)", ge=1)
+    )
+    max_words: int = field(
+        default=30, metadata=_meta("longest accepted question, in words (en)", ge=1)
+    )
     near_duplicate_threshold: float = field(
         default=0.7, metadata=_meta("character n-gram Jaccard above which questions are duplicates", gt=0, le=1)
     )
@@ -245,6 +255,10 @@ class ConversationSettings:
     system_prompt: str = field(default="", metadata=_meta("system prompt of the first turn; '' = preset"))
     min_turns: int = field(default=1, metadata=_meta("turns per conversation at least", ge=1))
     max_turns: int = field(default=1, metadata=_meta("turns per conversation at most", ge=1))
+    keep_short: bool = field(
+        default=True,
+        metadata=_meta("keep a conversation that ended with fewer answered turns than min_turns"),
+    )
     followup_prompt: str = field(default="", metadata=_meta("follow-up writer prompt; '' = preset"))
     min_answer_chars: int = field(default=10, metadata=_meta("shortest accepted answer", ge=0))
     max_answer_chars: int = field(default=4000, metadata=_meta("longest accepted answer", ge=1))
@@ -331,6 +345,11 @@ class ConversationSettings:
                        check="regexes"),
     )
 
+
+    @property
+    def dataset_min_turns(self) -> int:
+        """Answered turns a conversation needs to enter the dataset."""
+        return 1 if self.keep_short else self.min_turns
 
 @dataclass(frozen=True, slots=True)
 class RagSettings:
@@ -587,11 +606,12 @@ def _cross_check(s: Settings) -> None:
             f"{src}: [conversations] min_turns: expected at most max_turns "
             f"({s.conversations.max_turns}), got {s.conversations.min_turns}"
         )
-    if s.questions.min_chars > s.questions.max_chars:
-        raise SettingsError(
-            f"{src}: [questions] min_chars: expected at most max_chars "
-            f"({s.questions.max_chars}), got {s.questions.min_chars}"
-        )
+    for unit in ("chars", "words"):
+        low, high = getattr(s.questions, f"min_{unit}"), getattr(s.questions, f"max_{unit}")
+        if low > high:
+            raise SettingsError(
+                f"{src}: [questions] min_{unit}: expected at most max_{unit} ({high}), got {low}"
+            )
     if not s.questions.aspects and s.questions.source != "corpus":
         raise SettingsError(
             f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"

@@ -191,3 +191,11 @@ def test_a_run_logs_to_qa_log(
     assert "qa complete; questions 2/2" in log
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "report.json").exists()
     assert FAKE_KEY not in log
+
+
+def test_qa_retry_names_the_kinds_it_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["qa", "--retry", "skipped,answred"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "answred: --retry takes answer kinds" in err and "skipped, vetoed" in err

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.qa.passages import allot, draw, passage_id, plan_passages
+from pipeline.qa.passages import allot, draw, file_text, passage_id, plan_passages
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
@@ -83,14 +83,15 @@ def quoted(question: str) -> str:
     return m.group(1) or m.group(2)
 
 
+def passage_of(messages: list[dict[str, str]]) -> str | None:
+    """The passage a passage question-writer prompt carries, else None."""
+    m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.DOTALL)
+    return m.group(1) if m is not None else None
+
+
 def passage_prompts(fake: FakeLLM) -> list[str]:
     """The passages the fake was asked to write questions from, in order."""
-    out = []
-    for messages in fake.requests:
-        m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
-        if m is not None:
-            out.append(m.group(1))
-    return out
+    return [p for p in map(passage_of, fake.requests) if p is not None]
 
 
 # --------------------------------------------------------------------------- selection (pure)
@@ -141,6 +142,7 @@ def test_selection_is_the_same_on_every_run_and_spans_point_at_the_text(tmp_path
     for p in first.passages:
         text = (data / p.file).read_text(encoding="utf-8")
         assert text[p.start : p.end] == p.text and p.id == passage_id(p.text)
+        assert file_text(data / p.file)[p.start : p.end] == p.text
     everything = plan_passages(make_settings(tmp_path))
     assert len(everything.passages) == everything.total
     assert plan_passages(make_settings(tmp_path, max_passages=5, passage_seed=4)).selected_ids != first.selected_ids
@@ -201,9 +203,9 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
 
     def responder(fake: FakeLLM) -> Any:
         def respond(messages: list[dict[str, str]]) -> str:
-            m = re.search(r"<passage>\n(.*?)\n</passage>", messages[-1]["content"], re.S)
-            if m is not None:
-                served.append(m.group(1))
+            passage = passage_of(messages)
+            if passage is not None:
+                served.append(passage)
             return fake.default_responder(messages)
         return respond
 
@@ -257,7 +259,12 @@ def test_the_closing_line_says_how_many_passages_were_not_asked_and_what_to_do()
 
 def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_layout() -> None:
     from pipeline.jsonl import dumps_line
-    from pipeline.store.schema import QUESTION_FIELDS, field_of, is_from_passage, question_row
+    from pipeline.store.schema import (
+        QUESTION_FIELDS,
+        field_of,
+        is_from_passage,
+        question_row,
+    )
 
     row = question_row(id="00000000000000a1", aspect="", text="q?", seq=3, passage="00000000000000b2",
                        file="a/b.txt", span=(10, 52))
@@ -271,7 +278,10 @@ def test_a_passage_question_row_carries_its_source_and_an_aspect_row_keeps_its_l
 
 
 def test_the_side_file_names_each_records_aspect_or_passage_line_by_line(tmp_path: Path) -> None:
-    from pipeline.outputs.dataset import write_dataset_with_sources, conversations_with_sources
+    from pipeline.outputs.dataset import (
+        conversations_with_sources,
+        write_dataset_with_sources,
+    )
     from pipeline.store.schema import question_row
 
     questions = [
@@ -420,3 +430,62 @@ def test_progress_lines_show_the_passages_asked_only_when_there_are_some() -> No
     line = format_line(Sample(**base, passages=(4, 9), corpus_questions=11), 1, 1, (60, 100), None)
     assert "| questions 3/10 | passages 4/9 questions 11 | answered 0" in line
     assert "passages" not in format_line(Sample(**base), 1, 1, (60, 100), None)
+
+
+@pytest.mark.parametrize(("language", "asks"), [("zh", "最多2个问题"), ("en", "at most 2 questions")])
+def test_passage_prompts_follow_the_language_and_carry_the_passage_and_its_file(language: str, asks: str) -> None:
+    from pipeline.qa.questions import passage_messages
+
+    settings = parse_settings({"questions": {"language": language, "topic": "Zelok"}})
+    system, user = passage_messages(settings.questions, "瓦伦塔城是首都。", "a/b.txt", 2)
+    assert "Zelok" in system["content"] and asks in user["content"]
+    assert "<passage>\n瓦伦塔城是首都。\n</passage>" in user["content"] and "a/b.txt" in user["content"]
+    custom = parse_settings({"questions": {"passage_system_prompt": "Only {n} about {topic}.",
+                                           "passage_user_prompt": "From {file}: {passage} {{json}}"}})
+    system, user = passage_messages(custom.questions, "P", "f.txt", 3)
+    assert system["content"] == "Only 3 about 黑神话：悟空." and user["content"] == "From f.txt: P {json}"
+
+
+@pytest.mark.parametrize(("questions", "message"), [
+    ({"source": "chapters"}, "[questions] source: expected 'aspects' or 'corpus' or 'both'"),
+    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected less than passage_size"),
+    ({"passage_user_prompt": "no placeholder"}, "[questions] passage_user_prompt: expected the placeholder {passage}"),
+    ({"max_passages": -1}, "[questions] max_passages: expected a value >= 0"),
+    ({"per_passage": 0}, "[questions] per_passage: expected a value >= 1"),
+])
+def test_bad_passage_settings_name_their_key(questions: dict[str, Any], message: str) -> None:
+    from pipeline.errors import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        parse_settings({"questions": questions}, source="s.toml")
+    assert message in str(caught.value) and "s.toml" in str(caught.value)
+
+
+def test_source_corpus_asks_no_aspect_and_needs_none() -> None:
+    settings = parse_settings({"questions": {"source": "corpus", "aspects": []}})
+    assert settings.questions.aspects == ()
+    assert parse_settings({"questions": {"source": "corpus"}}).questions.aspects == ()
+
+
+async def test_source_corpus_on_a_folder_without_text_stops_before_any_call(tmp_path: Path, llm: FakeLLM) -> None:
+    from pipeline.errors import InputError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "empty.txt").write_text("", encoding="utf-8")
+    settings = make_settings(tmp_path, llm)
+    with pytest.raises(InputError) as caught:
+        await run_qa(settings, install_signals=False)
+    assert str(tmp_path / "data") in str(caught.value) and "no passage to write questions from" in str(caught.value)
+    assert llm.calls == 0
+
+
+def test_spans_count_the_cleaned_text_the_passages_were_cut_from(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = "第一句话\u200b里藏着零宽字符\x07和响铃。\n\n第二句话说瓦伦塔城有九座城门。\n"
+    (data / "dirty.txt").write_text(raw, encoding="utf-8")
+    plan = plan_passages(make_settings(tmp_path, passage_size=20))
+    text = file_text(data / "dirty.txt")
+    assert text != raw  # the reader cleaned it
+    assert [text[p.start : p.end] for p in plan.passages] == [p.text for p in plan.passages]
+    assert "\x07" not in "".join(p.text for p in plan.passages)

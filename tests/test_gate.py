@@ -260,7 +260,10 @@ def test_the_prefilter_finds_every_pattern_a_plain_search_finds() -> None:
     for _ in range(3000):
         text = "".join(rng.choices(pieces, k=rng.randint(1, 6)))
         text = text.upper() if rng.random() < 0.1 else text
-        found = matcher.found(matcher.candidates(text.lower(), [0]).get(0, set()), text, text.lower())
+        low = text.lower()
+        whose = matcher.patterns_of()
+        tried = sorted({i for _, word in matcher.hits(low) for i in whose[word]})
+        found = [patterns[i] for i in tried if matcher.needs_met(i, low) and patterns[i].search(text)]
         assert found == [p for p in patterns if p.search(text)], text
 
 

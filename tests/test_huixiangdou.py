@@ -8,6 +8,7 @@ import random
 import re
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -679,3 +680,136 @@ async def test_while_every_server_rests_one_question_checks_them_every_recheck_s
     finally:
         await pool.aclose()
     assert outcome.kind == "answered" and fake.requests == 3
+
+
+# ------------------------------------------------------------ the fake is the real server
+
+
+async def test_fake_inference_body_is_raw_utf8_json_and_the_client_reads_it(
+    hxd_fake: FakeHuixiangdou, hxd_settings: Settings
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(hxd_fake.url + "/huixiangdou_inference", json={"text": Q}) as r:
+            assert r.headers["Content-Type"] == "application/json"
+            raw = await r.read()
+    assert not raw.isascii() and default_answer(Q).encode() in raw  # not \uXXXX-escaped
+    pool = pool_for(hxd_settings(hxd_fake.url))
+    try:
+        assert (await pool.ask(Q)).answer == default_answer(Q)
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "detail"),
+    [
+        (b'{"text": "q"}', {"Content-Type": "text/plain"},
+         {"type": "model_attributes_type", "loc": ["body"], "input": '{"text": "q"}'}),
+        (b'{"text": "q"}', {},
+         {"type": "model_attributes_type", "loc": ["body"], "input": '{"text": "q"}'}),
+        (b'{x', {"Content-Type": "application/json"},
+         {"type": "json_invalid", "loc": ["body", 1], "msg": "JSON decode error", "input": {},
+          "ctx": {"error": "Expecting property name enclosed in double quotes"}}),
+    ],
+    ids=["text-plain", "no-content-type", "bad-json"],
+)
+async def test_fake_answers_422_exactly_as_fastapi(
+    hxd_fake: FakeHuixiangdou, body: bytes, headers: dict[str, str], detail: dict[str, object]
+) -> None:
+    async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as s:
+        async with s.post(hxd_fake.url + "/huixiangdou_inference", data=body, headers=headers) as r:
+            assert r.status == 422
+            got = (await r.json())["detail"][0]
+    assert {k: got[k] for k in detail} == detail
+
+
+async def test_fake_404_and_405_are_fastapis_json(hxd_fake: FakeHuixiangdou) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(hxd_fake.url + "/huixiangdou_inference") as r:
+            assert (r.status, await r.json()) == (405, {"detail": "Method Not Allowed"})
+        async with s.get(hxd_fake.url + "/nowhere") as r:
+            assert (r.status, await r.json()) == (404, {"detail": "Not Found"})
+
+
+async def inference_body(fake: FakeHuixiangdou, text: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(fake.url + "/huixiangdou_inference", json={"text": text}) as r:
+            return await r.json()  # type: ignore[no-any-return]
+
+
+async def test_fake_state_sequences_are_the_real_ones(hxd_fake: FakeHuixiangdou) -> None:
+    hxd_fake.script.update({"vetoed问题是什么？": "vetoed", "safety问题是什么？": "safety",
+                            "not_question问题": "not_question", "irrelevant问题？": "irrelevant_material"})
+    vetoed = (await inference_body(hxd_fake, "vetoed问题是什么？"))["step"]
+    assert [s["state"] for s in vetoed] == ["Init state", "success", *["Irrelevant answer."] * 3]
+    assert len({s["response"] for s in vetoed[1:]}) == 1 and vetoed[1]["response"], "vetoes keep the text"
+    safety = (await inference_body(hxd_fake, "safety问题是什么？"))["step"]
+    assert [s["state"] for s in safety[2:]] == [STATES["prohibited"]] * 3
+    assert all(s["response"] == safety[1]["response"] for s in safety[2:])
+    rejected = await inference_body(hxd_fake, "not_question问题")
+    assert rejected["step"] == [{"state": "query is not a question", "response": "", "refs": []}]
+    assert rejected["debug"]["PreprocNode_is_question"]["relation"], "a real judgement has the model's text"
+    assert (await inference_body(hxd_fake, "短"))["step"] == [
+        {"state": "Query length too short", "response": "", "refs": []}]
+    assert (await inference_body(hxd_fake, ""))["debug"] == {}
+    irrelevant = (await inference_body(hxd_fake, "irrelevant问题？"))["step"]
+    assert irrelevant == [{"state": "Init state", "response": "", "refs": []}] * 4
+
+
+@pytest.mark.parametrize("release", ["2024-09", "2024-10"])
+async def test_fake_outage_signatures_are_the_observed_ones(hxd_fake: FakeHuixiangdou, release: str) -> None:
+    hxd_fake.llm_down = release
+    body = await inference_body(hxd_fake, Q)
+    if release == "2024-09":
+        assert body["step"] == [{"state": "query is not a question", "response": "", "refs": []}]
+        assert body["debug"]["PreprocNode_is_question"] == {
+            "input": Q, "default": 3, "relation": "", "throttle": 6, "output": 3}
+    else:
+        assert [(s["state"], s["response"]) for s in body["step"]] == [
+            ("Init state", ""), ("success", ""), *[("Irrelevant answer.", "")] * 3]
+    assert hxd_fake.delays == [(f"outage_{release.replace('-', '_')}", 0.0)], "at once"
+
+
+async def test_fake_takes_a_live_servers_times_scaled(hxd_fake: FakeHuixiangdou) -> None:
+    hxd_fake.time_scale = 0.002
+    hxd_fake.script.update({f"拒绝{i}问题": "not_question" for i in range(20)})
+    for i in range(20):
+        await inference_body(hxd_fake, f"回答{i}的问题是什么？")
+        await inference_body(hxd_fake, f"拒绝{i}问题")
+    answered = [d for s, d in hxd_fake.delays if s == "answered"]
+    rejected = [d for s, d in hxd_fake.delays if s == "not_question"]
+    assert all(0.006 <= d <= 0.012 for d in answered)  # 3-6 s
+    assert all(0.0008 <= d <= 0.002 for d in rejected)  # 0.4-1 s
+
+
+async def test_fake_stream_is_one_chunk_per_cumulative_document_then_a_tail(
+    hxd_fakes: Fakes, hxd_settings: Settings
+) -> None:
+    (fake,) = await hxd_fakes(1, time_scale=0.25)  # answer 0.75-1.5 s, the tail 0.5 s of it
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    piece = b""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(fake.url + "/huixiangdou_stream", json={"text": Q}) as r:
+            assert r.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+            async for data, end_of_http_chunk in r.content.iter_chunks():
+                piece += data
+                if end_of_http_chunk and piece:
+                    chunks.append(piece)
+                    piece = b""
+                    last_document = loop.time()
+            ended = loop.time()
+    docs = [json.loads(c) for c in chunks]  # each HTTP chunk is one whole document
+    assert [len(d["step"]) for d in docs] == [1, 2]
+    assert all(13_000 <= len(c) <= 26_000 for c in chunks)
+    # The safety checks run after the last document and send nothing (a lower bound:
+    # the fake sleeps 0.5 s there, and a slow reader only shortens what it sees).
+    assert ended - last_document >= 0.25
+    inference = await inference_body(fake, Q)
+    assert docs[-1]["step"] == inference["step"]
+    assert "SecurityNode" in inference["debug"] and "SecurityNode" not in docs[-1]["debug"]
+    pool = pool_for(hxd_settings(fake.url, endpoint="stream"))
+    try:
+        assert (await pool.ask(Q)).answer == default_answer(Q)
+    finally:
+        await pool.aclose()

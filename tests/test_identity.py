@@ -74,6 +74,8 @@ def test_questions_are_screened_and_a_greeting_need_not_be_a_question() -> None:
     assert screen_question("你和ChatGPT有什么区别？", f, "zh", 60) == "other_identity"
     assert screen_question("Who are you?", f, "zh", 60) == "wrong_language"
     assert screen_question("你是谁？" * 20, f, "zh", 60) == "too_long"
+    assert screen_question("Hey, hello there!', 'Hey, who's this?", f, "en", 60) == "glued"
+    assert screen_question("What's your name, and who's \"Ming\"?", f, "en", 60) is None
 
 
 def test_targets_spread_the_records_over_languages_then_kinds() -> None:
@@ -202,6 +204,24 @@ async def test_quota_stops_with_75_keeps_what_was_made_and_the_rerun_goes_on(
     assert records(settings)[: len(kept)] == kept
 
 
+async def test_a_slot_the_llm_runs_dry_on_still_answers_the_questions_it_has(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    # Every question-writing call brings the same three questions: the first
+    # slot to ask takes them (3 of its 4), the others get only repeats.
+    def responder(messages: list[dict[str, str]]) -> str:
+        if "About yourself" in messages[0]["content"]:
+            return llm.default_responder(messages)
+        return '["Who are you?", "What is your name?", "Tell me about yourself."]'
+
+    llm.responder, llm.identity_slip_every = responder, 0
+    settings = make_settings(tmp_path, llm, records=20, languages=["en"])
+    result = await run_identity(settings, install_signals=False)
+    assert (result.status, result.records) == ("short", 3)
+    assert "3/4: the LLM wrote no new usable question in 3 calls in a row" in result.line()
+    assert result.line().count("0/4: the LLM wrote no new usable question") == 4
+
+
 async def test_a_model_that_never_says_who_it_is_falls_short_and_says_why(
     llm: FakeLLM, tmp_path: Path
 ) -> None:
@@ -299,3 +319,13 @@ async def test_refusals_and_reasoning_are_handled_per_answer(llm: FakeLLM, tmp_p
     assert not any("<think>" in r["conversation"][0]["output"] or "draft" in r["conversation"][0]["output"]
                    for r in records(settings))
     assert load_identity(settings).dropped["reply_refused"] == 1
+
+
+async def test_the_file_follows_the_settings_when_they_ask_for_less(llm: FakeLLM, tmp_path: Path) -> None:
+    await run_identity(make_settings(tmp_path, llm), install_signals=False)
+    calls = llm.calls
+    fewer = make_settings(tmp_path, llm, records=6, languages=["en"])
+    result = await run_identity(fewer, install_signals=False)
+    assert (result.status, result.records, llm.calls) == ("complete", 6, calls)
+    made = records(fewer)
+    assert len(made) == 6 and not any(is_zh(r["conversation"][0]["input"]) for r in made)

@@ -13,7 +13,7 @@ from pipeline.errors import ContentRefused, FatalServiceError, UnusableReply
 from pipeline.services.llm import LLMClient
 from pipeline.settings import LLMSettings, Secret
 from tests.fakes.llm_fixtures import FAKE_KEY
-from tests.fakes.llm_server import REFUSAL_STYLES, FakeLLM, Failure
+from tests.fakes.llm_server import REFUSAL_STYLES, Failure, FakeLLM
 
 ASK_ZH = [{"role": "user", "content": "请针对《黑神话：悟空》的「战斗系统」提出3个不同的问题。"}]
 

@@ -84,7 +84,9 @@ def test_resume_counts_only_what_is_left(
     s = settings(conversations={"min_turns": turns[0], "max_turns": turns[1]})
     questions = _questions("甲", 5) + _questions("乙", 2, start=5)
     questions += [{"id": f"f{c}{t}", "conv": c, "turn": t, "text": f"{c}追问{t}？"} for c, t in followup_rows]
-    events = [{"event": "aspect_exhausted", "aspect": "乙"}] if exhausted else []
+    qs = s.questions
+    events = [{"event": "aspect_exhausted", "aspect": "乙", "why": "saturated", "per_aspect": qs.per_aspect,
+               "max_stale_rounds": qs.max_stale_rounds}] if exhausted else []
     state = state_from_rows(s, {"questions": questions, "answers": [_answer(c, 1) for c in answers],
                                 "events": events})
     plan = plan_run(s, state)

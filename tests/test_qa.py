@@ -4,6 +4,8 @@ LLM API and fake HuixiangDou servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -166,7 +168,7 @@ async def test_vetoed_skipped_and_gated_answers_never_reach_the_dataset(
     assert len(dataset_questions) == 8
 
 
-async def test_multi_turn_conversations_carry_follow_ups_that_name_the_topic(
+async def test_follow_ups_are_kept_as_asked_and_sent_standalone(
     tmp_path: Path, llm: FakeLLM, servers: list[FakeHuixiangdou]
 ) -> None:
     settings = make_settings(
@@ -186,8 +188,13 @@ async def test_multi_turn_conversations_carry_follow_ups_that_name_the_topic(
         assert len(turns) == target_turns(conv, 2, 3)
         assert turns[0]["system"] == SYSTEM
         assert all("system" not in t for t in turns[1:])
-        assert all("黑神话" in t["input"] for t in turns[1:]), "follow-ups name the topic"
-    assert set(asked(servers).values()) == {1}
+        # The dataset keeps the follow-up as a person asks it in the conversation ...
+        assert not any(t["input"].startswith("关于") for t in turns[1:])
+    # ... and the server, which keeps no history, got it standalone, naming the topic.
+    sent = asked(servers)
+    followups = [q["text"] for q in rows(settings, "questions") if "conv" in q]
+    assert followups and all(f"关于《黑神话：悟空》，{f}" in sent for f in followups)
+    assert set(sent.values()) == {1}
 
 
 async def test_multi_turn_resume_continues_at_the_next_turn(
@@ -458,3 +465,68 @@ async def test_usage_rows_are_written_only_when_usage_changed(tmp_path: Path, ll
     usage = [r["usage"] for r in rows(settings, "events") if r["event"] == "usage"]
     assert usage and all(a != b for a, b in zip(usage, usage[1:]))
     assert len(usage) < ticks
+
+
+_FOLLOWUP_TEXT = ("具体讲讲", "后来怎样", "要找")  # the fake LLM's follow-up templates
+
+
+def followups(verdict: Any) -> Any:
+    """A fake HuixiangDou responder: first turns answered, the n-th follow-up
+    asked (counting from 0) gets ``verdict(n)``."""
+    seen = iter(range(10**9))
+
+    def responder(question: str) -> str:
+        return verdict(next(seen)) if any(t in question for t in _FOLLOWUP_TEXT) else "answered"
+
+    return responder
+
+
+async def test_a_vetoed_follow_up_gets_a_fresh_one_and_the_conversation_completes(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    veto_every_other = followups(lambda n: "vetoed" if n % 2 == 0 else "answered")
+    async with FakeHuixiangdou(responder=veto_every_other) as hxd:  # one slot: conversations in turn
+        settings = make_settings(tmp_path, llm, [hxd], conversations={"min_turns": 2, "max_turns": 2})
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete"
+    kinds = Counter(r["kind"] for r in rows(settings, "answers"))
+    assert kinds == {"answered": 24, "vetoed": 12}
+    assert [len(c["conversation"]) for c in conversations(settings)] == [2] * 12
+    assert json.loads((settings.out_dir / "report.json").read_text())["conversations"]["short"] == 0
+
+
+@pytest.mark.parametrize("keep_short", [True, False])
+async def test_conversations_still_short_are_counted_and_kept_unless_the_setting_says_no(
+    tmp_path: Path, llm: FakeLLM, keep_short: bool
+) -> None:
+    async with FakeHuixiangdou(responder=followups(lambda n: "vetoed")) as hxd:
+        settings = make_settings(tmp_path, llm, [hxd], conversations={
+            "min_turns": 2, "max_turns": 2, "keep_short": keep_short})
+        result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete"
+    answers = rows(settings, "answers")
+    # Each conversation: turn 1 answered, then max_answer_attempts (3) fresh follow-ups vetoed.
+    assert Counter((r["turn"], r["kind"]) for r in answers) == {(1, "answered"): 12, (2, "vetoed"): 36}
+    report = json.loads((settings.out_dir / "report.json").read_text())
+    assert report["conversations"]["short"] == 12
+    assert "Short: 12 ended before their target turns" in (settings.out_dir / "report.md").read_text()
+    if keep_short:
+        assert [len(c["conversation"]) for c in conversations(settings)] == [1] * 12
+    else:
+        assert conversations(settings) == []
+
+
+async def test_qa_retry_asks_again_the_questions_skipped_or_vetoed(tmp_path: Path, llm: FakeLLM) -> None:
+    verdicts = iter(["not_question", "vetoed", "not_question"])
+    async with FakeHuixiangdou(responder=lambda q: next(verdicts, "answered")) as hxd:
+        settings = make_settings(tmp_path, llm, [hxd])
+        first = await run_qa(settings, install_signals=False)
+        assert first.stats["outcomes"] == {"answered": 9, "skipped": 2, "vetoed": 1}
+        assert "--retry skipped,vetoed" in (settings.out_dir / "report.md").read_text()
+        plain = await run_qa(settings, install_signals=False)  # nothing left to ask
+        assert plain.stats["outcomes"] == {} and sum(hxd.counts.values()) == 12
+        again = await run_qa(settings, install_signals=False, retry=("skipped",))
+        assert again.stats["outcomes"] == {"answered": 2}
+        last = await run_qa(settings, install_signals=False, retry=("skipped", "vetoed"))
+        assert last.stats["outcomes"] == {"answered": 1}
+    assert len(conversations(settings)) == 12

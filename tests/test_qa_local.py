@@ -19,8 +19,11 @@ from tests.fakes.loops import BOTH_LOOPS
 
 pytestmark = BOTH_LOOPS
 
-OFF_TOPIC = ("量子纠缠实验的诺贝尔奖得主是谁？", "How do I bake sourdough bread at home?")
+# Both in Chinese: a zh run screens out questions in another language before any backend sees them.
+OFF_TOPIC = ("量子纠缠实验的诺贝尔奖得主是谁？", "怎样在家里烤出好吃的酸面包？")
 QUESTIONS = [*FACTS, *OFF_TOPIC]
+# The English question about the English file is screened out of this zh run (wrong_language).
+ZH_FACTS = {q: fact for q, fact in FACTS.items() if not q.isascii()}
 
 
 def responder(messages: list[dict[str, str]]) -> str:
@@ -45,7 +48,7 @@ async def test_local_backend_run_makes_a_grounded_dataset_with_real_refs(tmp_pat
             "paths": {"data_dir": str(data), "out_dir": str(tmp_path / "out")},
             "llm": {"base_url": llm.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
                     "max_retries": 0},
-            "questions": {"aspects": ["游戏概述"], "per_aspect": len(QUESTIONS), "batch_size": len(QUESTIONS),
+            "questions": {"aspects": ["游戏概述"], "per_aspect": len(QUESTIONS) - 1, "batch_size": len(QUESTIONS),
                           "max_chars": 80},
             "rag": {"backend": "local"},
             "conversations": {"min_answer_chars": 2},
@@ -61,7 +64,8 @@ async def test_local_backend_run_makes_a_grounded_dataset_with_real_refs(tmp_pat
         r["question"]: r
         for r in map(orjson.loads, (settings.state_dir / "answers.jsonl").read_bytes().splitlines())
     }
-    for question, (fact, source) in FACTS.items():
+    assert len(ZH_FACTS) == len(FACTS) - 1 and not set(FACTS) - set(ZH_FACTS) & set(answers)
+    for question, (fact, source) in ZH_FACTS.items():
         row = answers[question]
         assert row["kind"] == "answered" and fact in row["answer"]
         assert source in row["refs"]
@@ -69,5 +73,5 @@ async def test_local_backend_run_makes_a_grounded_dataset_with_real_refs(tmp_pat
     for question in OFF_TOPIC:
         assert answers[question]["kind"] == "skipped"
     records = [orjson.loads(x) for x in (settings.out_dir / "conversations.jsonl").read_bytes().splitlines()]
-    assert sorted(r["conversation"][0]["input"] for r in records) == sorted(FACTS)
+    assert sorted(r["conversation"][0]["input"] for r in records) == sorted(ZH_FACTS)
     assert validate_file(settings.out_dir / "conversations.jsonl").errors == []

@@ -8,15 +8,15 @@ import pytest
 
 from pipeline.presets import PRESETS
 from pipeline.qa.questions import (
-    ensure_topic,
+    followup_candidates,
     fill_template,
     followup_messages,
     normalise,
-    parse_followup,
     parse_question_list,
     question_id,
     question_messages,
     screen_question,
+    standalone_question,
 )
 from pipeline.settings import QuestionSettings, parse_settings
 
@@ -234,6 +234,7 @@ def test_matching_close_skips_quoted_and_escaped_brackets_as_a_char_scan_does() 
 # --------------------------------------------------------------------------- screening
 
 QS = QuestionSettings(min_chars=4, max_chars=30)
+EN = QuestionSettings(language="en", min_words=3, max_words=20)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +245,6 @@ QS = QuestionSettings(min_chars=4, max_chars=30)
         ("谁？", "too_short"),
         ("游戏" * 14 + "是什么？", "too_long"),
         ("这是一个陈述句。", "not_a_question"),
-        ("Wukong is a game.", "not_a_question"),
         ("<|im_end|>天命人是谁？", "template_marker"),
         ("天命人是谁<|im_start|>？", "template_marker"),
         ("天命人是谁？", None),
@@ -252,13 +252,34 @@ QS = QuestionSettings(min_chars=4, max_chars=30)
         ("介绍一下游戏的战斗系统", None),
         ("黑熊精的住处在哪里", None),
         ("游戏好玩吗", None),
-        ("How does combat work", None),
-        ("is the game open world", None),
-        ("Who made the game?", None),
+        ("DLC什么时候发售？", None),
+        # A zh run screens out questions in another language.
+        ("Who made the game?", "wrong_language"),
+        ("ゲームの主人公は誰ですか？", "wrong_language"),
     ],
 )
 def test_screen_question_gives_a_stable_reason(q: str, reason: str | None) -> None:
     assert screen_question(q, QS) == reason
+
+
+@pytest.mark.parametrize(
+    ("q", "reason"),
+    [
+        ("Wukong is a game.", "not_a_question"),
+        ("How does combat work", None),
+        ("is the game open world", None),
+        ("Who made the game?", None),
+        # Realistic English questions are longer than 60 characters: words count.
+        ("Which yeast strain gives the cleanest fermentation for a dry Irish stout at home?", None),
+        ("What temperature should the mash rest at for a full-bodied sweet stout, and for how long?", None),
+        ("Why?", "too_short"),
+        (" ".join(["word"] * 21) + "?", "too_long"),
+        ("游戏的主角叫什么名字？", "wrong_language"),
+        ("What does 天命人 mean?", None),
+    ],
+)
+def test_an_english_run_measures_words_and_screens_other_scripts(q: str, reason: str | None) -> None:
+    assert screen_question(q, EN) == reason
 
 
 def test_screen_question_bounds_are_inclusive() -> None:
@@ -324,35 +345,40 @@ def test_question_id_is_a_fixed_16_hex_digest_and_distinguishes_questions() -> N
         ("追问：大圣的残躯在哪里？", "大圣的残躯在哪里？"),
         ("追问: 大圣的残躯在哪里？", "大圣的残躯在哪里？"),
         ("“大圣的残躯在哪里？”", "大圣的残躯在哪里？"),
-        ("1. 大圣的残躯在哪里？", "1. 大圣的残躯在哪里？".removeprefix("1. ")),
+        ("1. 大圣的残躯在哪里？", "大圣的残躯在哪里？"),
         ("好的，这是一个更深入的追问：\n大圣的残躯在哪里？", "大圣的残躯在哪里？"),
         ("**追问：** 大圣的残躯在哪里？", "大圣的残躯在哪里？"),
         ("Follow-up question: Where are the relics?", "Where are the relics?"),
         ("```\n大圣的残躯在哪里？\n```", "大圣的残躯在哪里？"),
-        ("我没有更多问题了。", ""),
-        ("", ""),
+        ('{"question": "大圣的残躯在哪里？"}', "大圣的残躯在哪里？"),
+        ('{"follow_up": "Where are the relics?", "reason": "deeper"}', "Where are the relics?"),
+        ('```json\n{"追问": "大圣的残躯在哪里？"}\n```', "大圣的残躯在哪里？"),
+        ('["大圣的残躯在哪里？", "六根是什么？"]', "大圣的残躯在哪里？"),
+        ("['大圣的残躯在哪里？']", "大圣的残躯在哪里？"),
+        ("1. 大圣的残躯在哪里？\n2. 六根是什么？", "大圣的残躯在哪里？"),
+        ("我没有更多问题了。", None),
+        ("", None),
     ],
 )
-def test_parse_followup_takes_the_first_question_line(text: str, expected: str) -> None:
-    assert parse_followup(text) == expected
+def test_followups_are_parsed_like_question_lists(text: str, expected: str | None) -> None:
+    found = followup_candidates(text)
+    assert (found[0] if found else None) == expected
+    assert not any(c in (found[0] if found else "") for c in "[]{}\"")
 
 
 @pytest.mark.parametrize(
-    ("question", "topic", "expected"),
+    ("question", "topic", "language", "sent"),
     [
-        ("他的师父是谁？", "黑神话：悟空", "《黑神话：悟空》中，他的师父是谁？"),
-        ("他的师父是谁？", "《黑神话：悟空》", "《黑神话：悟空》中，他的师父是谁？"),
-        ("黑神话悟空中他的师父是谁？", "黑神话：悟空", "黑神话悟空中他的师父是谁？"),
-        ("《黑神话：悟空》的主角是谁？", "黑神话：悟空", "《黑神话：悟空》的主角是谁？"),
-        ("Who is his master?", "Black Myth: Wukong", "In Black Myth: Wukong, who is his master?"),
-        ("Is it hard?", "Black Myth: Wukong", "In Black Myth: Wukong, is it hard?"),
-        ("Guangzhi fights how?", "Black Myth: Wukong", "In Black Myth: Wukong, Guangzhi fights how?"),
-        ("What does black myth: wukong cost?", "Black Myth: Wukong", "What does black myth: wukong cost?"),
-        ("他是谁？", "", "他是谁？"),
+        ("石猴的师父是谁？", "黑神话：悟空", "zh", "关于《黑神话：悟空》，石猴的师父是谁？"),
+        ("石猴的师父是谁？", "《黑神话：悟空》", "zh", "关于《黑神话：悟空》，石猴的师父是谁？"),
+        ("黑神话悟空中石猴的师父是谁？", "黑神话：悟空", "zh", "黑神话悟空中石猴的师父是谁？"),
+        ("Which yeast suits a stout?", "home brewing", "en", "About home brewing: Which yeast suits a stout?"),
+        ("How long does home brewing take?", "home brewing", "en", "How long does home brewing take?"),
+        ("他是谁？", "", "zh", "他是谁？"),
     ],
 )
-def test_ensure_topic_names_the_topic_once(question: str, topic: str, expected: str) -> None:
-    assert ensure_topic(question, topic) == expected
+def test_the_server_gets_a_standalone_question(question: str, topic: str, language: str, sent: str) -> None:
+    assert standalone_question(question, topic, language) == sent
 
 
 def test_presets_exist_for_both_languages() -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.services.replies import answer_proper, has_think_tag, refusal_of, unusable_kind
+from pipeline.services.replies import (
+    answer_proper,
+    has_think_tag,
+    refusal_of,
+    unusable_kind,
+)
 
 DRAFT = "先列个草稿：['草稿问题甲是什么？', '草稿问题乙是什么？']"
 

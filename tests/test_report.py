@@ -143,7 +143,7 @@ def test_markdown_names_states_examples_and_reasons(tmp_path: Path, ledgers: dic
     assert f"| {SKIP} | skipped | 3 | 问题2？ / 问题3？ / 问题6？ |" in md
     assert "| a \\| b | skipped | 1 | 问题0？ |" in md
     assert "| refusal | 1 | 问题5？ |" in md
-    assert "duplicate 5, too_long 1" in md
+    assert "duplicate 5, too long 1" in md  # reasons named for a person
     assert "| 1 | 40 | 40 | 40 | 40 |" in md, "answer length row: count, min, p50, p90, max"
 
 

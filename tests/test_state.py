@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.qa.stage import earlier_questions, load_state
 from pipeline.settings import parse_settings
-from pipeline.store.resume import SAMPLE, derive_state, ledger_paths, target_turns
+from pipeline.store.resume import SAMPLE, aspects_given_up, derive_state, ledger_paths, target_turns
 
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:
@@ -101,13 +101,15 @@ def test_events_give_last_run_exhausted_aspects_and_summed_usage() -> None:
     events = [
         {"event": "run_start", "pid": 1},
         {"event": "usage", "usage": {"prompt_tokens": 10}},
-        {"event": "aspect_exhausted", "aspect": "B"},
+        {"event": "aspect_exhausted", "aspect": "B", "why": "saturated", "per_aspect": 5, "max_stale_rounds": 3},
+        {"event": "aspect_exhausted", "aspect": "C", "why": "unusable", "per_aspect": 5, "max_stale_rounds": 3},
         {"event": "run_end", "status": "quota", "time": 9.0, "usage": {"prompt_tokens": 30}},
         {"event": "run_start", "pid": 2},
         {"event": "usage", "usage": {"prompt_tokens": 5}},
     ]
     s = derive([], [], events)
     assert s.exhausted == {"B"}
+    assert s.given_up == {"B": "saturated", "C": "unusable"}
     assert s.last_run is not None and s.last_run["pid"] == 2
     assert s.last_run["status"] == "running or crashed"
     assert s.usage == {"prompt_tokens": 35.0}
@@ -289,3 +291,29 @@ def test_earlier_questions_are_the_first_turns_the_plan_read_and_no_later_row(
     assert texts == [r["text"] for r in questions if "conv" not in r]
     assert len(texts) == state.total_questions()
     assert path.read_bytes().endswith(b'{"id":"00000000000001'), "a file being written is left as it is"
+
+
+def _gave_up(why: str | None, per_aspect: int = 5, rounds: int = 3) -> dict[str, Any]:
+    ev: dict[str, Any] = {"event": "aspect_exhausted", "aspect": "A", "accepted": 2}
+    if why is not None:
+        ev |= {"why": why, "per_aspect": per_aspect, "max_stale_rounds": rounds}
+    return ev
+
+
+@pytest.mark.parametrize(
+    ("events", "per_aspect", "rounds", "retry_short", "final"),
+    [
+        ([_gave_up("saturated")], 5, 3, False, {"A"}),
+        ([_gave_up("saturated")], 5, 2, False, {"A"}),      # fewer rounds now: still nothing new
+        ([_gave_up("saturated")], 8, 3, False, set()),      # more questions wanted: reopened
+        ([_gave_up("saturated")], 5, 6, False, set()),      # more rounds allowed: reopened
+        ([_gave_up("saturated")], 5, 3, True, set()),       # qa --retry-short
+        ([_gave_up("unusable")], 5, 3, False, set()),       # unusable replies never close an aspect
+        ([_gave_up(None)], 5, 3, False, set()),             # written before the two were told apart
+        ([_gave_up("saturated"), _gave_up("unusable")], 5, 3, False, set()),  # the last one counts
+    ],
+)
+def test_only_saturation_gives_an_aspect_up_for_good(
+    events: list[dict[str, Any]], per_aspect: int, rounds: int, retry_short: bool, final: set[str]
+) -> None:
+    assert aspects_given_up(events, per_aspect, rounds, retry_short)[0] == final

@@ -142,17 +142,19 @@ def tokenizer() -> Any:
                                    bos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def xtuner_load(path: Path, template: Any) -> Any:
-    """README's XTuner dataset config: the JSON file, dataset_map_fn=None (our
-    records are XTuner's own format), the chat template (None for pretraining)."""
+def xtuner_load(data_files: str | list[str], template: Any) -> Any:
+    """README's XTuner dataset config, as the config dicts it shows: the JSON
+    files, dataset_map_fn=None (our records are XTuner's own format), the
+    chat template (None for pretraining)."""
     from datasets import load_dataset
     from xtuner.dataset import process_hf_dataset
     from xtuner.dataset.map_fns import template_map_fn_factory
 
     return process_hf_dataset(
-        dataset=load_dataset("json", data_files=str(path)), tokenizer=tokenizer(), max_length=512,
+        dataset=dict(type=load_dataset, path="json", data_files=data_files),
+        tokenizer=tokenizer(), max_length=512,
         dataset_map_fn=None,
-        template_map_fn=None if template is None else template_map_fn_factory(template=template),
+        template_map_fn=None if template is None else dict(type=template_map_fn_factory, template=template),
         remove_unused_columns=True, shuffle_before_pack=False, pack_to_max_length=False)
 
 
@@ -160,7 +162,11 @@ def test_xtuner_trains_only_the_answers_of_every_conversation(outputs: Path) -> 
     pytest.importorskip("xtuner")
     from xtuner.utils import PROMPT_TEMPLATE
 
-    ds = xtuner_load(outputs / "conversations.jsonl", PROMPT_TEMPLATE.qwen_chat)
+    # Mixed as README shows: the conversations and the identity records, two data_files.
+    write_jsonl_atomic(outputs / "conversations.jsonl", CONVERSATIONS[:3])
+    write_jsonl_atomic(outputs / "identity.jsonl", CONVERSATIONS[3:])
+    ds = xtuner_load([str(outputs / "conversations.jsonl"), str(outputs / "identity.jsonl")],
+                     PROMPT_TEMPLATE.qwen_chat)
     tok = tokenizer()
     assert len(ds) == len(CONVERSATIONS)
     for row, record in zip(ds, CONVERSATIONS, strict=True):
@@ -176,7 +182,7 @@ def test_xtuner_trains_only_the_answers_of_every_conversation(outputs: Path) -> 
 
 def test_xtuner_reads_the_pretraining_file_with_no_map_fns(outputs: Path) -> None:
     pytest.importorskip("xtuner")
-    ds = xtuner_load(outputs / "incremental_pretraining.jsonl", None)
+    ds = xtuner_load(str(outputs / "incremental_pretraining.jsonl"), None)
     tok = tokenizer()
     assert len(ds) == len(CHUNKS)
     for row, chunk in zip(ds, CHUNKS, strict=True):

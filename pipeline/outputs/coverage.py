@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import UndecodableFile, decode
-from pipeline.qa.passages import passage_id
+from pipeline.corpus import UndecodableFile
+from pipeline.qa.passages import file_text, passage_id
 from pipeline.qa.terms import document_frequency, key_terms, names_any
 from pipeline.store.schema import is_from_passage
 
@@ -153,7 +153,7 @@ def off_passage_answers(
             continue
         if rel not in texts:
             try:
-                texts[rel] = decode((data_dir / rel).read_bytes(), data_dir / rel)
+                texts[rel] = file_text(data_dir / rel)
             except (OSError, UndecodableFile) as exc:
                 log.warning("check_passage_terms: cannot read %s: %s", rel, exc)
                 texts[rel] = None

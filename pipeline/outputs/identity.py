@@ -46,17 +46,25 @@ def identity_report(settings: Settings) -> dict[str, Any] | None:
     return identity_summary(settings, load_identity(settings))
 
 
-def identity_records(state: IdentityState) -> Iterable[dict[str, Any]]:
-    """One XTuner record per accepted answer, in ledger order."""
+def identity_records(state: IdentityState, want: Mapping[tuple[str, str], int]) -> Iterable[dict[str, Any]]:
+    """One XTuner record per accepted answer, in ledger order, at most ``want``
+    per (language, kind): a language dropped from the settings, or records
+    lowered, leaves the ledger as it is and the file as the settings say."""
     system = state.facts.system_prompt
+    taken: Counter[tuple[str, str]] = Counter()
     for q in state.accepted():
-        assert q.answer is not None
+        slot = (q.lang, q.kind)
+        if q.answer is None or taken[slot] >= want.get(slot, 0):
+            continue
+        taken[slot] += 1
         yield conversation_record(system, [(q.text, q.answer)])
 
 
-def write_identity(path: str | os.PathLike[str], state: IdentityState) -> int:
-    """Write :func:`identity_records` to ``path`` atomically; the record count."""
-    return write_dataset(path, identity_records(state))
+def write_identity(settings: Settings, state: IdentityState) -> int:
+    """Write :func:`identity_records` to ``[identity] output_name`` under
+    ``out_dir`` atomically; the record count."""
+    want = targets(settings.identity.languages, settings.identity.records)
+    return write_dataset(settings.out_dir / settings.identity.output_name, identity_records(state, want))
 
 
 def identity_summary(settings: Settings, state: IdentityState) -> dict[str, Any]:
@@ -67,7 +75,7 @@ def identity_summary(settings: Settings, state: IdentityState) -> dict[str, Any]
     for (lang, kind), target in want.items():
         qs = state.in_slot(lang, kind)
         slots[f"{lang}/{kind}"] = {
-            "records": sum(q.answer is not None for q in qs),
+            "records": min(target, sum(q.answer is not None for q in qs)),
             "target": target,
             "given_up": sum(q.answer is None and q.attempts >= ident.max_attempts for q in qs),
         }
@@ -77,7 +85,7 @@ def identity_summary(settings: Settings, state: IdentityState) -> dict[str, Any]
     price_in, price_out = settings.llm.price_input_per_m, settings.llm.price_output_per_m
     return {
         "file": str(settings.out_dir / ident.output_name),
-        "records": len(state.accepted()),
+        "records": sum(s["records"] for s in slots.values()),
         "target": ident.records,
         "slots": slots,
         "rejected_answers": dict(rejected.most_common()),

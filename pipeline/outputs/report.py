@@ -20,12 +20,13 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pipeline.jsonl import atomic_writer
 from pipeline.outputs.answer_stats import answer_stats
 from pipeline.outputs.coverage import SourceTally, off_passage_answers, render_coverage
 from pipeline.outputs.identity import identity_report, identity_section
+from pipeline.services.replies import ADVICE
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState
 from pipeline.store.schema import ANSWER_KINDS, is_followup
@@ -36,6 +37,11 @@ __all__ = [
     "REPORT_MD",
     "as_ledgers",
     "build_report",
+    "drop_reasons",
+    "gave_up_label",
+    "short_advice",
+    "short_aspects",
+    "short_summary",
     "all_runs",
     "iso_time",
     "percentile",
@@ -93,6 +99,84 @@ def _lengths(values: Iterable[int]) -> dict[str, Any]:
         "p90": _ranked(ordered, 90),
         "max": ordered[-1] if ordered else None,
     }
+
+
+# What each dropped-question reason means, for a person (report.md, status).
+DROP_REASONS: Final[Mapping[str, str]] = {
+    "too_long": "too long",
+    "too_short": "too short",
+    "wrong_language": "not in [questions] language",
+    "not_a_question": "not a question",
+    "template_marker": "chat-template marker",
+    "empty": "empty",
+    "duplicate": "duplicate",
+    "near_duplicate": "near duplicate",
+    "over_target": "over per_aspect",
+}
+
+
+def drop_reasons(d: Mapping[str, int]) -> str:
+    return ", ".join(f"{DROP_REASONS.get(k, k)} {v}" for k, v in d.items()) if d else "none"
+
+
+def short_summary(short: Mapping[str, str]) -> str:
+    """``qa finished: 3 aspects short (2 unusable replies, 1 saturated)``, for
+    ``short``: aspect -> why it was given up ("saturated" or "unusable")."""
+    unusable = sum(1 for why in short.values() if why != "saturated")
+    saturated = len(short) - unusable
+    reasons = [f"{unusable} unusable replies"] if unusable else []
+    reasons += [f"{saturated} saturated"] if saturated else []
+    return f"qa finished: {len(short)} aspect{'s' * (len(short) != 1)} short ({', '.join(reasons)})"
+
+
+def short_advice(short: Mapping[str, str], resume: str = "python run.py qa") -> str:
+    """What to do about the aspects of :func:`short_summary`."""
+    advice = []
+    if any(why != "saturated" for why in short.values()):
+        advice.append(f"aspects lost to unusable replies (empty, refused, unparseable, screened out: "
+                      f"see report.md) are asked again by the next `{resume}`")
+    if any(why == "saturated" for why in short.values()):
+        advice.append("a saturated aspect (the model had nothing new) reopens when [questions] "
+                      f"per_aspect or max_stale_rounds is raised, or with `{resume} --retry-short`")
+    return "; ".join(advice)
+
+
+def short_aspects(settings: Settings, state: RunState) -> dict[str, str]:
+    """Aspects short of per_aspect that were given up, and why."""
+    qs = settings.questions
+    return {a: state.given_up[a] for a in qs.aspects
+            if a in state.given_up and state.accepted.get(a, 0) < qs.per_aspect}
+
+
+def _unusable_replies(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """LLM replies that carried nothing usable (all runs), by kind and by what
+    they were for, with the provider's words for refusals and what to do."""
+    by_kind: Counter[str] = Counter()
+    by_purpose: dict[str, Counter[str]] = {}
+    refused: list[dict[str, str]] = []
+    for ev in events:
+        if ev.get("event") != "llm_unusable":
+            continue
+        kind, purpose = str(ev.get("kind", "")), str(ev.get("purpose", ""))
+        by_kind[kind] += 1
+        by_purpose.setdefault(purpose, Counter())[kind] += 1
+        if kind == "refused" and len(refused) < EXAMPLES:
+            where = ev.get("aspect") or ev.get("conv") or ev.get("passage") or ""
+            refused.append({"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))})
+    return {
+        "by_kind": dict(by_kind.most_common()),
+        "by_purpose": {p: dict(c.most_common()) for p, c in by_purpose.items()},
+        "refused_examples": refused,
+        "advice": {k: ADVICE.get(k, _ROUND_ADVICE.get(k, "")) for k in by_kind},
+    }
+
+
+_ROUND_ADVICE: Final[Mapping[str, str]] = {
+    "unparseable": "the reply held no question: check [questions] prompts and the model",
+    "screened_out": "every question failed the screen (see the dropped reasons): check [questions] "
+                    "language and the length limits",
+    "failed": "the call failed after its retries: check the provider's status",
+}
 
 
 def all_runs(events: Sequence[Mapping[str, Any]], counter: str) -> dict[str, int]:
@@ -156,6 +240,7 @@ def build_report(
             "questions": state.accepted.get(aspect, 0),
             "target": qs.per_aspect if aspect in qs.aspects else 0,
             "exhausted": aspect in state.exhausted,
+            "gave_up": state.given_up.get(aspect) if state.accepted.get(aspect, 0) < qs.per_aspect else None,
             "first_turn": dict.fromkeys(ANSWER_KINDS, 0) | {"unasked": 0},
         }
     sources = SourceTally()
@@ -186,6 +271,8 @@ def build_report(
             "finished": state.finished,
             "pending": len(state.pending),
             "gave_up": state.gave_up,
+            "short": state.short,
+            "keep_short": settings.conversations.keep_short,
             "in_dataset": conversations,
         },
         "outcomes": {k: summary.by_kind.get(k, 0) for k in ANSWER_KINDS},
@@ -200,6 +287,9 @@ def build_report(
         ],
         "dropped_questions": all_runs(ledgers.events, "dropped"),
         "gate_edits": all_runs(ledgers.events, "edited"),
+        "unusable_replies": _unusable_replies(ledgers.events),
+        "short": short_aspects(settings, state),
+        "command": settings.command("qa"),
         "answer_chars": _lengths(summary.answer_chars),
         "latency": {"rag_all_runs": _latency(summary.rag_seconds)},
         "usage": usage_totals(state.usage),
@@ -217,6 +307,7 @@ def build_report(
             "questions_new": int(run.get("questions_new", 0)),
             "outcomes": outcomes,
             "dropped": dict(Counter(stats.get("dropped") or {}).most_common()),
+            "unusable": dict(Counter(stats.get("unusable") or {}).most_common()),
             "rejected": dict(Counter(stats.get("rejected") or {}).most_common()),
             "usage": usage_totals(run.get("usage") or {}),
             "latency": {
@@ -227,6 +318,13 @@ def build_report(
             "answers_per_hour": _per_hour(sum(outcomes.values()), seconds),
         }
     return report
+
+
+def gave_up_label(aspect: Mapping[str, Any]) -> str:
+    why = aspect.get("gave_up")
+    if why == "saturated":
+        return "saturated" + ("" if aspect.get("exhausted") else " (reopened by the settings)")
+    return "unusable replies (asked again next run)" if why else ""
 
 
 def _cell(text: Any) -> str:
@@ -269,9 +367,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         )
         lines.append("")
         if run["dropped"]:
-            lines.append("Questions dropped this run (parser, screen, dedup): " + ", ".join(
-                f"{k} {v}" for k, v in run["dropped"].items()))
+            lines.append("Questions dropped this run (parser, screen, dedup): " + drop_reasons(run["dropped"]))
             lines.append("")
+        if run["unusable"]:
+            lines.append("LLM replies with nothing usable this run: " + drop_reasons(run["unusable"]))
+            lines.append("")
+    if report["short"]:
+        lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'], report['command'])}.", ""]
 
     q = report["questions"]
     lines += ["## Questions per aspect (all runs)", "",
@@ -281,7 +383,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ft = a["first_turn"]
         rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
                      sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
-                     ft.get("unasked", 0), "yes" if a["exhausted"] else ""])
+                     ft.get("unasked", 0), gave_up_label(a)])
     lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
     lines.append("")
 
@@ -300,6 +402,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     in_ds = "unknown" if c["in_dataset"] is None else c["in_dataset"]
     lines.append(f"Conversations: {c['finished']} finished, {c['pending']} still to ask, "
                  f"{c['gave_up']} given up after repeated failures; {in_ds} in the dataset.")
+    if c.get("short"):
+        fate = ("kept in the dataset with the turns they have" if c.get("keep_short", True) else
+                "left out of the dataset when under [conversations] min_turns (keep_short = false)")
+        lines.append(f"Short: {c['short']} ended before their target turns, every fresh follow-up "
+                     f"skipped, vetoed or rejected; {fate}.")
+    declined = sum(report["outcomes"].get(k, 0) for k in ("skipped", "vetoed"))
+    if declined:
+        lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
+                     "`python run.py qa --retry skipped,vetoed` asks them again.")
     lines.append("")
 
     lines += ["## Why questions got no answer", "",
@@ -328,7 +439,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     lines += ["## Questions dropped (all finished runs)", ""]
     dropped = report["dropped_questions"]
-    lines.append(", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped else "None.")
+    lines.append(drop_reasons(dropped) if dropped else "None.")
+    lines.append("")
+
+    un = report["unusable_replies"]
+    lines += ["## LLM replies with nothing usable (all runs)", ""]
+    if un["by_kind"]:
+        lines += _table(["kind", "count", "for", "what to do"],
+                        [[k, n, ", ".join(f"{p} {c[k]}" for p, c in un["by_purpose"].items() if k in c),
+                          un["advice"].get(k, "")] for k, n in un["by_kind"].items()])
+        if un["refused_examples"]:
+            lines += ["", "Refused by the provider (each such item is skipped; the run goes on):", ""]
+            lines += [f"- {e['purpose']} {e['where']}: {_cell(e['provider'])}" for e in un["refused_examples"]]
+    else:
+        lines.append("None.")
     lines.append("")
 
     ac = report["answer_chars"]

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.answer_stats import answer_stats
-from pipeline.outputs.report import all_runs, as_ledgers, iso_time, usage_totals
+from pipeline.outputs.report import (
+    all_runs,
+    as_ledgers,
+    drop_reasons,
+    gave_up_label,
+    iso_time,
+    short_advice,
+    short_aspects,
+    short_summary,
+    usage_totals,
+)
 from pipeline.settings import Settings
 from pipeline.store.ledger import parse_lock_info
 from pipeline.store.resume import RunState
@@ -89,6 +99,7 @@ def build_status(
     selected = int(selection.get("selected", 0)) if selection is not None else 0
     passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
+    short = short_aspects(settings, state)
     return {
         "out_dir": str(settings.out_dir),
         "last_run": {
@@ -101,14 +112,16 @@ def build_status(
         },
         "aspects": {
             a: {"questions": state.accepted.get(a, 0), "target": qs.per_aspect,
-                "exhausted": a in state.exhausted}
+                "exhausted": a in state.exhausted, "gave_up": short.get(a)}
             for a in qs.aspects
         },
+        "short": short,
+        "command": resume_command(settings),
         "questions": {"accepted": sum(state.accepted.values()), "target": qs.per_aspect * len(qs.aspects),
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up},
+                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short},
         "by_kind": summary.by_kind,
         "by_backend": summary.by_backend,
         "by_state": summary.by_state,
@@ -156,11 +169,12 @@ def render_status(status: Mapping[str, Any]) -> str:
     width = max((_width(a) for a in status["aspects"]), default=0)
     for aspect, a in status["aspects"].items():
         pad = " " * (width - _width(aspect))
-        extra = "  (gave up: nothing new)" if a["exhausted"] else ""
+        extra = f"  (gave up: {gave_up_label(a)})" if a.get("gave_up") else ""
         lines.append(f"  {aspect}{pad}  {a['questions']}/{a['target']}{extra}")
     c = status["conversations"]
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
-                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures")
+                 f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures, "
+                 f"{c.get('short', 0)} short of their target turns")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
     for backend, counts in status.get("by_backend", {}).items():
         lines.append(f"  by {backend}: {_counts(counts)}")
@@ -170,7 +184,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     else:
         lines.append("  none yet")
     lines.append(f"gate rejections: {_counts(status['rejections'])}")
-    lines.append(f"questions dropped: {_counts(status['dropped'])}")
+    lines.append(f"questions dropped: {drop_reasons(status['dropped'])}")
     u = status["usage"]
     lines.append(f"tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion; "
                  f"cost {u['cost']:.4f}")
@@ -180,6 +194,8 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"to start: {status['resume']}")
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
+    elif status.get("short"):
+        lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'], status['command'])}")
     else:
         lines.append("nothing left to do")
     return "\n".join(lines)

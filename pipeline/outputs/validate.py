@@ -26,6 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from pipeline.errors import InputError
+from pipeline.services.replies import THINK_TAG
 
 __all__ = [
     "ERROR_MARKERS",
@@ -119,6 +120,10 @@ def _check_markers(text: str, where: str, out: list[tuple[str, Severity]]) -> No
     for marker in ERROR_MARKERS:
         if marker in text:
             out.append((f"{where} contains the template marker {marker}", "error"))
+    # A reasoning model's scratch work (<think> ... </think>) is never data.
+    if "<" in text and (tag := THINK_TAG.search(text)) is not None:
+        out.append((f"{where} contains a reasoning tag {tag.group()}: a model's reasoning leaked in",
+                    "error"))
     for marker in WARNING_MARKERS:
         if marker in text:
             out.append((f"{where} contains the special token {marker}", "warning"))

@@ -71,7 +71,7 @@ _SPACES = re.compile(r"(?<=\S)[ \t\u3000]+")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # What _tidy would change besides the ends; most answers hold none of it.
-_UNTIDY = ("\r", "\t", "\u3000", "  ", " \n", "\n\n\n")
+_UNTIDY = re.compile(r"[\r\t\u3000]|  | \n|\n\n\n")
 
 # A sentence ends at a CJK or ASCII end mark (with the closing quotes after
 # it), an ASCII full stop followed by white space, or a line break.
@@ -85,7 +85,7 @@ _INLINE_REFS = re.compile(r"[、,，;；]\s*")
 
 
 def _tidy(text: str) -> str:
-    if not any(mark in text for mark in _UNTIDY):
+    if _UNTIDY.search(text) is None:
         return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _SPACES.sub(" ", text)
@@ -217,32 +217,28 @@ class _Matcher:
                 shortest = min((u for u in union if w.startswith(u)), key=len)
                 self._by_word.setdefault(shortest, []).append(i)
 
-    def may_match(self, low: str) -> bool:
-        """False only when no pattern can match a text whose lower case is ``low``."""
-        return bool(self._always) or (self._any is not None and self._any.search(low) is not None)
-
-    def candidates(self, low: str, starts: Sequence[int]) -> dict[int, set[int]]:
-        """For each piece of ``low`` (the pieces start at ``starts``) where a
-        pattern may match, the indices of those patterns."""
-        found: dict[int, set[int]] = {}
-        if self._always:
-            for piece in range(len(starts)):
-                found[piece] = set(self._always)
+    def hits(self, low: str) -> list[tuple[int, str]]:
+        """Where in ``low`` (a lower-cased text) a pattern may match: each
+        place a needed word starts, with that word (:meth:`patterns_of` says
+        whose); "" at 0 stands for the patterns that need no certain word."""
+        found: list[tuple[int, str]] = [(0, "")] if self._always else []
         if self._any is None:
             return found
         pos = 0
         # Searched again from the next character, not after the match: a
         # word may start inside another.
         while (m := self._any.search(low, pos)) is not None:
-            piece = bisect_right(starts, m.start()) - 1
-            found.setdefault(piece, set()).update(self._by_word[m.group()])
+            found.append((m.start(), m.group()))
             pos = m.start() + 1
         return found
 
-    def found(self, indices: set[int], text: str, low: str) -> list[re.Pattern[str]]:
-        """Of the patterns at ``indices``, those that match ``text`` (``low`` is its lower case)."""
-        return [self.patterns[i] for i in sorted(indices)
-                if all(n.search(low) for n in self._needs[i]) and self.patterns[i].search(text) is not None]
+    def patterns_of(self) -> dict[str, list[int]]:
+        """Each word :meth:`hits` may report, and the indices of the patterns it stands for."""
+        return {"": self._always, **self._by_word}
+
+    def needs_met(self, index: int, low: str) -> bool:
+        """Whether ``low`` holds every word pattern ``index`` needs."""
+        return all(n.search(low) for n in self._needs[index])
 
 
 def _sentences(text: str) -> list[str]:
@@ -312,40 +308,63 @@ def compile_gate(cs: ConversationSettings) -> Gate:
     rewrites = _compile_all(cs.material_rewrites, "material_rewrites") if cs.material_talk == "rewrite" else []
     headers = _compile_all(cs.reference_headers, "reference_headers")
     min_chars, max_chars, share = cs.min_answer_chars, cs.max_answer_chars, cs.refusal_share
-    # One search says whether any rule past the first can apply (most
-    # answers: no); then each rule's patterns are sifted by the words they
-    # need, and only the few left are tried sentence by sentence.
-    trigger = _Matcher([*prefixes, *rewrites, *headers, *refusal, *material])
-    lead_ins, safe_talk = _Matcher(prefixes), _Matcher(rewrites)
-    refusals, talks, heads = _Matcher(refusal), _Matcher(material), _Matcher(headers)
+    # One trie-shaped search finds the words any rule needs (most answers
+    # hold none); only the sentences holding them are tried, and only with
+    # the patterns that need what was found there.
+    rules = _Matcher([*prefixes, *rewrites, *refusal, *material, *headers])
+    ends = list(accumulate(map(len, (prefixes, rewrites, refusal, material, headers))))
+    base = [0, *ends[:-1]]  # where each group's patterns start in ``rules``
+    LEAD, REWRITE, REFUSE, TALK, HEADER = range(5)  # noqa: N806 - the rule groups, in ``rules`` order
 
-    def sentence_pass(text: str, low: str, changes: list[str]) -> tuple[str, str | None]:
+    # What a word found means: per rule group, the patterns (indices within
+    # the group) that need it.
+    tried: dict[str, tuple[frozenset[int], ...]] = {}
+    for word, indices in rules.patterns_of().items():
+        groups: list[set[int]] = [set() for _ in ends]
+        for i in indices:
+            g = bisect_right(ends, i)
+            groups[g].add(i - base[g])
+        tried[word] = tuple(map(frozenset, groups))
+
+    def by_sentence(hits: list[tuple[int, str]], starts: Sequence[int]) -> dict[int, list[set[int]]]:
+        """Sentence index -> per rule group, the indices (within the group) of patterns to try."""
+        out: dict[int, list[set[int]]] = {}
+        for pos, word in hits:
+            groups = out.setdefault(bisect_right(starts, pos) - 1, [set(), set(), set(), set(), set()])
+            for g, indices in enumerate(tried[word]):
+                if indices:
+                    groups[g] |= indices
+        return out
+
+    def sentence_pass(
+        text: str, low: str, hits: list[tuple[int, str]], changes: list[str]
+    ) -> tuple[str, str | None]:
         pieces = _sentences(text)
-        if len(low) != len(text):  # lower case changed the length ("İ"): cut it the same way
-            low = "".join(p.lower() for p in pieces)
-            low = low if len(low) == len(text) else text
-        starts = list(accumulate((len(p) for p in pieces[:-1]), initial=0))
-        to_lead, to_rewrite, to_refuse, to_talk = (
-            m.candidates(low, starts) for m in (lead_ins, safe_talk, refusals, talks))
+        if len(low) != len(text):  # lower case changed the length ("İ"): look everywhere
+            hits = [(0, word) for word in tried]
+        todo = by_sentence(hits, list(accumulate((len(p) for p in pieces[:-1]), initial=0)))
         kept: list[str] = []
         refusing = 0  # characters of refusal sentences
         opening_refuses: bool | None = None
         talk = False
         for i, sentence in enumerate(pieces):
-            if i in to_lead or i in to_rewrite:
+            groups = todo.get(i)
+            if groups is not None and (groups[LEAD] or groups[REWRITE]):
                 # A lead-in is looked for where a sentence starts, which is
                 # where a pattern's "^" matches once the sentence stands alone.
-                sentence = _edit(sentence, changes, [prefixes[j] for j in sorted(to_lead.get(i, ()))],
-                                 [rewrites[j] for j in sorted(to_rewrite.get(i, ()))])
+                sentence = _edit(sentence, changes, [prefixes[j] for j in sorted(groups[LEAD])],
+                                 [rewrites[j] for j in sorted(groups[REWRITE])])
             kept.append(sentence)
             words = sentence.strip()
             if not words:
                 continue
             refuses = False
-            if i in to_refuse or (i in to_talk and not talk):
+            if groups is not None and (groups[REFUSE] or groups[TALK]):
                 w_low = words.lower()
-                refuses = i in to_refuse and bool(refusals.found(to_refuse[i], words, w_low))
-                talk = talk or (i in to_talk and bool(talks.found(to_talk[i], words, w_low)))
+                refuses = any(rules.needs_met(base[REFUSE] + j, w_low) and refusal[j].search(words)
+                              for j in groups[REFUSE])
+                talk = talk or any(rules.needs_met(base[TALK] + j, w_low) and material[j].search(words)
+                                   for j in groups[TALK])
             if opening_refuses is None:
                 opening_refuses = refuses
             if refuses:
@@ -371,15 +390,16 @@ def compile_gate(cs: ConversationSettings) -> Gate:
         refs: list[str] = []
         reason = None
         low = text.lower()
-        if trigger.may_match(low):
-            if heads.may_match(low):
+        hits = rules.hits(low)
+        if hits:
+            if any(tried[word][HEADER] for _, word in hits):
                 stripped, refs = _take_references(text, headers)
                 if stripped != text:
                     text = _tidy(stripped)
                     low = text.lower()
+                    hits = rules.hits(low)
                     changes.append("references")
-            text, reason = sentence_pass(text, low, changes)
-            text = _tidy(text)
+            text, reason = sentence_pass(text, low, hits, changes)
         if reason is None and not text:
             reason = "empty"
         if reason is None and len(text) < min_chars:

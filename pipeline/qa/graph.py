@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pipeline.qa.coalesce import Coalescer
 from pipeline.qa.gate import compile_gate
 from pipeline.errors import (
+    ContentRefused,
     FatalServiceError,
     QuotaExhausted,
     RetryableError,
@@ -44,8 +45,18 @@ from pipeline.errors import (
 from pipeline.store.ledger import LedgerWriter
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer, Outcome
-from pipeline.qa.questions import ensure_topic, followup_messages, parse_followup, parse_question_list, question_id, question_messages, screen_question
-from pipeline.qa.questions import passage_messages, screen_standalone
+from pipeline.services.replies import REFUSED
+from pipeline.qa.questions import (
+    followup_candidates,
+    followup_messages,
+    parse_question_list,
+    passage_messages,
+    question_id,
+    question_messages,
+    screen_question,
+    screen_standalone,
+    standalone_question,
+)
 from pipeline.qa.passages import Passage
 from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
@@ -56,9 +67,16 @@ __all__ = ["Graph", "RunStats", "StopReason"]
 
 log = logging.getLogger(__name__)
 
-StopReason = Literal["complete", "quota", "interrupted", "servers_down", "fatal"]
+StopReason = Literal["complete", "short", "quota", "interrupted", "servers_down", "refused", "fatal"]
+
+# The answer-row state of a turn whose follow-up could not be written.
+NO_FOLLOWUP = "no follow-up question"
 
 _DONE = None  # queue sentinel
+
+# Answer kinds of a follow-up turn that get a fresh follow-up question: the
+# verdict is about that question, not about the conversation before it.
+_FRESH_FOLLOWUP = frozenset({"skipped", "vetoed", "rejected"})
 
 
 @dataclass(slots=True)
@@ -78,6 +96,12 @@ class RunStats:
     corpus_questions: int = 0  # accepted from passages (not part of ``accepted``: no aspect target)
     passages: list[int] = field(default_factory=lambda: [0, 0])  # asked (all runs), selected
     followup_calls: int = 0
+    # LLM replies that carried nothing usable, by kind (replies.UNUSABLE_KINDS,
+    # plus "unparseable", "screened_out" and "failed" for question rounds).
+    unusable: Counter[str] = field(default_factory=Counter)
+    # Aspects that ended this run short of per_aspect: aspect -> "saturated"
+    # (the model had nothing new: final) or "unusable" (retried next run).
+    short: dict[str, str] = field(default_factory=dict)
     rag_seconds: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes an answer
 
     def snapshot(self) -> dict[str, Any]:
@@ -89,6 +113,8 @@ class RunStats:
             "outcomes": dict(self.outcomes),
             "dropped": dict(self.dropped),
             "rejected": dict(self.rejected),
+            "unusable": dict(self.unusable),
+            "short": dict(self.short),
             "edited": dict(self.edited),
             "in_flight": self.in_flight,
             "seconds": round(time.monotonic() - self.started, 1),
@@ -192,15 +218,28 @@ class Graph:
             self._seeded.cancel()  # a stop before any producer needed it
             if self._quota_wait is not None:
                 self._quota_wait.cancel()  # a probe still out when the grace ran out
+        self._settle_short()
         return self.stop_reason
+
+    def _settle_short(self) -> None:
+        """After the graph ran: every aspect still short of per_aspect, and why
+        (given up this run, or saturated in an earlier one); a run that had
+        nothing more to do but fell short ends "short", not "complete"."""
+        qs = self.settings.questions
+        for aspect in qs.aspects:
+            if self.stats.accepted[aspect] < qs.per_aspect and aspect not in self.stats.short:
+                if aspect in self.state.exhausted:
+                    self.stats.short[aspect] = "saturated"
+        if self.stop_reason == "complete" and self.stats.short:
+            self.stop_reason = "short"
 
     async def _seed_dedup(self) -> None:
         """Remember the questions of earlier runs in the Deduper, a chunk (read
         from the ledger) per worker-thread call. Until this returns nothing
         else touches the Deduper: producers await it before their first
         screening."""
-        if not self._aspects_to_produce() and not self.passages:
-            return  # no producer will screen anything: spare the CPU for the answers
+        if not self._aspects_to_produce() and not self.passages and self.settings.conversations.max_turns <= 1:
+            return  # nothing will be screened (no producer, no follow-up): spare the CPU for the answers
         chunks = iter(self._earlier_questions())  # a generator: the reading is done by next()
         while await asyncio.to_thread(self._seed_next, chunks):
             pass
@@ -282,26 +321,42 @@ class Graph:
         # shows only SAMPLE, and a list of all of them grew ~100 B a question.
         have = self.state.accepted.get(aspect, 0)
         sample: deque[str] = deque(self.state.recent.get(aspect, ()), maxlen=SAMPLE)
-        stale = 0
-        while have < qs.per_aspect and stale < qs.max_stale_rounds and not self.stopping:
+        # Two kinds of empty round, each ending the aspect after max_stale_rounds
+        # in a row: ``stale``, the questions were all known (the model has
+        # nothing new: final), and ``lost``, the reply was of no use (empty,
+        # refused, unparseable, every question screened out, the call failed:
+        # tried again on the next run).
+        stale = lost = 0
+        lost_kinds: Counter[str] = Counter()
+        while (have < qs.per_aspect and stale < qs.max_stale_rounds and lost < qs.max_stale_rounds
+               and not self.stopping):
             need = qs.per_aspect - have
             messages = question_messages(qs, aspect, min(qs.batch_size, need), list(sample))
             try:
-                text = await self._llm_text(messages)
+                text = await self._llm_text(messages, purpose="questions", aspect=aspect)
             except Stopped:
                 return
             except (RetryableError, UnusableReply) as exc:
-                log.warning("question call for aspect %r failed: %s", aspect, exc)
-                stale += 1
+                # Counted as lost (the unusable ones were recorded by _llm_text).
+                kind = exc.kind if isinstance(exc, UnusableReply) else "failed"
+                if kind == "failed":
+                    log.warning("question call for aspect %r failed: %s", aspect, exc)
+                lost, lost_kinds[kind] = lost + 1, lost_kinds[kind] + 1
                 continue
             self.stats.question_calls += 1
             if not self._seeded.done():
                 await asyncio.shield(self._seeded)
-            fresh = await self._screen((parse_question_list(text), need))
+            items = parse_question_list(text)
+            fresh = await self._screen((items, need))
             if not fresh:
-                stale += 1
+                kind = self._empty_round(items)
+                if kind is None:
+                    stale += 1
+                else:
+                    lost, lost_kinds[kind] = lost + 1, lost_kinds[kind] + 1
+                    await self._note_unusable("questions", kind, text[:200], aspect=aspect)
                 continue
-            stale = 0
+            stale = lost = 0
             rows = []
             for q in fresh:
                 rows.append(question_row(id=question_id(q), aspect=aspect, text=q, seq=self._seq))
@@ -312,10 +367,33 @@ class Graph:
             self.stats.accepted[aspect] += len(fresh)
             await self._enqueue(rows, aspect)
         if have < qs.per_aspect and not self.stopping:
-            log.warning("aspect %r: %d of %d questions after %d rounds with nothing new",
-                        aspect, have, qs.per_aspect, stale)
-            await self.writer.record("events", {"event": "aspect_exhausted", "aspect": aspect,
-                                                "accepted": have})
+            why = "saturated" if stale >= qs.max_stale_rounds else "unusable"
+            if why == "saturated":
+                log.warning("aspect %r: %d of %d questions after %d rounds with nothing new",
+                            aspect, have, qs.per_aspect, stale)
+            else:
+                log.warning("aspect %r: %d of %d questions; %d rounds in a row brought unusable "
+                            "replies (%s); asked again on the next run", aspect, have, qs.per_aspect,
+                            lost, ", ".join(f"{k} {n}" for k, n in lost_kinds.most_common()))
+            self.stats.short[aspect] = why
+            # per_aspect and max_stale_rounds are kept: raising either reopens the aspect.
+            await self.writer.record("events", {
+                "event": "aspect_exhausted", "aspect": aspect, "accepted": have, "why": why,
+                "unusable": dict(lost_kinds), "per_aspect": qs.per_aspect,
+                "max_stale_rounds": qs.max_stale_rounds,
+            })
+
+    def _empty_round(self, items: list[str]) -> str | None:
+        """Why a question round that brought nothing new was of no use:
+        "unparseable" (no question in the reply), "screened_out" (every one
+        failed the screen: too long, wrong language, ...; counted in
+        ``dropped``), or None when well-formed questions were all known."""
+        if not items:
+            return "unparseable"
+        qs = self.settings.questions
+        if all(screen_question(q, qs) is not None for q in items):
+            return "screened_out"
+        return None
 
     async def _enqueue(self, rows: list[dict[str, Any]], aspect: str) -> None:
         """Queue a conversation for each first-turn question row just recorded."""
@@ -351,7 +429,7 @@ class Graph:
         qs = self.settings.questions
         messages = passage_messages(qs, passage.text, passage.file, qs.per_passage)
         try:
-            text = await self._llm_text(messages)
+            text = await self._llm_text(messages, purpose="passage questions", passage=passage.id)
         except Stopped:
             return
         except (RetryableError, UnusableReply) as exc:
@@ -488,8 +566,14 @@ class Graph:
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
-        stopping at the first turn without an accepted answer."""
+        stopping at the first turn without an accepted answer.
+
+        A follow-up the backend declined (skipped, vetoed) or whose answer the
+        gate rejected says nothing against the conversation: a fresh follow-up
+        is written for that turn, up to ``[run] max_answer_attempts`` questions
+        in all, before the conversation ends short."""
         topic = self.settings.questions.topic
+        tries = 0  # questions of this turn declined so far
         while plan.next_turn <= plan.target and not self.stopping:
             question = plan.next_question
             if question is None:
@@ -499,29 +583,48 @@ class Graph:
             row = await self._ask(plan, question)
             self._down_since = self._down_logged = None
             if row["kind"] != "answered":
-                return
+                tries += 1
+                if (plan.next_turn == 1 or row["kind"] not in _FRESH_FOLLOWUP
+                        or tries >= self.settings.run.max_answer_attempts):
+                    return
+                plan.next_question = None  # another follow-up to the same answer
+                continue
+            tries = 0
             plan.history.append((question, row["answer"]))
             plan.next_turn += 1
             plan.next_question = None
 
     async def _write_followup(self, plan: ConvPlan, topic: str) -> str | None:
-        """The next turn's question, recorded; None when the model's reply gave
-        none (the turn is recorded as failed). Raises :class:`Stopped`."""
+        """The follow-up question of ``plan.next_turn``, as a person would go on
+        in the conversation: parsed like a question list, screened like a
+        first question, new among every question of the run; recorded, then
+        returned. None when there is none: an answer row then says why, with
+        no question text (a rejected text is never kept nor asked later).
+        Raises :class:`Stopped`."""
         last_q, last_a = plan.history[-1]
         messages = followup_messages(self.settings.conversations, topic, last_q, last_a)
-        try:
-            text = await self._llm_text(messages)
-        except (RetryableError, UnusableReply) as exc:
-            self.stats.followup_calls += 1
-            state = f"LLM error: {exc}" if isinstance(exc, RetryableError) else "no follow-up question"
-            await self._record_answer(plan, "", Outcome(kind="failed", state=state))
-            return None
         self.stats.followup_calls += 1
-        followup = parse_followup(text)
-        if not followup or screen_question(followup, self.settings.questions) is not None:
-            await self._record_answer(plan, followup or "", Outcome(kind="failed", state="no follow-up question"))
+        try:
+            text = await self._llm_text(messages, purpose="followup", conv=plan.conv)
+        except ContentRefused as exc:
+            # Final: the conversation ends at its answered turns.
+            await self._record_answer(plan, "", Outcome(kind="refused", state=f"{REFUSED}: {exc.provider_message}"))
             return None
-        followup = ensure_topic(followup, topic)
+        except UnusableReply as exc:
+            await self._record_answer(plan, "", Outcome(kind="failed", state=f"{NO_FOLLOWUP} ({exc.kind})"))
+            return None
+        except RetryableError as exc:
+            await self._record_answer(plan, "", Outcome(kind="failed", state=f"LLM error: {exc}"))
+            return None
+        candidates = followup_candidates(text)
+        if not self._seeded.done():
+            await asyncio.shield(self._seeded)
+        fresh = await self._screen((candidates, 1)) if candidates else []
+        if not fresh:
+            why = self._empty_round(candidates) or "duplicate"
+            await self._record_answer(plan, "", Outcome(kind="failed", state=f"{NO_FOLLOWUP} ({why})"))
+            return None
+        followup = fresh[0]
         await self.writer.record(
             "questions",
             followup_row(id=question_id(followup), conv=plan.conv, turn=plan.next_turn, text=followup),
@@ -529,9 +632,13 @@ class Graph:
         return followup
 
     async def _ask(self, plan: ConvPlan, question: str) -> dict[str, Any]:
+        # The backend keeps no history: a follow-up goes out standalone (the
+        # topic as a lead-in when it does not name it); the row keeps it as asked.
+        qs = self.settings.questions
+        sent = question if plan.next_turn == 1 else standalone_question(question, qs.topic, qs.language)
         self.stats.in_flight += 1
         try:
-            outcome = await self.answerer.ask(question)
+            outcome = await self.answerer.ask(sent)
         finally:
             self.stats.in_flight -= 1
         self.stats.rag_seconds.append(outcome.seconds)
@@ -571,25 +678,54 @@ class Graph:
             edits=edits,
         )
         await self.writer.record("answers", row)
+        if kind == "refused":
+            self._check_refusals()
         return row
 
     # ---- the LLM, with the run's reaction to its errors ----------------------------------
 
-    async def _llm_text(self, messages: list[dict[str, str]]) -> str:
-        """The text of one LLM reply, waiting out exhausted quota when the
-        settings say so. Raises :class:`RetryableError` (failed after its
-        retries) or :class:`UnusableReply` (nothing usable in the reply) when
-        the call failed, which costs only its item, and :class:`Stopped` when
-        the run stops before or during the call."""
+    async def _llm_text(self, messages: list[dict[str, str]], *, purpose: str, **where: str) -> str:
+        """The answer proper of one LLM reply, waiting out exhausted quota when
+        the settings say so. Raises :class:`RetryableError` (failed after its
+        retries) or :class:`UnusableReply` (nothing usable in the reply:
+        counted and recorded first, ``where`` saying for what: aspect, conv or
+        passage) when the call failed, which costs only its item, and
+        :class:`Stopped` when the run stops before or during the call."""
         while True:
             self._raise_if_stopping()
             try:
                 return (await self.llm.chat(messages)).text
+            except UnusableReply as exc:
+                detail = exc.provider_message if isinstance(exc, ContentRefused) else str(exc)
+                await self._note_unusable(purpose, exc.kind, detail, **where)
+                if isinstance(exc, ContentRefused):
+                    self._check_refusals()
+                raise
             except QuotaExhausted as exc:
                 await self._on_quota(exc)
             except FatalServiceError as exc:
                 self.request_stop("fatal", str(exc))
                 raise Stopped(str(exc)) from exc
+
+    async def _note_unusable(self, purpose: str, kind: str, detail: str, **where: str) -> None:
+        """Count an LLM reply that gave nothing usable and record it in the
+        event ledger, for the report (by kind, with examples)."""
+        self.stats.unusable[kind] += 1
+        log.warning("%s reply unusable (%s): %s", purpose, kind, detail[:200])
+        await self.writer.record("events", {"event": "llm_unusable", "purpose": purpose, "kind": kind,
+                                            **where, "detail": detail[:300]})
+
+    def _check_refusals(self) -> None:
+        """Stop (resumably) when the provider refuses most recent calls."""
+        if not self.llm.refusals_dominate():
+            return
+        s = self.llm.settings
+        self.request_stop("refused", (
+            f"the provider refused {self.llm.usage.refused_share():.0%} of the last {s.refusal_window} "
+            f"LLM calls on content grounds ([llm] max_refused_share = {s.max_refused_share:g}); the run "
+            "stopped rather than spend the quota on refusals. report.md lists what was refused; change "
+            "the topic, aspects or prompts (or the provider) before resuming"
+        ))
 
     async def _on_quota(self, exc: QuotaExhausted) -> None:
         """Exhausted quota: stop, or (``on_quota = "wait"``) wait with every

@@ -231,14 +231,21 @@ def _common(text: str, facts: Facts, lang: str) -> str | None:
     return None
 
 
+# Two list items glued into one by a list the parser could not split
+# ("Hi!', 'Who's this?": an apostrophe inside a single-quoted item).
+_GLUED = re.compile(r"""['"‘’“”]\s*[,，、]\s*['"‘’“”]""")
+
+
 def screen_question(q: str, facts: Facts, lang: str, max_chars: int) -> str | None:
     """Why ``q`` is no usable identity question in ``lang``, as a stable code
     ("empty", "template_marker", "too_long", "other_identity": it names another
-    model or company, so no answer to it could pass, "wrong_language"), or None.
-    A greeting need not be a question."""
+    model or company, so no answer to it could pass, "wrong_language",
+    "glued": two list items in one), or None. A greeting need not be a question."""
     reason = _common(q, facts, lang)
     if reason is None and len(q.strip()) > max_chars:
         return "too_long"
+    if reason is None and _GLUED.search(q):
+        return "glued"
     return reason
 
 

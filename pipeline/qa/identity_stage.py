@@ -122,6 +122,8 @@ class _Maker:
             qs = self.state.in_slot(lang, kind)
             done = sum(q.answer is not None for q in qs)
             if done >= target:
+                if target:
+                    log.info("identity %s/%s: %d/%d records", lang, kind, done, target)
                 return
             given_up = [q for q in qs if q.answer is None and q.attempts >= self.ident.max_attempts]
             if len(given_up) >= target:
@@ -132,15 +134,17 @@ class _Maker:
                     f"{self.ident.max_attempts} rejected answers each ({_counts(reasons)})")
                 return
             open_ = [q for q in qs if q.answer is None and q.attempts < self.ident.max_attempts]
-            if len(open_) < target - done:
-                if stale >= self.settings.questions.max_stale_rounds:
-                    self.short[f"{lang}/{kind}"] = (
-                        f"{done}/{target}: the LLM wrote no new usable question in {stale} calls in a row")
-                    return
+            if len(open_) < target - done and stale < self.settings.questions.max_stale_rounds:
                 new = await self._write_questions(lang, kind, qs)
                 stale = 0 if new else stale + 1
                 continue
-            await asyncio.gather(*(self._answer(q) for q in open_[: target - done]))
+            if open_:
+                # Enough questions, or as many as the LLM would write: answer them.
+                await asyncio.gather(*(self._answer(q) for q in open_[: target - done]))
+                continue
+            self.short[f"{lang}/{kind}"] = (
+                f"{done}/{target}: the LLM wrote no new usable question in {stale} calls in a row")
+            return
 
     async def _write_questions(self, lang: str, kind: Kind, known: list[IdentityQuestion]) -> int:
         n = self.ident.batch_size
@@ -219,6 +223,9 @@ async def run_identity(settings: Settings, *, install_signals: bool = True,
         if all(sum(q.answer is not None for q in state.in_slot(*slot)) >= n for slot, n in want.items()):
             # Nothing to make: no client, no probe, not one request.
             return _finish(settings, state, "complete", "", {}, {})
+        made = sum(min(n, sum(q.answer is not None for q in state.in_slot(*slot))) for slot, n in want.items())
+        log.info("identity: %d of %d records made; writing the rest with %s", made, ident.records,
+                 settings.llm.model)
         async with LLMClient(settings.llm) as llm:
             writer = LedgerWriter({"identity": identity_ledger(settings)}, fsync=settings.run.fsync,
                                   fsync_interval_s=settings.run.fsync_interval_s)
@@ -264,7 +271,7 @@ async def _outcome(work: asyncio.Task[None]) -> tuple[str, str]:
 def _finish(settings: Settings, state: IdentityState, status: str, detail: str,
             short: dict[str, str], usage: dict[str, Any]) -> IdentityResult:
     out = settings.out_dir / settings.identity.output_name
-    count = write_identity(out, state)
+    count = write_identity(settings, state)
     _refresh_report(settings)
     return IdentityResult(status, count, settings.identity.records, out, detail, short, usage)
 

@@ -13,7 +13,7 @@ again), and changes when the passage itself does. Its span is in characters
 of the file's decoded, newline-normalised, cleaned text (see :func:`~pipeline.corpus.iter_spans`).
 
 Selection, under ``[questions] max_passages`` (0: every passage): while the
-budget lasts every file gets one passage (largest files first), so each file
+budget lasts every file gets one passage (the files with most passages first), so each file
 has a chance to be covered; the rest of the budget is shared among files in
 proportion to the passages they have left (largest remainder). Within a file
 the passages are a sample drawn with ``passage_seed`` and the file's path, kept
@@ -22,7 +22,7 @@ run and machine; a file added or removed changes the shares, not the draw of
 the other files.
 
 Two passes keep memory small: the first holds per passage only its span and
-id (24 bytes), the second reads back the text of the selected passages only.
+id (about 90 bytes), the second reads back the text of the selected passages only.
 """
 
 from __future__ import annotations
@@ -36,10 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import UndecodableFile, discover, iter_blocks, iter_spans, make_splitter, probe
+from pipeline.corpus import (
+    UndecodableFile,
+    discover,
+    iter_blocks,
+    iter_spans,
+    make_splitter,
+    probe,
+)
 from pipeline.settings import SEED_SEPARATORS, Settings
 
-__all__ = ["FileShare", "Passage", "PassagePlan", "allot", "draw", "passage_id", "plan_passages"]
+__all__ = ["FileShare", "Passage", "PassagePlan", "allot", "draw", "file_text", "passage_id", "plan_passages"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,13 @@ class PassagePlan:
             "files": [[f.file, f.size, f.passages, f.selected] for f in self.files],
             "skipped": [[rel, reason] for rel, reason in self.skipped],
         }
+
+
+def file_text(path: Path) -> str:
+    """The whole text of a corpus file as spans count it: decoded,
+    newline-normalised and cleaned, block by block, as :func:`plan_passages`
+    read it. Raises :class:`~pipeline.corpus.UndecodableFile` or ``OSError``."""
+    return "".join(iter_blocks(path, probe(path).encoding))
 
 
 def passage_id(text: str) -> str:

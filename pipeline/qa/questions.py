@@ -24,17 +24,18 @@ from pipeline.settings import ConversationSettings, QuestionSettings
 
 __all__ = [
     "TEMPLATE_MARKERS",
-    "ensure_topic",
     "fill_template",
     "followup_messages",
     "normalise",
-    "parse_followup",
+    "followup_candidates",
     "parse_question_list",
     "passage_messages",
     "question_id",
+    "question_length",
     "question_messages",
     "screen_question",
     "screen_standalone",
+    "standalone_question",
 ]
 
 # Chat-template markers that must never reach a training record: XTuner would
@@ -369,18 +370,45 @@ _EN_INTERROGATIVE = re.compile(
 )
 
 
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK_ANY = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+
+
+def question_length(q: str, unit: str) -> int:
+    """Length of ``q`` in ``unit``: "words" (space-separated) or "chars"."""
+    return len(q.split()) if unit == "words" else len(q.strip())
+
+
+def _in_script(s: str, script: str) -> bool:
+    if script == "han":  # Chinese: Han characters, and no Japanese kana
+        return _HAN.search(s) is not None and _KANA.search(s) is None
+    return len(_CJK_ANY.findall(s)) <= len(_LATIN.findall(s))
+
+
 def screen_question(q: str, qs: QuestionSettings) -> str | None:
     """Why ``q`` is not an acceptable question, as a short stable code
-    ("empty", "template_marker", "too_short", "too_long", "not_a_question"),
-    or None when it is fine."""
+    ("empty", "template_marker", "wrong_language", "too_short", "too_long",
+    "not_a_question"), or None when it is fine.
+
+    Length is measured as ``[questions] language`` is written (its preset's
+    ``length_unit``): characters against ``min_chars``/``max_chars``, or words
+    against ``min_words``/``max_words``; the script must be the language's."""
     s = q.strip()
     if not s:
         return "empty"
     if any(m in s for m in TEMPLATE_MARKERS):
         return "template_marker"
-    if len(s) < qs.min_chars:
+    preset = PRESETS[qs.language]
+    if not _in_script(s, preset.script):
+        return "wrong_language"
+    unit = preset.length_unit
+    length = question_length(s, unit)
+    low, high = (qs.min_words, qs.max_words) if unit == "words" else (qs.min_chars, qs.max_chars)
+    if length < low:
         return "too_short"
-    if len(s) > qs.max_chars:
+    if length > high:
         return "too_long"
     if "?" not in s and "？" not in s and not (
         _ZH_INTERROGATIVE.search(s) or _EN_INTERROGATIVE.match(s)
@@ -441,49 +469,66 @@ def question_id(q: str) -> str:
 _FOLLOWUP_LABEL = re.compile(
     r"^\s*(?:追问|后续问题|问题|提问|follow[- ]?up(?: question)?|question)\s*[:：]\s*", re.I
 )
+_FOLLOWUP_KEYS = ("follow_up", "followup", "follow-up", "follow_up_question", "追问", *_DICT_KEYS)
 
 
-def parse_followup(text: str) -> str:
-    """The follow-up question in a model's reply: the first line that reads
-    as a question, with labels ("追问："), numbering and quotes stripped;
-    "" when there is none."""
-    if not text:
-        return ""
+def _reads_as_question(s: str) -> bool:
+    return "?" in s or "？" in s or bool(_ZH_INTERROGATIVE.search(s) or _EN_INTERROGATIVE.match(s))
+
+
+def _object_items(body: str) -> list[str] | None:
+    """The strings of a JSON object reply (``{"question": "..."}``), the
+    question-like keys first; None when ``body`` is no JSON object."""
+    start = body.find("{")
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(body, start)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    lowered = {str(k).lower(): v for k, v in value.items()}
+    keyed = [lowered[k] for k in _FOLLOWUP_KEYS if k in lowered]
+    rest = [v for k, v in lowered.items() if k not in _FOLLOWUP_KEYS]
+    out: list[str] = []
+    for v in (*keyed, *rest):
+        if isinstance(v, str):
+            out.append(v)
+        else:
+            out.extend(_items_from_value(v if isinstance(v, list) else [v]))
+    return out
+
+
+def followup_candidates(text: str) -> list[str]:
+    """The follow-up questions a model's reply offers, in order, parsed like
+    a question list: a JSON object (``{"question": ...}``), a JSON or Python
+    list, fenced code, labelled lines ("追问：", "Follow-up question:"),
+    numbered lines, or plain text. Labels, numbering and quotes are stripped;
+    only items that read as questions are kept. The caller takes the first
+    that passes screening and deduplication; ``[]`` when there is none."""
+    if not text or not text.strip():
+        return []
     fenced = _FENCE.findall(text)
     body = "\n".join(fenced) if fenced else text
-    candidates: list[str] = []
-    for line in body.splitlines():
-        s = line.replace("**", "").strip()
-        if not s or s.startswith("```"):
-            continue
-        s = _MARKER.sub("", s, count=1)
-        s = _FOLLOWUP_LABEL.sub("", s)
-        s = _clean_item(s)
-        if s:
-            candidates.append(s)
-    for s in candidates:
-        if "?" in s or "？" in s or _ZH_INTERROGATIVE.search(s) or _EN_INTERROGATIVE.match(s):
-            return s
-    return ""
+    items = _object_items(body)
+    if items is None:
+        unlabelled = "\n".join(_FOLLOWUP_LABEL.sub("", ln.replace("**", "")) for ln in body.splitlines())
+        items = parse_question_list(unlabelled)
+    cleaned = (_clean_item(_FOLLOWUP_LABEL.sub("", _clean_item(i))) for i in items)
+    return [c for c in cleaned if c and _reads_as_question(c)]
 
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
-def ensure_topic(question: str, topic: str) -> str:
-    """``question`` naming ``topic``: HuixiangDou keeps no history, so a
-    follow-up such as "他的师父是谁？" must carry its subject. Matching ignores
-    case, width, spaces, punctuation and 《》; when missing, the topic is
-    prefixed ("《黑神话：悟空》中，…" or "In Black Myth: Wukong, …")."""
+def standalone_question(question: str, topic: str, language: str) -> str:
+    """The text a backend without conversation history (HuixiangDou) is sent
+    for a follow-up ``question``: the question itself when it names
+    ``topic`` (ignoring case, width, spaces, punctuation and 《》), else the
+    language preset's ``standalone`` lead-in ("关于《黑神话：悟空》，石猴的师父是谁？",
+    "About home brewing: Which yeast suits a stout?"). The question keeps its
+    own wording: the dataset stores it as asked, and the follow-up prompt asks
+    for one that names its subject."""
     question = question.strip()
     bare = topic.strip().strip("《》").strip()
-    if not bare or not question:
+    if not bare or not question or normalise(bare) in normalise(question):
         return question
-    if normalise(bare) in normalise(question):
-        return question
-    if _CJK.search(bare) or _CJK.search(question):
-        return f"《{bare}》中，{question}"
-    first, _, rest = question.partition(" ")
-    if _EN_INTERROGATIVE.match(first):
-        question = first.lower() + (" " + rest if rest else "")
-    return f"In {bare}, {question}"
+    return fill_template(PRESETS[language].standalone, {"topic": bare, "question": question})

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from pipeline.store.schema import is_followup
 from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer
-from pipeline.outputs.report import build_report, write_report
+from pipeline.outputs.report import build_report, short_advice, short_summary, write_report
 from pipeline.settings import Settings
 from pipeline.store.resume import RunState, StateBuilder, ledger_paths
 
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 EXIT_CODES: dict[str, int] = {
     "complete": 0,
+    "short": 3,      # nothing more to do, but aspects fell short of per_aspect
     "fatal": 1,
+    "refused": 1,    # the provider refused most recent calls; resumable
     "servers_down": 1,
     "crashed": 1,
     "quota": 75,
@@ -78,7 +80,7 @@ class QAResult:
         """The closing summary: how it ended, what it made, what it cost."""
         outcomes = self.stats.get("outcomes", {})
         parts = [
-            f"qa {self.status}",
+            short_summary(self.stats.get("short", {})) if self.status == "short" else f"qa {self.status}",
             f"questions {self.stats.get('accepted', 0)}/{self.stats.get('target', 0)}",
             *([f"passages {self.stats['passages'][0]}/{self.stats['passages'][1]} asked, "
                f"{self.stats.get('corpus_questions', 0)} questions from them"]
@@ -92,17 +94,23 @@ class QAResult:
         if self.detail:
             text += f"\n{self.detail}"
         asked, selected = self.stats.get("passages", [0, 0])
-        if asked < selected and self.status == "complete":
+        if asked < selected and self.status in ("complete", "short"):
             text += (f"\n{selected - asked} of {selected} passages not asked: their calls failed "
                      f"(see qa.log); run `{self.resume}` again to ask them")
-        if self.status in ("quota", "interrupted", "servers_down", "crashed"):
+        if self.status in ("quota", "interrupted", "servers_down", "crashed", "refused"):
             text += f"\nrun `{self.resume}` again to resume where it stopped"
+        if self.status == "short":
+            text += "\n" + short_advice(self.stats.get("short", {}), self.resume)
         return text
 
 
-def load_state(settings: Settings, *, repair: bool, block_size: int = READ_BLOCK) -> RunState:
+def load_state(
+    settings: Settings, *, repair: bool, block_size: int = READ_BLOCK, retry: Iterable[str] = (),
+    retry_short: bool = False,
+) -> RunState:
     """Derive the resume plan from the ledgers (cutting a torn last line when
     ``repair``; the readers cut one anyway, as the next append would glue onto it).
+    ``retry``: answer kinds whose turns are asked again (``qa --retry``).
 
     Streamed, not loaded: the answer ledger is indexed by byte offset
     (:class:`~pipeline.store.answers.AnswerIndex`), question rows pass through
@@ -115,7 +123,8 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = READ_BLOCK
     plan is :func:`~pipeline.store.resume.derive_state`'s either way.
     ``block_size`` is the read block (a seam for tests: small blocks mix the
     two paths). The plan records how much of the question ledger it read,
-    for :func:`earlier_questions`."""
+    for :func:`earlier_questions`. ``retry_short``: no aspect counts as given
+    up for good (``qa --retry-short``)."""
     paths = ledger_paths(settings.state_dir)
     if repair:
         for path in paths.values():
@@ -131,6 +140,7 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = READ_BLOCK
             min_turns=c.min_turns,
             max_turns=c.max_turns,
             max_answer_attempts=settings.run.max_answer_attempts,
+            retry=retry,
         )
         read = 0
         for block in iter_blocks(paths["questions"], block_size=block_size):
@@ -141,7 +151,9 @@ def load_state(settings: Settings, *, repair: bool, block_size: int = READ_BLOCK
                 for row in block.rows():
                     builder.add(row)
             read = block.offset + block.end
-        state = builder.finish(read_ledger(paths["events"]))
+        qs = settings.questions
+        state = builder.finish(read_ledger(paths["events"]), per_aspect=qs.per_aspect,
+                               max_stale_rounds=qs.max_stale_rounds, retry_short=retry_short)
     state.questions_read = read
     return state
 
@@ -171,7 +183,8 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
             return write_conversations(settings, opened)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if not is_followup(r))
-    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt, c.min_turns)
+    pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt,
+                                      c.dataset_min_turns)
     return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
 
 
@@ -219,13 +232,17 @@ async def run_qa(
     on_graph: Callable[[Graph], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    retry: Iterable[str] = (),
+    retry_short: bool = False,
 ) -> QAResult:
     """Run (or resume) the QA stage to completion or to a clean stop.
     ``on_graph`` receives the graph once built (for a display, or a test's stop);
-    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests)."""
+    ``clock`` and ``sleep`` time every wait of the run's services and graph (seams for tests);
+    ``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose questions are asked again;
+    ``retry_short`` reopens every aspect given up short of its target."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
-        state = load_state(settings, repair=True)
+        state = load_state(settings, repair=True, retry=retry, retry_short=retry_short)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
             # Fail before anything is paid for when a service is misconfigured.

@@ -27,15 +27,13 @@ it and builds the answerer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pipeline.services.answerer import Answerer
-from pipeline.services.huixiangdou import HuixiangdouPool
+from pipeline.services.huixiangdou import HuixiangdouPool, accepts_connection
 from pipeline.services.llm import LLMClient
 from pipeline.settings import Settings
 
@@ -98,26 +96,11 @@ def choose_backend(
     return BackendChoice("local", f"auto: no HuixiangDou server at {where}; {local_from}")
 
 
-async def _accepts(url: str, timeout: float) -> bool:
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 async def reachable_servers(urls: Sequence[str], *, timeout: float = CONNECT_TIMEOUT_S) -> list[str]:
     """The URLs whose server accepts a TCP connection (no HTTP request is
     sent: nothing queues behind a busy server)."""
-    found = await asyncio.gather(*(_accepts(u, timeout) for u in urls))
-    return [u for u, ok in zip(urls, found) if ok]
+    refused = await asyncio.gather(*(accepts_connection(u, timeout) for u in urls))
+    return [u for u, why in zip(urls, refused) if why is None]
 
 
 async def open_answerer(

@@ -48,7 +48,7 @@ from pipeline.services.hxd_protocol import (
 )
 from pipeline.settings import HuixiangdouSettings
 
-__all__ = ["HuixiangdouPool"]
+__all__ = ["HuixiangdouPool", "accepts_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class HuixiangdouPool:
     async def _probe_one(self, server: _Server) -> tuple[bool, str]:
         """``(up, note)``: up with an empty note when ready, with a note when
         busy; not up with the reason."""
-        refused = await _accepts_connection(server.url, min(_CONNECT_S, self._settings.timeout_s))
+        refused = await accepts_connection(server.url, min(_CONNECT_S, self._settings.timeout_s))
         if refused is not None:
             return False, refused
         started = self._clock()
@@ -500,9 +500,13 @@ class HuixiangdouPool:
         }
 
 
-async def _accepts_connection(url: str, timeout: float) -> str | None:
-    """None when ``url``'s host accepts a TCP connection, else why not."""
+async def accepts_connection(url: str, timeout: float) -> str | None:
+    """None when ``url``'s host accepts a TCP connection, else why not. No
+    HTTP request is sent: nothing queues behind a busy server. This is the
+    test of "is HuixiangDou up" (a busy server is up)."""
     u = urllib.parse.urlsplit(url)
+    if not u.hostname:
+        return f"no host in {url!r}"
     port = u.port or (443 if u.scheme == "https" else 80)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(u.hostname, port), timeout)

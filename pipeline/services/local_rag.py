@@ -73,6 +73,7 @@ from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitte
 from pipeline.errors import ContentRefused, InputError, RetryableError, UnusableReply
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
+from pipeline.services.replies import REFUSED
 from pipeline.services.answerer import Outcome
 from pipeline.settings import SEED_SEPARATORS, RagSettings, Settings
 
@@ -121,7 +122,6 @@ INDEX_VERSION = 2
 NO_PASSAGE = "no passage above threshold"
 NOT_IN_MATERIAL_STATE = "not in the material"
 UNUSABLE = "LLM reply unusable"
-REFUSED = "refused by the provider"
 SUCCESS = "success"
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 __all__ = [
     "ADVICE",
+    "REFUSED",
     "THINK_TAG",
     "UNUSABLE_KINDS",
     "answer_proper",
@@ -32,6 +33,9 @@ __all__ = [
     "refusal_of",
     "unusable_kind",
 ]
+
+# The state an item refused by the provider is recorded with, before its words.
+REFUSED: Final = "refused by the provider"
 
 UNUSABLE_KINDS: Final = ("no_choices", "empty", "reasoning_only", "cut_off", "refused")
 

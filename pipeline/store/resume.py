@@ -32,11 +32,12 @@ from pipeline.store.layout import QuestionBlock, json_string
 from pipeline.store.schema import is_followup, is_from_passage
 
 __all__ = [
-    "ConvPlan",
     "LEDGERS",
-    "RunState",
     "SAMPLE",
+    "ConvPlan",
+    "RunState",
     "StateBuilder",
+    "aspects_given_up",
     "derive_state",
     "ledger_paths",
     "target_turns",
@@ -89,7 +90,7 @@ class RunState:
 
     accepted: dict[str, int]  # aspect -> how many first-turn questions were accepted
     recent: dict[str, list[str]]  # aspect -> its newest SAMPLE accepted questions, oldest first
-    exhausted: set[str]  # aspects given up after rounds with nothing new
+    exhausted: set[str]  # aspects given up for good: saturated under the current settings
     pending: list[ConvPlan]  # conversations with a turn still to ask, in seq order
     finished: int  # conversations that need nothing more
     gave_up: int  # conversations whose next turn failed max_answer_attempts times
@@ -101,7 +102,11 @@ class RunState:
     # Passages of the corpus the question writer was asked about (their
     # questions recorded, or a ``passage`` event): never asked again.
     passages_asked: set[str] = field(default_factory=set)
+    # Why each aspect was last given up: "saturated" or "unusable" (see aspects_given_up).
+    given_up: dict[str, str] = field(default_factory=dict)
     corpus_questions: int = 0  # first-turn questions written from passages
+    # Finished conversations with answered turns, then one not answered: short of their target.
+    short: int = 0
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
     # 0 when derived from rows in memory): where the rows of earlier runs end.
     questions_read: int = field(default=0, compare=False)
@@ -150,8 +155,9 @@ class StateBuilder:
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
-    asking again would get the same verdict; ``failed`` is retried until
-    ``max_answer_attempts`` failed rows."""
+    asking again would get the same verdict, unless its kind is one of
+    ``retry``; ``failed`` is retried until ``max_answer_attempts`` failed rows.
+    A conversation ended after answered turns is counted ``short``."""
 
     def __init__(
         self,
@@ -161,8 +167,12 @@ class StateBuilder:
         min_turns: int,
         max_turns: int,
         max_answer_attempts: int,
+        retry: Iterable[str] = (),
     ) -> None:
+        """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
+        asked again, as ``qa --retry`` wants after the knowledge base improved."""
         self._answers = answers
+        self._retry = frozenset(retry) - {"answered"}
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
         self._recent: dict[str, deque[str]] = {}
@@ -173,7 +183,7 @@ class StateBuilder:
         # Plans whose next question is a follow-up that may come later in the ledger.
         self._deferred: list[ConvPlan] = []
         self._followups: dict[tuple[str, int], str] = {}
-        self._finished = self._gave_up = self._next_seq = 0
+        self._finished = self._gave_up = self._short = self._next_seq = 0
         self._passages: set[str] = set()
         self._corpus_questions = 0
 
@@ -295,7 +305,7 @@ class StateBuilder:
         """Walk one conversation's turns: count it finished or given up, or pend its next turn."""
         target = self._min if self._max <= self._min else target_turns(conv, self._min, self._max)
         turn_of = self._answers.turn
-        answered: list[int] = []
+        answered: list[Any] = []
         turn = 1
         while turn <= target:
             found = turn_of(conv, turn)
@@ -307,13 +317,23 @@ class StateBuilder:
                 answered.append(found[2])
                 turn += 1
                 continue
+            if kind in self._retry:
+                # Asked for again (``qa --retry``): the same question, a fresh count of failures.
+                question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                self._pend(conv, aspect, seq, target, turn, answered, question)
+                return
             if kind == "failed":
                 failures = found[1]
                 if failures < self._attempts:
-                    question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                    # A later turn's question is only ever an accepted follow-up
+                    # row (found by finish()): a failed row's text may be one
+                    # that was rejected, and is never asked.
+                    question = text if turn == 1 else None
                     self._pend(conv, aspect, seq, target, turn, answered, question)
                     return
                 self._gave_up += 1
+            if answered:
+                self._short += 1  # answered turns, then one that was not: short of its target
             break
         self._finished += 1
 
@@ -331,20 +351,31 @@ class StateBuilder:
         if question is None:
             self._deferred.append(plan)
 
-    def finish(self, events: Sequence[Mapping[str, Any]]) -> RunState:
-        """The plan, once every question row was added; ``events`` are the event-ledger rows."""
+    def finish(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        per_aspect: int | None = None,
+        max_stale_rounds: int | None = None,
+        retry_short: bool = False,
+    ) -> RunState:
+        """The plan, once every question row was added; ``events`` are the
+        event-ledger rows; the rest goes to :func:`aspects_given_up`."""
         self._sample_tail({})
         for plan in self._deferred:
             plan.next_question = self._followups.get((plan.conv, plan.next_turn))
         self._pending.sort(key=lambda p: p.seq)  # stable: ties stay in file order
         last_run, usage = _merge_runs(events)
+        final, why = aspects_given_up(events, per_aspect, max_stale_rounds, retry_short)
         return RunState(
             accepted=self.accepted,
             recent={aspect: list(texts) for aspect, texts in self._recent.items()},
-            exhausted={ev["aspect"] for ev in events if ev.get("event") == "aspect_exhausted"},
+            exhausted=final,
+            given_up=why,
             pending=self._pending,
             finished=self._finished,
             gave_up=self._gave_up,
+            short=self._short,
             next_seq=self._next_seq,
             last_run=last_run,
             usage=usage,
@@ -357,6 +388,39 @@ class StateBuilder:
         )
 
 
+def aspects_given_up(
+    events: Iterable[Mapping[str, Any]],
+    per_aspect: int | None,
+    max_stale_rounds: int | None,
+    retry_short: bool = False,
+) -> tuple[set[str], dict[str, str]]:
+    """(aspects given up for good, why each aspect was last given up).
+
+    An aspect is given up for good only when its last ``aspect_exhausted``
+    event says "saturated" (the model had nothing new) under settings at
+    least as demanding as ``per_aspect`` and ``max_stale_rounds`` (None: not
+    compared): raising either reopens it, as does ``retry_short``. Rounds of
+    unusable replies (empty, refused, unparseable) never close an aspect, nor
+    does an event written before the two were told apart (no "why")."""
+    last: dict[str, Mapping[str, Any]] = {}
+    for ev in events:
+        if ev.get("event") == "aspect_exhausted" and "aspect" in ev:
+            last[str(ev["aspect"])] = ev
+    why = {a: str(ev.get("why", "unusable")) for a, ev in last.items()}
+    if retry_short:
+        return set(), why
+    final = set()
+    for aspect, ev in last.items():
+        if ev.get("why") != "saturated":
+            continue
+        if per_aspect is not None and int(ev.get("per_aspect", 0)) < per_aspect:
+            continue
+        if max_stale_rounds is not None and int(ev.get("max_stale_rounds", 0)) < max_stale_rounds:
+            continue
+        final.add(aspect)
+    return final, why
+
+
 def derive_state(
     question_rows: Iterable[Mapping[str, Any]],
     answer_rows: Iterable[Mapping[str, Any]],
@@ -366,6 +430,8 @@ def derive_state(
     min_turns: int,
     max_turns: int,
     max_answer_attempts: int,
+    per_aspect: int | None = None,
+    max_stale_rounds: int | None = None,
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
@@ -379,4 +445,4 @@ def derive_state(
     )
     for row in question_rows:
         builder.add(row)
-    return builder.finish(events)
+    return builder.finish(events, per_aspect=per_aspect, max_stale_rounds=max_stale_rounds)

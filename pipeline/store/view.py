@@ -94,7 +94,8 @@ def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
     )
     for row in ledgers.questions():
         builder.add(row)
-    return builder.finish(ledgers.events)
+    qs = settings.questions
+    return builder.finish(ledgers.events, per_aspect=qs.per_aspect, max_stale_rounds=qs.max_stale_rounds)
 
 
 def state_from_rows(settings: Settings, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> RunState:
@@ -109,4 +110,6 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Iterable[Mapping[str,
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        per_aspect=settings.questions.per_aspect,
+        max_stale_rounds=settings.questions.max_stale_rounds,
     )

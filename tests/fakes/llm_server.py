@@ -208,17 +208,19 @@ def make_questions(start: int, count: int, *, zh: bool = True) -> list[str]:
     return out
 
 
-def passage_questions(passage: str, n: int) -> list[str]:
+def passage_questions(passage: str, n: int, *, zh_prompt: bool | None = None) -> list[str]:
     """Up to ``n`` questions written FROM ``passage``: each quotes, verbatim, the
     start of one of its sentences (the first ``n`` sentences long enough), so
-    a test can find the passage a question came from."""
+    a test can find the passage a question came from. Written in the prompt's
+    language when ``zh_prompt`` is given (a model asked in Chinese about an
+    English passage asks in Chinese), else in the fragment's."""
     out: list[str] = []
     for m in _SENTENCE.finditer(passage):
         sentence = m.group().strip()
         fragment = sentence[:_FRAGMENT_CHARS].rstrip("。！？!?，,；;：: ")
         if len(fragment) < 6 or "」" in fragment or '"' in fragment:
             continue
-        zh = _is_cjk(fragment)
+        zh = _is_cjk(fragment) if zh_prompt is None else zh_prompt
         out.append(f"「{fragment}」说的是什么？" if zh else f'What is meant by "{fragment}"?')
         if len(out) == n:
             break
@@ -440,6 +442,8 @@ class FakeLLM:
         # Every refuse_every-th chat request (counted from 1) is refused in refusal_style.
         self.refuse_every = refuse_every
         self.refusal_style = refusal_style
+        # A content filter: prompts for which it returns True are refused in refusal_style.
+        self.refuse_if: Callable[[Messages], bool] | None = None
         self.clock = clock  # for the RPM window; tests may move it
         self.failures: collections.deque[Failure] = collections.deque()
         self.gate: asyncio.Event | None = None  # when set up, answers wait for it
@@ -564,7 +568,9 @@ class FakeLLM:
             if failure.kind == "reply":
                 return self._reply(body, messages, failure)
             return await self._fail(request, failure)
-        if self.refuse_every and self.calls % self.refuse_every == 0:
+        if (self.refuse_every and self.calls % self.refuse_every == 0) or (
+            self.refuse_if is not None and self.refuse_if(messages)
+        ):
             failure = Failure.refusal(self.refusal_style)
             if failure.kind == "reply":
                 return self._reply(body, messages, failure)
@@ -715,7 +721,8 @@ class FakeLLM:
             m = _PASSAGE_N.search(user)
             n = int((m.group("n") or m.group("en")) if m else 3)
             shape = next(self._shape_cycle) if self.shape == "mixed" else self.shape
-            return format_questions(passage_questions(passage.group("passage"), n), shape)
+            zh_prompt = _is_cjk(_PASSAGE.sub("", text))
+            return format_questions(passage_questions(passage.group("passage"), n, zh_prompt=zh_prompt), shape)
         rag = _RAG.search(user)
         if rag is not None and _RAG_MARKER in user:
             return grounded_answer(rag.group("material"), rag.group("question").strip())

@@ -1,0 +1,327 @@
+"""The QA stage against what real models and providers send back (issue 12):
+reasoning in the reply, replies with nothing usable, content-safety refusals,
+follow-ups in every shape, other languages, a key that cannot be a header.
+The real openai and aiohttp clients run against the fakes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.outputs.validate import validate_file
+from pipeline.qa.stage import run_qa
+from pipeline.settings import Settings, parse_settings
+from tests.fakes.huixiangdou_server import FakeHuixiangdou
+from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
+from tests.fakes.llm_server import Failure, FakeLLM
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
+
+
+def make_settings(tmp_path: Path, fake: FakeLLM, hxd: FakeHuixiangdou, **sections: dict[str, Any]) -> Settings:
+    data: dict[str, Any] = {
+        "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
+        "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
+                "timeout_s": 10, "max_retries": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
+                "rpm": 100_000, "tpm": 100_000_000},
+        "huixiangdou": {"urls": [hxd.url], "timeout_s": 10, "backoff_base_s": 0.01},
+        "questions": {"aspects": ["战斗系统", "主要角色"], "per_aspect": 3, "batch_size": 3,
+                      "max_stale_rounds": 2},
+        "conversations": {"system_prompt": "你是测试助手。"},
+        "run": {"grace_s": 5, "progress_interval_s": 60},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_settings(data, source="test", environ={FAKE_KEY_ENV: FAKE_KEY})
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",), shape="mixed") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def hxd() -> AsyncIterator[FakeHuixiangdou]:
+    async with FakeHuixiangdou(seed=1) as server:
+        yield server
+
+
+def rows(settings: Settings, name: str) -> list[dict[str, Any]]:
+    path = settings.state_dir / f"{name}.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def report(settings: Settings) -> dict[str, Any]:
+    return json.loads((settings.out_dir / "report.json").read_text(encoding="utf-8"))
+
+
+def every_text(settings: Settings) -> str:
+    texts = [q["text"] for q in rows(settings, "questions")]
+    texts += [f"{a['question']}\n{a['answer']}" for a in rows(settings, "answers")]
+    texts.append((settings.out_dir / "conversations.jsonl").read_text(encoding="utf-8"))
+    return "\n".join(texts)
+
+
+# ---- 1. reasoning models ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["closed", "close_only"])
+async def test_reasoning_never_becomes_data(tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, style: str) -> None:
+    llm.think = style  # every reply: a draft list, a draft follow-up, the marker, then the answer
+    settings = make_settings(tmp_path, llm, hxd, conversations={"min_turns": 2, "max_turns": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete", result.line()
+    assert result.stats["accepted"] == 6
+    text = every_text(settings)
+    assert "草稿" not in text and "think>" not in text and "NOT_IN_MATERIAL" not in text
+    followups = [q["text"] for q in rows(settings, "questions") if "conv" in q]
+    assert len(followups) == 6 and all(f.endswith("？") for f in followups)
+    assert validate_file(settings.out_dir / "conversations.jsonl").errors == []
+
+
+# ---- 2. replies that carry no usable text -----------------------------------------------
+
+
+async def test_unusable_replies_end_short_by_kind_and_are_asked_again(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    llm.think = "unclosed"  # max_tokens runs out in mid-thought: no answer at all
+    settings = make_settings(tmp_path, llm, hxd)
+    first = await run_qa(settings, install_signals=False)
+
+    assert (first.status, first.exit_code) == ("short", 3)
+    assert first.line().startswith("qa finished: 2 aspects short (2 unusable replies); questions 0/6")
+    assert "asked again by the next `python run.py --settings test qa`" in first.line()
+    assert first.stats["unusable"] == {"cut_off": 4}  # 2 aspects x max_stale_rounds, not a "nothing new"
+    gave_up = [e for e in rows(settings, "events") if e["event"] == "aspect_exhausted"]
+    assert {(e["aspect"], e["why"]) for e in gave_up} == {("战斗系统", "unusable"), ("主要角色", "unusable")}
+    r = report(settings)
+    assert r["unusable_replies"]["by_kind"] == {"cut_off": 4}
+    assert "max_tokens" in r["unusable_replies"]["advice"]["cut_off"]
+    assert r["short"] == {"战斗系统": "unusable", "主要角色": "unusable"}
+
+    llm.think = None  # thinking turned off: the next run reopens both aspects
+    second = await run_qa(settings, install_signals=False)
+    assert second.status == "complete" and second.stats["accepted"] == 6
+
+
+async def test_saturation_is_final_until_the_settings_or_retry_short_reopen_it(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    # The model knows two questions about the aspect, and says them every time.
+    llm.responder = lambda messages: '["黑熊精住在哪里？", "黑熊精的弱点是什么？"]'
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 3})
+    first = await run_qa(settings, install_signals=False)
+    assert first.status == "short"
+    assert first.line().startswith("qa finished: 1 aspect short (1 saturated); questions 2/3")
+    assert "--retry-short" in first.line()
+
+    calls = llm.calls
+    again = await run_qa(settings, install_signals=False)
+    assert again.status == "short" and llm.calls == calls, "saturated under the same settings: final"
+
+    more = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 4})
+    await run_qa(more, install_signals=False)
+    assert llm.calls > calls, "a higher per_aspect reopens the aspect"
+
+    calls = llm.calls
+    await run_qa(more, install_signals=False, retry_short=True)
+    assert llm.calls > calls, "qa --retry-short reopens it too"
+
+
+# ---- 3. content-safety refusals by the provider ----------------------------------------
+
+
+@pytest.mark.parametrize("style", ["deepseek", "dashscope", "openai", "azure", "azure_200"])
+async def test_a_refused_question_batch_is_a_lost_round_and_the_run_goes_on(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, style: str
+) -> None:
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["战斗系统"], "per_aspect": 3})
+    llm.script(Failure.refusal(style), Failure.refusal(style))  # the first batch, and its one retry
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete" and result.stats["accepted"] == 3
+    assert result.stats["unusable"] == {"refused": 1}
+    refused = [e for e in rows(settings, "events") if e["event"] == "llm_unusable"]
+    assert [(e["purpose"], e["kind"], e["aspect"]) for e in refused] == [("questions", "refused", "战斗系统")]
+    examples = report(settings)["unusable_replies"]["refused_examples"]
+    assert examples and examples[0]["provider"] == refused[0]["detail"] != ""
+
+
+async def test_a_refused_follow_up_ends_its_conversation_at_its_answered_turns(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    llm.refuse_if = lambda messages: bool(FOLLOWUP.search(messages[-1]["content"]))
+    settings = make_settings(tmp_path, llm, hxd, conversations={"min_turns": 1, "max_turns": 3},
+                             llm={"refusal_window": 1000})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    refused = [a for a in rows(settings, "answers") if a["kind"] == "refused"]
+    assert refused and all(a["turn"] == 2 and a["question"] == "" for a in refused)
+    assert all(a["state"] == "refused by the provider: Content Exists Risk" for a in refused)
+    records = (settings.out_dir / "conversations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(records) == 6 and all(len(orjson.loads(r)["conversation"]) == 1 for r in records)
+    assert report(settings)["outcomes"]["refused"] == len(refused)
+
+    calls = llm.calls
+    await run_qa(settings, install_signals=False)
+    assert llm.calls == calls, "a refusal is final: the resume does not ask again"
+
+
+async def test_mostly_refused_requests_stop_the_run_resumably(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    llm.refuse_every = 1
+    settings = make_settings(tmp_path, llm, hxd, llm={"refusal_window": 4, "max_refused_share": 0.5})
+    result = await run_qa(settings, install_signals=False)
+
+    assert (result.status, result.exit_code) == ("refused", 1)
+    assert "refused 100% of the last 4 LLM calls" in result.detail
+    assert result.line().endswith("run `python run.py --settings test qa` again to resume where it stopped")
+    # The window's 4 calls, each tried twice, and at most one more in flight per aspect.
+    assert llm.calls <= 2 * 4 + 2 * 2, "stopped instead of burning the quota"
+
+
+async def test_a_request_wrong_for_every_item_is_fatal_and_quotes_the_server(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    llm.script(*[Failure("status", 400, "max_tokens must be at most 512 for this model")] * 4)
+    settings = make_settings(tmp_path, llm, hxd)
+    result = await run_qa(settings, install_signals=False)
+    assert result.status == "fatal"
+    assert "max_tokens must be at most 512 for this model" in result.detail
+
+
+# ---- 4. follow-up questions are questions ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"question": "黑熊精的洞府在哪一回出现？"}',
+        '```json\n["黑熊精的洞府在哪一回出现？", "广智的兵器是什么？"]\n```',
+        "追问：黑熊精的洞府在哪一回出现？",
+        "1. 黑熊精的洞府在哪一回出现？\n2. 广智的兵器是什么？",
+    ],
+)
+async def test_follow_ups_are_parsed_to_one_question(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, reply: str
+) -> None:
+    default = llm.default_responder
+    llm.responder = lambda messages: reply if FOLLOWUP.search(messages[-1]["content"]) else default(messages)
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 1},
+                             conversations={"min_turns": 2, "max_turns": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    record = orjson.loads((settings.out_dir / "conversations.jsonl").read_bytes())
+    assert record["conversation"][1]["input"] == "黑熊精的洞府在哪一回出现？"
+
+
+async def test_a_follow_up_is_new_among_every_question_of_the_run(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    default = llm.default_responder
+    llm.responder = (lambda messages: "黑熊精的洞府在哪一回出现？"
+                     if FOLLOWUP.search(messages[-1]["content"]) else default(messages))
+    settings = make_settings(tmp_path, llm, hxd, conversations={"min_turns": 2, "max_turns": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    followups = [q["text"] for q in rows(settings, "questions") if "conv" in q]
+    assert followups == ["黑熊精的洞府在哪一回出现？"], "asked in one conversation, not six"
+    failed = [a for a in rows(settings, "answers") if a["kind"] == "failed"]
+    assert len(failed) == 5 and {a["state"] for a in failed} == {"no follow-up question (duplicate)"}
+
+
+async def test_a_rejected_follow_up_is_never_stored_nor_asked(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    too_long = "黑熊精" * 30 + "是谁？"  # 93 characters: over max_chars
+    default = llm.default_responder
+    llm.responder = lambda messages: too_long if FOLLOWUP.search(messages[-1]["content"]) else default(messages)
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 2},
+                             conversations={"min_turns": 2, "max_turns": 2})
+    first = await run_qa(settings, install_signals=False)
+    assert first.stats["dropped"] == {"too_long": 2}
+    failed = [a for a in rows(settings, "answers") if a["kind"] == "failed"]
+    assert [(a["question"], a["state"]) for a in failed] == [("", "no follow-up question (screened_out)")] * 2
+
+    llm.responder = None
+    second = await run_qa(settings, install_signals=False)
+    assert second.status == "complete"
+    assert not any("黑熊精黑熊精" in q for q in hxd.counts), "the server never saw the rejected text"
+    assert not any("黑熊精黑熊精" in q["text"] for q in rows(settings, "questions"))
+
+
+# ---- 4 and 5. the server's standalone text, in another language --------------------------
+
+
+async def test_an_english_run_keeps_realistic_questions_and_sends_follow_ups_standalone(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    questions = [
+        "Which yeast strain gives the cleanest fermentation for a dry Irish stout at home?",
+        "What temperature should the mash rest at for a full-bodied sweet stout?",
+        "How long should a bottle-conditioned porter rest before it is ready to drink?",
+    ]
+    followup = "Does Irish ale yeast need a starter when the original gravity is above 1.060?"
+
+    def responder(messages: list[dict[str, str]]) -> str:
+        if FOLLOWUP.search(messages[-1]["content"]):
+            return followup if "Irish stout" in messages[-1]["content"] else "Is that true for lagers as well?"
+        return json.dumps(questions)
+
+    llm.responder = responder
+    settings = make_settings(tmp_path, llm, hxd, questions={
+        "language": "en", "topic": "home brewing", "aspects": ["ingredients"], "per_aspect": 3,
+    }, conversations={"min_turns": 2, "max_turns": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.stats["accepted"] == 3, "realistic English questions are not 'too long'"
+    assert f"About home brewing: {followup}" in hxd.counts, "the server gets the topic it cannot remember"
+    turns = [orjson.loads(r)["conversation"] for r in (settings.out_dir / "conversations.jsonl").read_bytes().splitlines()]
+    seconds = [t[1]["input"] for t in turns if len(t) > 1]
+    assert followup in seconds and not any(s.startswith(("In ", "About ")) for s in seconds)
+
+
+async def test_a_chinese_run_screens_out_questions_in_another_language(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    llm.responder = lambda messages: '["黑熊精住在哪里？", "Where does the Black Bear Guai live?", "广智用什么兵器？"]'
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 2})
+    result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete"
+    assert {q["text"] for q in rows(settings, "questions")} == {"黑熊精住在哪里？", "广智用什么兵器？"}
+    assert result.stats["dropped"] == {"wrong_language": 1}
+    assert "not in [questions] language 1" in (settings.out_dir / "report.md").read_text(encoding="utf-8")
+
+
+# ---- 6. the key ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [f"{FAKE_KEY}\u200b", f"sk-\u00e9{FAKE_KEY[4:]}"])
+def test_a_key_that_cannot_be_a_header_is_one_line_naming_the_variable(tmp_path: Path, key: str) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'[paths]\ndata_dir = "{tmp_path / "data"}"\nout_dir = "{tmp_path / "out"}"\n'
+        '[llm]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "MY_LLM_KEY"\n', encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "MY_LLM_KEY": f"  {key}\n"}
+    done = subprocess.run([sys.executable, "run.py", "qa", "--settings", str(settings)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "$MY_LLM_KEY" in errors[0] and "Traceback" not in done.stderr
+    assert FAKE_KEY[4:] not in done.stderr + done.stdout
