@@ -5,6 +5,7 @@
     python run.py qa [--dry-run] [--retry skipped,vetoed] [--retry-short]
                                   questions and answers (or what they would cost)
     python run.py status          where the QA stage stands, from its ledgers
+    python run.py build           conversations.jsonl and the report, from the ledgers alone
 
 Exit codes: 0 done; 1 failed, with a message saying what to fix (a service
 refused or is down, the disk is full, or another run holds the output folder:
@@ -261,6 +262,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild conversations.jsonl and the report from the ledgers alone."""
+    from pipeline.qa.stage import build_outputs
+
+    print(build_outputs(settings).line())
+    return EXIT_OK
+
+
 def cmd_all(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("root_path", "save_path", "chunk_size", "chunk_overlap"):
         setattr(args, name, None)
@@ -481,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     status.set_defaults(func=cmd_status)
+
+    build = sub.add_parser(
+        "build",
+        help="rebuild conversations.jsonl and the report from the ledgers (no service, no key)",
+        description=(
+            "Rebuild <out_dir>/conversations.jsonl and report.md/report.json from the ledgers under "
+            "<out_dir>/state/ and the current settings (system prompt, max_turns, aspects): nothing "
+            "is called and no key is needed. Refused while a run holds the output folder; removes "
+            "temporary files a killed write left behind."
+        ),
+    )
+    build.set_defaults(func=cmd_build)
 
     identity = sub.add_parser(
         "identity",

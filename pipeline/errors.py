@@ -94,7 +94,9 @@ class FatalServiceError(ServiceError):
 
 class ServersDown(ServiceError):
     """No RAG server can take a request; the message names the URLs and says
-    what to check. ``retry_in``: seconds until one may be tried again."""
+    what to check. ``retry_in``: seconds until one may be tried again; None
+    when waiting is no use (none answered for ``down_timeout_s``, or none was
+    up at the start)."""
 
     def __init__(self, message: str, *, service: str = "", retry_in: float | None = None) -> None:
         super().__init__(message, service=service)

@@ -4,6 +4,7 @@ and whole-file writes that land atomically (temp file, fsync, rename)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -12,7 +13,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-__all__ = ["atomic_writer", "dumps_line", "write_jsonl_atomic"]
+__all__ = ["atomic_writer", "dumps_line", "remove_stale_temps", "write_jsonl_atomic"]
 
 
 def dumps_line(obj: Any) -> bytes:
@@ -41,6 +42,22 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files :func:`atomic_writer` left beside ``folder/NAME``
+    for each of ``names`` (``.NAME.*.tmp``: a process killed mid-write leaves
+    one, as big as the file it was writing); return what was removed.
+
+    Only for a caller that knows nobody is writing those files now (it holds
+    the run lock): a live writer's temporary file looks the same."""
+    removed: list[Path] = []
+    for name in names:
+        for found in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".{glob.escape(name)}.*.tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(found)
+                removed.append(Path(found))
+    return removed
 
 
 _PROC_STATUS = "/proc/self/status"  # Linux: holds the umask as "Umask:\t0022"

@@ -231,9 +231,6 @@ class QuestionSettings:
     near_duplicate_threshold: float = field(
         default=0.7, metadata=_meta("character n-gram Jaccard above which questions are duplicates", gt=0, le=1)
     )
-    screen_window_s: float = field(
-        default=0.05, metadata=_meta("seconds a reply waits for others to be screened with it", ge=0, le=10)
-    )
     # Questions written from the corpus's own passages (pipeline/qa/passages.py).
     source: Literal["aspects", "corpus", "both"] = field(
         default="aspects", metadata=_meta("where questions come from: 'aspects', 'corpus' or 'both'")

@@ -146,10 +146,10 @@ async def test_auto_with_a_busy_server_waits_for_it(tmp_path: Path, llm: FakeLLM
                 fake.url + "/huixiangdou_inference", json={"text": "占着服务器的问题是什么？", "image": ""}))
             await fake.wait_in_flight(1)
             async with LLMClient(settings.llm) as client:
-                answerer, choice, workers = await open_answerer(settings, client, earlier=None)
+                answerer, choice = await open_answerer(settings, client, earlier=None)
                 try:
                     assert isinstance(answerer, HuixiangdouPool) and choice.backend == "huixiangdou"
-                    assert workers == settings.huixiangdou.concurrency_per_server
+                    assert answerer.slots == settings.huixiangdou.concurrency_per_server
                     await answerer.probe()
                     outcome = await answerer.ask("黄风大圣的弱点是什么？")
                 finally:
@@ -170,7 +170,7 @@ async def test_a_resume_keeps_to_the_local_backend_when_a_server_appears(
         async with LLMClient(again.llm) as client:
             state = load_state(again, repair=False)
             earlier = earlier_backend(state, again.state_dir / "answers.jsonl")
-            answerer, choice, _ = await open_answerer(again, client, earlier=earlier)
+            answerer, choice = await open_answerer(again, client, earlier=earlier)
             await answerer.aclose()
         assert fake.requests == 0
     assert earlier == "local"

@@ -425,6 +425,42 @@ async def test_waiting_asks_learn_that_every_server_went_down(
     assert fake.requests == 1
 
 
+async def test_servers_down_says_when_to_try_again_until_the_down_timeout(
+    hxd_fakes: Fakes, hxd_settings: Settings, hxd_clock: HxdClock
+) -> None:
+    (fake,) = await hxd_fakes(1, responder=lambda q: "error_500")
+    settings = hxd_settings(fake.url, failures_before_rest=1, max_retries=0, rest_s=600, recheck_s=20,
+                            down_timeout_s=50)
+    pool = pool_for(settings, hxd_clock)
+
+    async def down() -> float | None:
+        with pytest.raises(ServersDown) as err:
+            await pool.ask(Q)
+        return err.value.retry_in
+
+    try:
+        # t=0: the only server fails and rests, checked every 20 s; the
+        # question waits with the others (it is not to blame).
+        assert await down() == pytest.approx(20), "until the next check"
+        assert fake.requests == 1
+        hxd_clock.advance(20)
+        assert await down() == pytest.approx(20)  # t=20: the check fails
+        hxd_clock.advance(20)
+        assert await down() == pytest.approx(10), "no longer than the down timeout leaves"  # t=40
+        assert fake.requests == 3
+        hxd_clock.advance(10)
+        assert await down() is None, "50 s without an answer: waiting is no use"
+        assert fake.requests == 3
+
+        fake.responder = None  # an answer ends the outage: its clock starts again
+        hxd_clock.advance(10)
+        assert (await pool.ask(Q)).kind == "answered"  # t=60: the check answers
+        fake.responder = lambda q: "error_500"
+        assert await down() == pytest.approx(20)
+    finally:
+        await pool.aclose()
+
+
 # ------------------------------------------------------------ probe
 
 

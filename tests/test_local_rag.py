@@ -455,3 +455,9 @@ async def test_quota_exhausted_propagates(
     answerer = LocalAnswerer(make_settings(tmp_path, llm_settings), llm_client)
     with pytest.raises(QuotaExhausted):
         await answerer.ask("怎样破解黄风大圣的神风？")
+
+
+async def test_answer_slots_follow_llm_concurrency(tmp_path: Path, llm_client: LLMClient) -> None:
+    settings = make_settings(tmp_path)
+    settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, concurrency=13))
+    assert LocalAnswerer(settings, llm_client).slots == 13

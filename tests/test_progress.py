@@ -99,7 +99,7 @@ def fake_graph(settings: Settings) -> Any:
     stats = RunStats()
     stats.target.update({a: settings.questions.per_aspect for a in settings.questions.aspects})
     return SimpleNamespace(stats=stats, llm=SimpleNamespace(usage=Usage(1.0, 2.0)),
-                           answerer=object(), state=state_from_rows(settings, {}), passages=[])
+                           answerer=SimpleNamespace(stats=dict), state=state_from_rows(settings, {}), passages=[])
 
 
 def small_settings(interval: float = 30.0) -> Settings:

@@ -448,19 +448,27 @@ async def test_a_short_outage_of_huixiangdous_llm_is_waited_out_and_every_questi
     assert waiting and all(".;" not in m and "config.ini" in m for m in waiting)
 
 
-async def test_usage_rows_are_written_only_when_usage_changed(tmp_path: Path, llm: FakeLLM) -> None:
+async def test_usage_rows_are_written_only_when_usage_changed(
+    tmp_path: Path, llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.services.llm import Usage
+
     gate = asyncio.Event()
     ticks = 0
+    snapshot = Usage.snapshot
 
-    def on_progress(stats: Any) -> None:
+    def counted(usage: Usage) -> dict[str, Any]:
+        # Each progress tick of the graph reads the usage once.
         nonlocal ticks
         ticks += 1
         if ticks >= 30:  # many ticks with HuixiangDou held: nothing changes meanwhile
             gate.set()
+        return snapshot(usage)
 
+    monkeypatch.setattr(Usage, "snapshot", counted)
     async with FakeHuixiangdou(gate=gate) as hxd:
         settings = make_settings(tmp_path, llm, [hxd], run={"progress_interval_s": 0.001})
-        result = await run_qa(settings, install_signals=False, on_progress=on_progress)
+        result = await run_qa(settings, install_signals=False)
     assert result.status == "complete"
     usage = [r["usage"] for r in rows(settings, "events") if r["event"] == "usage"]
     assert usage and all(a != b for a, b in zip(usage, usage[1:]))

@@ -13,6 +13,10 @@ from pipeline.qa.stage import earlier_questions, load_state
 from pipeline.settings import parse_settings
 from pipeline.store.resume import SAMPLE, aspects_given_up, derive_state, ledger_paths, target_turns
 
+# The equivalence tests' settings name every aspect their ledgers use; what the
+# settings leave out has its own test.
+ASPECTS = ["A", "B", "C", "D"]
+
 
 def q(id_: str, aspect: str, seq: int) -> dict[str, Any]:
     return {"id": id_, "aspect": aspect, "text": f"{id_}是什么？", "seq": seq}
@@ -24,8 +28,9 @@ def a(conv: str, turn: int, kind: str, question: str = "", answer: str = "") -> 
 
 
 def derive(questions: list[dict[str, Any]], answers: list[dict[str, Any]], events: list[dict[str, Any]] = (),  # type: ignore[assignment]
-           *, min_turns: int = 1, max_turns: int = 1, attempts: int = 3):  # type: ignore[no-untyped-def]
-    return derive_state(questions, answers, list(events), aspects=["A", "B"], min_turns=min_turns,
+           *, min_turns: int = 1, max_turns: int = 1, attempts: int = 3,
+           aspects: list[str] = ["A", "B"]):  # type: ignore[no-untyped-def]  # noqa: B006
+    return derive_state(questions, answers, list(events), aspects=aspects, min_turns=min_turns,
                         max_turns=max_turns, max_answer_attempts=attempts)
 
 
@@ -157,7 +162,7 @@ def test_load_state_from_the_files_equals_derive_state_of_the_rows(tmp_path: Pat
     questions, answers, lo, hi = _load_cases()[case]
     events = [{"event": "run_start", "time": 1.0}, {"event": "aspect_exhausted", "aspect": "B"}]
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
-                               "questions": {"aspects": ["A", "B"]},
+                               "questions": {"aspects": ASPECTS},
                                "conversations": {"min_turns": lo, "max_turns": hi},
                                "run": {"max_answer_attempts": 3}}, environ={})
     settings.state_dir.mkdir(parents=True)
@@ -165,7 +170,7 @@ def test_load_state_from_the_files_equals_derive_state_of_the_rows(tmp_path: Pat
         data = {"questions": questions, "answers": answers, "events": events}[name]
         rows.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in data))
     loaded = load_state(settings, repair=True)
-    expected = derive(questions, answers, events, min_turns=lo, max_turns=hi, attempts=3)
+    expected = derive(questions, answers, events, min_turns=lo, max_turns=hi, attempts=3, aspects=ASPECTS)
     assert loaded == expected
     assert loaded.pending, "the case has conversations to resume"
 
@@ -223,7 +228,7 @@ def test_load_state_on_random_ledgers_equals_derive_state(tmp_path: Path, seed: 
     questions, answers = _random_ledgers(rnd, lo, hi)
     events = [{"event": "run_start", "time": 1.0}]
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
-                               "questions": {"aspects": ["A", "B"]},
+                               "questions": {"aspects": ASPECTS},
                                "conversations": {"min_turns": lo, "max_turns": hi},
                                "run": {"max_answer_attempts": rnd.choice([1, 2, 3])}}, environ={})
     settings.state_dir.mkdir(parents=True)
@@ -233,7 +238,7 @@ def test_load_state_on_random_ledgers_equals_derive_state(tmp_path: Path, seed: 
         torn = rnd.choice([b"", b"", b'{"conv":"', b'{"id":"0123'])  # a torn last line is cut
         path.write_bytes(data + torn)
     loaded = load_state(settings, repair=rnd.random() < 0.5, block_size=rnd.choice([64, 300, 1 << 20]))
-    expected = derive_state(questions, answers, events, aspects=["A", "B"], min_turns=lo, max_turns=hi,
+    expected = derive_state(questions, answers, events, aspects=ASPECTS, min_turns=lo, max_turns=hi,
                             max_answer_attempts=settings.run.max_answer_attempts)
     assert loaded == expected
 
@@ -267,10 +272,10 @@ def test_load_state_keeps_the_same_newest_questions_as_derive_state(tmp_path: Pa
     questions = _skewed_questions(rnd, rnd.choice([30, 300, 1500]))
     answers = [a(r["id"], 1, "answered") for r in questions if "conv" not in r and rnd.random() < 0.9]
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
-                               "questions": {"aspects": ["A", "B"]}}, environ={})
+                               "questions": {"aspects": ASPECTS}}, environ={})
     _write_ledgers(settings, questions, answers)
     loaded = load_state(settings, repair=True, block_size=rnd.choice([64, 300, 4096, 1 << 20]))
-    expected = derive(questions, answers)
+    expected = derive(questions, answers, aspects=ASPECTS)
     assert loaded == expected
     assert loaded.recent == expected.recent and loaded.accepted == expected.accepted
 
@@ -281,7 +286,7 @@ def test_earlier_questions_are_the_first_turns_the_plan_read_and_no_later_row(
 ) -> None:
     questions = _skewed_questions(random.Random(block_size), 200)
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
-                               "questions": {"aspects": ["A", "B"]}}, environ={})
+                               "questions": {"aspects": ASPECTS}}, environ={})
     _write_ledgers(settings, questions, [])
     state = load_state(settings, repair=True)
     path = ledger_paths(settings.state_dir)["questions"]
@@ -291,6 +296,38 @@ def test_earlier_questions_are_the_first_turns_the_plan_read_and_no_later_row(
     assert texts == [r["text"] for r in questions if "conv" not in r]
     assert len(texts) == state.total_questions()
     assert path.read_bytes().endswith(b'{"id":"00000000000001'), "a file being written is left as it is"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_what_the_current_settings_leave_out_is_neither_counted_nor_continued(tmp_path: Path, seed: int) -> None:
+    from pipeline.store.shape import Scope, shape_of
+
+    rnd = random.Random(seed)
+    questions = _skewed_questions(rnd, 400)
+    answers = [a(r["id"], 1, "failed") for r in questions if "conv" not in r and rnd.random() < 0.5]
+    settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
+                               "questions": {"aspects": ["A", "B"], "topic": "新题"}}, environ={})
+    old = shape_of(settings) | {"topic": "旧题", "aspects": ASPECTS}
+    events = [{"event": "run_start", "time": 1.0, "seq_from": 0, "shape": old},
+              {"event": "run_start", "time": 2.0, "seq_from": 150, "shape": shape_of(settings)}]
+    settings.state_dir.mkdir(parents=True)
+    for name, path in ledger_paths(settings.state_dir).items():
+        rows = {"questions": questions, "answers": answers, "events": events}[name]
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+    loaded = load_state(settings, repair=True, block_size=rnd.choice([64, 300, 4096, 1 << 20]))
+
+    scope = Scope(["A", "B"], [(0, 150, "旧题")])
+    assert loaded == derive_state(questions, answers, events, aspects=["A", "B"], min_turns=1, max_turns=1,
+                                  max_answer_attempts=3, scope=scope)
+    firsts = [r for r in questions if "conv" not in r]
+    kept = [r for r in firsts if r["seq"] >= 150 and r["aspect"] in ("A", "B")]
+    assert loaded.accepted == {"A": sum(r["aspect"] == "A" for r in kept), "B": sum(r["aspect"] == "B" for r in kept)}
+    assert {p.conv for p in loaded.pending} <= {r["id"] for r in kept}
+    assert loaded.set_aside.get("topic 旧题", 0) == sum(r["seq"] < 150 for r in firsts)
+    for aspect in "CD":
+        assert loaded.set_aside.get(f"aspect {aspect}", 0) == sum(
+            r["seq"] >= 150 and r["aspect"] == aspect for r in firsts)
 
 
 def _gave_up(why: str | None, per_aspect: int = 5, rounds: int = 3) -> dict[str, Any]:

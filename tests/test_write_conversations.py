@@ -48,7 +48,8 @@ CASES = {
 
 def _settings(tmp_path: Path) -> Settings:
     return parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
-                           "conversations": {"system_prompt": "S", "min_turns": 1}},
+                           "questions": {"aspects": ["a"]},
+                           "conversations": {"system_prompt": "S", "min_turns": 1, "max_turns": 5}},
                           environ={})
 
 
@@ -129,7 +130,7 @@ def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, m
 
     first_turns = [r for r in END_QUESTIONS if "conv" not in r]
     expected_path = tmp_path / "expected.jsonl"
-    expected_count = write_dataset(expected_path, build_conversations(first_turns, END_ANSWERS, "S", 1))
+    expected_count = write_dataset(expected_path, build_conversations(first_turns, END_ANSWERS, "S", 1, max_turns))
     rows = {"questions": END_QUESTIONS, "answers": END_ANSWERS, "events": [{"event": "run_start", "time": 0.0}]}
     expected = build_report(settings, rows, state_from_rows(settings, rows), RUN,
                             conversations=expected_count, now=0.0)

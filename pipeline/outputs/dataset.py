@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.jsonl import atomic_writer, dumps_line, write_jsonl_atomic
 from pipeline.store.schema import is_from_passage
+from pipeline.store.shape import Scope
 
 __all__ = [
     "conversation_record",
@@ -52,6 +54,9 @@ def conversations_with_sources(
     system_prompt: str,
     min_turns: int,
     max_turns: int | None = None,
+    *,
+    scope: Scope | None = None,
+    left_out: Counter[str] | None = None,
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Conversation records from the ledgers, in question-ledger order
     (``seq``, then file order). Each conversation takes turns 1..k while
@@ -64,12 +69,42 @@ def conversations_with_sources(
 
     Each record comes with where its first question came from:
     ``{"conv": id, "source": "aspect", "aspect": ...}`` or
-    ``{"conv": id, "source": "corpus", "passage": ..., "file": ..., "span": [start, end]}``."""
+    ``{"conv": id, "source": "corpus", "passage": ..., "file": ..., "span": [start, end]}``.
+
+    ``scope``: only the first-turn questions it keeps make conversations.
+    ``left_out``, when given, counts the conversations with an answer that do
+    not go in as they are, by why: out of scope (:meth:`Scope.why_out`),
+    ``"cut to N turns"`` (answered further than ``max_turns``: included, cut),
+    ``"fewer than N answered turns"`` (short of ``min_turns``)."""
+    if scope is not None:
+        question_rows = _in_scope(question_rows, scope, row_of, left_out)
     sources: list[dict[str, Any]] = []
     for qid, source in _first_questions_in_order(question_rows, sources):
         pairs = _answered_turns(row_of, qid, max_turns)
         if pairs and len(pairs) >= min_turns:
+            if left_out is not None and max_turns is not None and len(pairs) == max_turns \
+                    and _answered(row_of(qid, max_turns + 1)):
+                left_out[f"cut to {max_turns} turns"] += 1
             yield conversation_record(system_prompt, pairs), {"conv": qid, **sources[source]}
+        elif pairs and left_out is not None:
+            left_out[f"fewer than {min_turns} answered turns"] += 1
+
+
+def _in_scope(question_rows: Iterable[Mapping[str, Any]], scope: Scope, row_of: RowOf,
+              left_out: Counter[str] | None) -> Iterator[Mapping[str, Any]]:
+    """The first-turn rows ``scope`` keeps; the others with an answered first
+    turn counted in ``left_out``."""
+    for row in question_rows:
+        seq = row.get("seq")
+        why = scope.why_out(str(row.get("aspect") or ""), seq if type(seq) is int else -1)
+        if why is None:
+            yield row
+        elif left_out is not None and isinstance(row.get("id"), str) and _answered(row_of(row["id"], 1)):
+            left_out[why] += 1
+
+
+def _answered(row: Mapping[str, Any] | None) -> bool:
+    return row is not None and row.get("kind") == "answered" and bool(row.get("answer"))
 
 
 def _answered_turns(row_of: RowOf, conv: str, max_turns: int | None) -> list[tuple[str, str]]:
@@ -78,7 +113,7 @@ def _answered_turns(row_of: RowOf, conv: str, max_turns: int | None) -> list[tup
     k = 1
     while max_turns is None or k <= max_turns:
         row = row_of(conv, k)
-        if row is None or row.get("kind") != "answered" or not row.get("answer"):
+        if row is None or not _answered(row):
             break
         pairs.append((str(row.get("question", "")), str(row["answer"])))
         k += 1

@@ -114,8 +114,7 @@ def take_sample(graph: Graph, now: float, started: float, remaining_at_start: in
     """Read the graph's live counters (no awaits: consistent within one loop turn);
     ``now`` and ``started`` are on the same clock."""
     stats, usage = graph.stats, graph.llm.usage
-    stats_fn = getattr(graph.answerer, "stats", None)
-    servers = stats_fn() if callable(stats_fn) else {}
+    servers = graph.answerer.stats()
     outcomes = dict(stats.outcomes)
     remaining = None
     if remaining_at_start is not None:

@@ -220,6 +220,7 @@ def build_report(
     *,
     conversations: int | None = None,
     now: float | None = None,
+    left_out: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The run report as plain data (what ``report.json`` holds).
 
@@ -274,6 +275,11 @@ def build_report(
             "short": state.short,
             "keep_short": settings.conversations.keep_short,
             "in_dataset": conversations,
+            # Answered conversations the current settings leave out of the
+            # dataset, or cut (see pipeline.outputs.dataset.conversations_with_sources).
+            "left_out": dict(left_out or {}),
+            # Conversations the resume plan no longer continues, by why.
+            "set_aside": dict(state.set_aside),
         },
         "outcomes": {k: summary.by_kind.get(k, 0) for k in ANSWER_KINDS},
         "backends": summary.by_backend,
@@ -412,6 +418,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
                      "`python run.py qa --retry skipped,vetoed` asks them again.")
     lines.append("")
+    if c.get("left_out"):
+        lines.append("Not in the dataset as made, by the current settings (the ledgers keep every row; "
+                     "restore the settings to bring them back): "
+                     + ", ".join(f"{why} {n}" for why, n in c["left_out"].items()) + ".")
+        lines.append("")
 
     lines += ["## Why questions got no answer", "",
               "The backend's last state for each unanswered turn, most common first. "

@@ -58,6 +58,17 @@ def lock_holder(out_dir: Path) -> dict[str, Any] | None:
     return info
 
 
+def _build_after_last_run(events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last ``build`` event after the last ``run_start``, or None."""
+    for ev in reversed(events):
+        kind = ev.get("event")
+        if kind == "build":
+            return {"time": ev.get("time"), "conversations": ev.get("conversations")}
+        if kind == "run_start":
+            return None
+    return None
+
+
 def last_run_outcome(last_run: Mapping[str, Any] | None, holder: Mapping[str, Any] | None) -> str:
     """How the last run ended: ``never run``, ``running``, ``crashed``, or the
     status its ``run_end`` recorded (complete, quota, interrupted, servers_down, fatal).
@@ -99,6 +110,7 @@ def build_status(
     selected = int(selection.get("selected", 0)) if selection is not None else 0
     passages_left = max(0, selected - len(state.passages_asked)) if qs.source != "aspects" else 0
     done = outcome not in ("running",) and turns_left == 0 and questions_left == 0 and passages_left == 0
+    build = _build_after_last_run(ledgers.events)
     short = short_aspects(settings, state)
     return {
         "out_dir": str(settings.out_dir),
@@ -121,7 +133,12 @@ def build_status(
                       "left": questions_left, "corpus": state.corpus_questions},
         "passages": {"selected": selected, "asked": len(state.passages_asked), "left": passages_left},
         "conversations": {"finished": state.finished, "pending": len(state.pending),
-                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short},
+                          "turns_left": turns_left, "gave_up": state.gave_up, "short": state.short,
+                          "set_aside": dict(state.set_aside)},
+        # The last `build` since the last run started, if any: {"time", "conversations"}.
+        "build": build,
+        # A run that never recorded its end may have died writing the dataset.
+        "rebuild": settings.command("build") if outcome == "crashed" and build is None else None,
         "by_kind": summary.by_kind,
         "by_backend": summary.by_backend,
         "by_state": summary.by_state,
@@ -175,6 +192,13 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"conversations: {c['finished']} finished, {c['pending']} pending "
                  f"({c['turns_left']} turns left), {c['gave_up']} gave up after failures, "
                  f"{c.get('short', 0)} short of their target turns")
+    if c.get("set_aside"):
+        lines.append("left out by the current settings (kept in the ledgers): "
+                     + ", ".join(f"{why} {n}" for why, n in c["set_aside"].items()))
+    build = status.get("build")
+    if build:
+        lines.append(f"conversations.jsonl rebuilt by `build` {iso_time(build.get('time'))}: "
+                     f"{build.get('conversations')} conversations")
     lines.append(f"answers by kind: {_counts(status['by_kind'])}")
     for backend, counts in status.get("by_backend", {}).items():
         lines.append(f"  by {backend}: {_counts(counts)}")
@@ -194,8 +218,13 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines.append(f"to start: {status['resume']}")
     elif status["resume"]:
         lines.append(f"to resume: {status['resume']}")
+    elif status.get("rebuild"):
+        lines.append(f"conversations.jsonl may predate the last answers (the run ended without "
+                     f"recording it was written); to rebuild it: {status['rebuild']}")
     elif status.get("short"):
         lines.append(f"{short_summary(status['short'])}: {short_advice(status['short'], status['command'])}")
     else:
         lines.append("nothing left to do")
+    if status.get("rebuild") and status["resume"]:
+        lines.append(f"or, without resuming, rebuild conversations.jsonl from what is recorded: {status['rebuild']}")
     return "\n".join(lines)

@@ -45,12 +45,9 @@ _GOLDEN = _U64(0x9E3779B97F4A7C15)
 def _gram_hashes(norms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The character 3-grams of each text as 32-bit hashes, all texts in one
     flat uint32 array (in text order, repeats kept), and how many each text
-    has. Every text must have at least 3 characters.
-
-    A 3-gram's code points (21 bits each) pack into one 64-bit integer without
-    loss; the top half of its product with an odd constant is as good a hash
-    as crc32 was, and the whole batch is hashed in a few numpy calls instead
-    of one Python call per gram."""
+    has. Every text must have at least 3 characters. A 3-gram's code points
+    (21 bits each) pack into one 64-bit integer without loss; its hash is the
+    top half of that integer's product with an odd constant."""
     lengths = np.fromiter(map(len, norms), dtype=np.intp, count=len(norms))
     points = np.frombuffer("".join(norms).encode("utf-32-le"), dtype="<u4").astype(_U64)
     packed = (points[:-2] << _U64(42)) | (points[1:-1] << _U64(21)) | points[2:]
@@ -68,8 +65,6 @@ def _digests(norms: Sequence[str]) -> np.ndarray:
     return np.maximum(digests, _U64(1))
 
 
-# Up to this many keys, table work is done in Python loops, not numpy calls.
-_FEW_KEYS = 256
 # The table grows by half when fuller than this: between 0.4 and 0.6 full,
 # 20-30 bytes a key, and probe runs stay short.
 _MAX_LOAD = 0.6
@@ -82,10 +77,7 @@ def _homes(keys: np.ndarray, capacity: int) -> np.ndarray:
 
 
 def _repeats(keys: np.ndarray) -> bool:
-    """Whether some key occurs more than once (a few keys: in Python, for
-    the reason :meth:`_IntTable.find` gives)."""
-    if len(keys) <= _FEW_KEYS:
-        return len(set(keys.tolist())) < len(keys)
+    """Whether some key occurs more than once."""
     ordered = np.sort(keys)
     return bool((ordered[1:] == ordered[:-1]).any())
 
@@ -95,9 +87,8 @@ _WINDOW = np.arange(16)
 
 class _IntTable:
     """64-bit key -> indexes, with open addressing (linear probing) in two
-    flat numpy arrays: 12 bytes a slot at a load of at most 0.6, against
-    ~75 bytes for an entry of a Python dict keyed by ints, and a whole batch of
-    keys looked up or inserted in a few numpy calls. Each key has one slot; a
+    flat numpy arrays (12 bytes a slot at a load of at most 0.6); a whole
+    batch of keys is looked up or inserted in a few numpy calls. Each key has one slot; a
     key that gains a second value moves its values to a small dict of lists
     (rare: only questions sharing a whole band meet there), which stops
     growing at ``max_per_key`` so a band made of very common n-grams cannot
@@ -119,12 +110,7 @@ class _IntTable:
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Each key's slot, or the empty slot that ends its probe run (keys
         uint64, non-zero). Probes a window of slots per round, so at a load of
-        at most 0.6 nearly every key is settled in the first round. A few keys
-        (one call's questions) are probed in Python instead: in a busy process
-        the first use of each kind of numpy operation costs microseconds
-        (cold caches), and the window probe uses a dozen kinds."""
-        if len(keys) <= _FEW_KEYS:
-            return np.array(self._find_few(keys.tolist()), dtype=np.intp)
+        at most 0.6 nearly every key is settled in the first round."""
         slots = _homes(keys, len(self._keys))
         settled = self._probe(keys, slots)
         if not settled.all():
@@ -134,17 +120,6 @@ class _IntTable:
                 settled = self._probe(keys[todo], starts)
                 slots[todo] = starts
                 todo = todo[~settled]
-        return slots
-
-    def _find_few(self, keys: list[int]) -> list[int]:
-        table = memoryview(self._keys)
-        capacity = len(table)
-        slots = []
-        for key in keys:
-            i = (key >> 32) * capacity >> 32
-            while (k := table[i]) and k != key:
-                i = i + 1 if i + 1 < capacity else 0
-            slots.append(i)
         return slots
 
     def _probe(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -319,10 +294,8 @@ class Deduper:
 
     Per question this keeps a 64-bit digest and one 64-bit key per band, all
     in one hash table that maps them to the question's number, and the 3-gram
-    hashes (4 bytes each) in one flat array: a few hundred bytes.
-    datasketch's ``MinHashLSH`` keeps a Python set per bucket, over 1 KB per
-    question, hence the own index. Questions shorter than 3 characters after
-    normalising get the exact check only.
+    hashes (4 bytes each) in one flat array: a few hundred bytes. Questions
+    shorter than 3 characters after normalising get the exact check only.
 
     A call's questions are hashed, signed, looked up and inserted together in
     numpy, with decisions as if they came one at a time: Python only loops
@@ -361,8 +334,7 @@ class Deduper:
         """The affine permutations ``h -> a * h + b mod 2^32`` (``a`` odd, so
         each is a bijection), drawn as datasketch's "affine32" scheme draws
         them, so signatures are that scheme's (a test holds them to
-        datasketch's own). Drawn here, not by datasketch: importing it pulled
-        in scipy, ~0.3 s of CPU in every run that checks a question."""
+        datasketch's own)."""
         if self._perms is None:
             gen = np.random.RandomState(self._seed)
             a = gen.randint(0, 1 << 31, self.num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)

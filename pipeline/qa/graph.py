@@ -21,7 +21,6 @@ turn. A cancellation is caught only to clean up, and goes on up.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from array import array
@@ -30,7 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.qa.coalesce import Coalescer
 from pipeline.qa.gate import compile_gate
 from pipeline.errors import (
     ContentRefused,
@@ -62,6 +60,7 @@ from pipeline.qa.dedup import Deduper
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, ConvPlan, RunState, target_turns
 from pipeline.store.schema import answer_row, followup_row, question_row
+from pipeline.store.shape import shape_id, shape_of
 
 __all__ = ["Graph", "RunStats", "StopReason"]
 
@@ -137,9 +136,7 @@ class Graph:
         answerer: Answerer,
         writer: LedgerWriter,
         *,
-        workers: int,
         earlier_questions: Callable[[], Iterable[list[str]]],
-        on_progress: Callable[[RunStats], None] | None = None,
         passages: Sequence[Passage] = (),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -151,12 +148,13 @@ class Graph:
         time the waits (servers down, quota, the grace of a stop); seams for tests."""
         self.settings = settings
         self.state = state
+        # Every answer row names the settings that shaped it (recorded in full at run_start).
+        self.shape = shape_id(shape_of(settings))
         self.llm = llm
         self.answerer = answerer
         self.writer = writer
-        self.n_workers = workers
+        self.n_workers = answerer.slots
         self._earlier_questions = earlier_questions
-        self.on_progress = on_progress
         self._clock = clock
         self._sleep = sleep
         self.stats = RunStats()
@@ -167,10 +165,6 @@ class Graph:
         self._stopping = asyncio.Event()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.run.queue_size)
         self._dedup = Deduper(settings.questions.near_duplicate_threshold)
-        # Replies that arrive within [questions] screen_window_s are screened in
-        # one Deduper call (see pipeline.qa.coalesce). A reply waiting there is
-        # as good as in flight: a SIGKILL loses it, like an unanswered call.
-        self._screen = Coalescer(self._screen_batch, settings.questions.screen_window_s)
         self._gate = compile_gate(settings.conversations)
         self._seq = state.next_seq
         self._quota_wait: asyncio.Task[None] | None = None
@@ -285,8 +279,6 @@ class Graph:
         last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
-            if self.on_progress is not None:
-                self.on_progress(self.stats)
             usage = self.llm.usage.snapshot()
             if usage != last:  # a row per change, not per tick
                 last = usage
@@ -347,7 +339,7 @@ class Graph:
             if not self._seeded.done():
                 await asyncio.shield(self._seeded)
             items = parse_question_list(text)
-            fresh = await self._screen((items, need))
+            fresh = self._screen(items, need)
             if not fresh:
                 kind = self._empty_round(items)
                 if kind is None:
@@ -450,7 +442,7 @@ class Graph:
                 standalone.append(q)
         if not self._seeded.done():
             await asyncio.shield(self._seeded)
-        fresh = await self._screen((standalone, qs.per_passage))
+        fresh = self._screen(standalone, qs.per_passage)
         rows = []
         for q in fresh:
             rows.append(question_row(id=question_id(q), aspect="", text=q, seq=self._seq,
@@ -464,39 +456,28 @@ class Graph:
         self.stats.passages[0] += 1
         await self._enqueue(rows, "")
 
-    def _screen_batch(self, replies: list[tuple[list[str], int]]) -> list[list[str]]:
-        """For each reply ``(items, need)``, in order: its new, well-formed
-        questions, at most ``need``; the rest counted by reason.
-
-        One Deduper call for all of them: the signatures are computed
-        together, and each question is still checked against the ones before
-        it, in its reply and in earlier replies. Questions over ``need`` are
-        remembered too, as they were when checked one by one."""
+    def _screen(self, items: list[str], need: int) -> list[str]:
+        """The new, well-formed questions of one reply, at most ``need``; the
+        rest counted by reason. Each is checked against every question before
+        it, in this reply and in the run; the ones over ``need`` are
+        remembered too, so a later reply cannot bring them back."""
         qs = self.settings.questions
         dropped = self.stats.dropped
-        well_formed: list[list[str]] = []
-        for items, _ in replies:
-            kept = []
-            for q in items:
-                if (reason := screen_question(q, qs)) is not None:
-                    dropped[reason] += 1
-                else:
-                    kept.append(q)
-            well_formed.append(kept)
-        reasons = iter(self._dedup.add_many(list(itertools.chain.from_iterable(well_formed))))
-        out: list[list[str]] = []
-        for kept, (_, need) in zip(well_formed, replies):
-            fresh: list[str] = []
-            for q in kept:
-                reason = next(reasons)
-                if reason is not None:
-                    dropped[reason] += 1
-                elif len(fresh) < need:
-                    fresh.append(q)
-                else:
-                    dropped["over_target"] += 1
-            out.append(fresh)
-        return out
+        kept = []
+        for q in items:
+            if (reason := screen_question(q, qs)) is not None:
+                dropped[reason] += 1
+            else:
+                kept.append(q)
+        fresh: list[str] = []
+        for q, reason in zip(kept, self._dedup.add_many(kept)):
+            if reason is not None:
+                dropped[reason] += 1
+            elif len(fresh) < need:
+                fresh.append(q)
+            else:
+                dropped["over_target"] += 1
+        return fresh
 
     # ---- answering -----------------------------------------------------------------
 
@@ -534,25 +515,21 @@ class Graph:
         return self._down_since
 
     async def _on_servers_down(self, exc: ServersDown) -> None:
-        """Every RAG server is resting: wait until the backend says one may be
-        tried (``exc.retry_in``, else a rest), unless they have been down for
-        ``down_timeout_s`` in all. Returns when the caller may try again;
-        raises :class:`Stopped` otherwise."""
-        hx = self.settings.huixiangdou
+        """No answer server can take a request: wait as long as the error says
+        (``exc.retry_in``), or stop when it says waiting is no use (None).
+        Returns when the caller may try again; raises :class:`Stopped`
+        otherwise."""
         now = self._clock()
         if self._down_since is None:
             self._down_since = now
-        if now - self._down_since >= hx.down_timeout_s:
+        if exc.retry_in is None:
             self.request_stop("servers_down", str(exc))
         else:
-            wait = exc.retry_in if exc.retry_in is not None else hx.rest_s
-            wait = min(wait, self._down_since + hx.down_timeout_s - now)
             if self._down_logged is None or now - self._down_logged >= 60.0:
                 # Once a minute, not once per worker and check.
                 self._down_logged = now
-                log.warning("%s Waiting for one to answer (checked every %.0f s; the run stops after "
-                            "%.0f s of this, resumable)", exc, hx.recheck_s, hx.down_timeout_s)
-            await self._sleep_unless_stopping(max(wait, 0.01))
+                log.warning("%s", exc)
+            await self._sleep_unless_stopping(max(exc.retry_in, 0.01))
         self._raise_if_stopping()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
@@ -619,7 +596,7 @@ class Graph:
         candidates = followup_candidates(text)
         if not self._seeded.done():
             await asyncio.shield(self._seeded)
-        fresh = await self._screen((candidates, 1)) if candidates else []
+        fresh = self._screen(candidates, 1) if candidates else []
         if not fresh:
             why = self._empty_round(candidates) or "duplicate"
             await self._record_answer(plan, "", Outcome(kind="failed", state=f"{NO_FOLLOWUP} ({why})"))
@@ -674,6 +651,7 @@ class Graph:
             server=outcome.server,
             attempts=outcome.attempts,
             seconds=outcome.seconds,
+            shape=self.shape,
             backend=self.answerer.backend,
             edits=edits,
         )

@@ -14,28 +14,32 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs.dataset import conversations_with_sources, write_dataset_with_sources
+from pipeline.outputs.dataset import conversations_with_sources, provenance_path, write_dataset_with_sources
 from pipeline.errors import InputError, PipelineError
-from pipeline.qa.graph import Graph, RunStats, StopReason
+from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.store.answers import READ_BLOCK, AnswerIndex
 from pipeline.store.layout import first_turn_texts, has_string_field, question_block
-from pipeline.store.ledger import LedgerWriter, RunLock, gc_paused, iter_blocks, read_ledger, repair_tail
+from pipeline.store.ledger import LedgerWriter, RunLock, append_row, gc_paused, iter_blocks, read_ledger, repair_tail
 from pipeline.store.schema import is_followup
 from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer
-from pipeline.outputs.report import build_report, short_advice, short_summary, write_report
+from pipeline.jsonl import remove_stale_temps
+from pipeline.outputs.report import REPORT_JSON, REPORT_MD, build_report, short_advice, short_summary, write_report
 from pipeline.settings import Settings
+from pipeline.store.shape import Scope, change_line, shape_of
 from pipeline.store.resume import RunState, StateBuilder, ledger_paths
 
 __all__ = [
+    "BuildResult", "build_outputs",
     "EXIT_CODES", "OutputError", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
 ]
 
@@ -130,6 +134,7 @@ def load_state(
         for path in paths.values():
             repair_tail(path)
     c = settings.conversations
+    events = read_ledger(paths["events"])
     # The GC is paused throughout (start-up, on the main thread, before the
     # loop runs): the scans allocate millions of short-lived tuples, each
     # pass of it walks them all, and nothing here makes a cycle.
@@ -140,6 +145,7 @@ def load_state(
             min_turns=c.min_turns,
             max_turns=c.max_turns,
             max_answer_attempts=settings.run.max_answer_attempts,
+            scope=Scope.of(settings, events),
             retry=retry,
         )
         read = 0
@@ -152,7 +158,7 @@ def load_state(
                     builder.add(row)
             read = block.offset + block.end
         qs = settings.questions
-        state = builder.finish(read_ledger(paths["events"]), per_aspect=qs.per_aspect,
+        state = builder.finish(events, per_aspect=qs.per_aspect,
                                max_stale_rounds=qs.max_stale_rounds, retry_short=retry_short)
     state.questions_read = read
     return state
@@ -170,8 +176,12 @@ def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) 
         yield texts
 
 
-def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> int:
-    """Rebuild ``conversations.jsonl`` from the ledgers, atomically.
+def write_conversations(settings: Settings, ledgers: Ledgers | None = None,
+                        left_out: Counter[str] | None = None) -> int:
+    """Rebuild ``conversations.jsonl`` from the ledgers, atomically, under the
+    CURRENT settings: their system prompt, at most ``max_turns`` turns, only
+    the questions their :class:`~pipeline.store.shape.Scope` keeps (``left_out``
+    counts what is not in, as :func:`~pipeline.outputs.dataset.conversations_with_sources` says).
 
     ``ledgers``: :func:`~pipeline.store.view.open_ledgers` of the run's state
     folder, when the caller has them open (the end of a run shares them with
@@ -180,11 +190,12 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None) -> i
     only answered rows are read back, as each record is written."""
     if ledgers is None:
         with open_ledgers(settings.state_dir) as opened:
-            return write_conversations(settings, opened)
+            return write_conversations(settings, opened, left_out)
     c = settings.conversations
     questions = (r for r in ledgers.questions() if not is_followup(r))
     pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt,
-                                      c.dataset_min_turns)
+                                       c.dataset_min_turns, c.max_turns, scope=Scope.of(settings, ledgers.events),
+                                       left_out=left_out)
     return write_dataset_with_sources(settings.out_dir / DATASET_NAME, pairs)
 
 
@@ -227,7 +238,6 @@ def plan_corpus(settings: Settings) -> PassagePlan | None:
 async def run_qa(
     settings: Settings,
     *,
-    on_progress: Callable[[RunStats], None] | None = None,
     install_signals: bool = True,
     on_graph: Callable[[Graph], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -242,18 +252,24 @@ async def run_qa(
     ``retry_short`` reopens every aspect given up short of its target."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
+        for path in remove_stale_temps(settings.out_dir, _OUTPUTS):
+            log.info("removed %s, a temporary file left by a write that was killed", path)
         state = load_state(settings, repair=True, retry=retry, retry_short=retry_short)
+        changed = change_line(state.last_shape, shape_of(settings), made=state.total_questions()
+                              + sum(state.set_aside.values()), set_aside=state.set_aside)
+        if changed:
+            log.warning("%s", changed)
         passages = await asyncio.to_thread(plan_corpus, settings)
         async with LLMClient(settings.llm, clock=clock, sleep=sleep) as llm:
             # Fail before anything is paid for when a service is misconfigured.
             await llm.probe()
             earlier = earlier_backend(state, ledger_paths(settings.state_dir)["answers"])
-            answerer, choice, workers = await open_answerer(settings, llm, earlier=earlier,
-                                                            clock=clock, sleep=sleep)
+            answerer, choice = await open_answerer(settings, llm, earlier=earlier,
+                                                   clock=clock, sleep=sleep)
             log.info("%s", choice.line())
             try:
                 return await _run_graph(
-                    settings, state, llm, answerer, workers, on_progress, install_signals, on_graph,
+                    settings, state, llm, answerer, install_signals, on_graph,
                     passages, clock, sleep,
                 )
             finally:
@@ -265,8 +281,6 @@ async def _run_graph(
     state: RunState,
     llm: LLMClient,
     answerer: Answerer,
-    workers: int,
-    on_progress: Callable[[RunStats], None] | None,
     install_signals: bool,
     on_graph: Callable[[Graph], None] | None,
     passages: PassagePlan | None,
@@ -281,15 +295,15 @@ async def _run_graph(
     writer_task = asyncio.create_task(writer.run())
     earlier = functools.partial(earlier_questions, ledger_paths(settings.state_dir)["questions"],
                                 state.questions_read)
-    graph = Graph(settings, state, llm, answerer, writer, workers=workers, on_progress=on_progress,
-                  earlier_questions=earlier, passages=passages.passages if passages else (),
-                  clock=clock, sleep=sleep)
+    graph = Graph(settings, state, llm, answerer, writer, earlier_questions=earlier,
+                  passages=passages.passages if passages else (), clock=clock, sleep=sleep)
     if on_graph is not None:
         on_graph(graph)
     status: str = "crashed"
     started = time.time()
     await writer.record("events", {"event": "run_start", "pid": os.getpid(), "time": started,
                                    "questions_before": state.total_questions(),
+                                   "seq_from": state.next_seq, "shape": shape_of(settings),
                                    "backend": answerer.backend})
     if passages is not None:
         await writer.record("events", passages.event())
@@ -317,20 +331,36 @@ async def _run_graph(
             "stats": graph.stats.snapshot(),
             "usage": llm.usage.snapshot(),
         }
-        with contextlib.suppress(Exception):
-            await asyncio.shield(writer.record("events", end))
-        writer.close()
         count: int | None = None
+        left_out: Counter[str] = Counter()
         with contextlib.ExitStack() as closing:
             ledgers: Ledgers | None = None
             try:
-                await asyncio.shield(writer_task)
-                # Opened once for both outputs: one pass over the answer ledger.
-                ledgers = closing.enter_context(open_ledgers(settings.state_dir))
-                count = _write_dataset(settings, ledgers)
+                try:
+                    # Every row is on file (appended by its caller); the writer's
+                    # task only syncs. Opened once for both outputs: one pass
+                    # over the answer ledger.
+                    ledgers = closing.enter_context(open_ledgers(settings.state_dir))
+                    count = _write_dataset(settings, ledgers, left_out)
+                except BaseException as exc:
+                    end["detail"] = "; ".join(filter(None, [end["detail"], f"{DATASET_NAME} not rebuilt: {exc}"]))
+                    if status == "complete":
+                        end["status"] = "fatal"
+                    raise
+                finally:
+                    # The run's end is recorded once its dataset is in place, so a
+                    # run killed while writing it reads as one that never ended.
+                    end["conversations"] = count
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(writer.record("events", end))
+                    writer.close()
+                    await asyncio.shield(writer_task)
             finally:
                 # Also after a failure: the report says how far it got.
-                _write_report(settings, _run_summary(graph, llm, status, end, state), count, ledgers)
+                if ledgers is not None:
+                    ledgers.events = [*ledgers.events, end]
+                _write_report(settings, _run_summary(graph, llm, status, end, state), count, ledgers,
+                              dict(left_out.most_common()))
     return QAResult(
         status=status,
         detail=graph.stop_detail,
@@ -346,16 +376,16 @@ class OutputError(PipelineError):
     names it and says what is safe."""
 
 
-def _write_dataset(settings: Settings, ledgers: Ledgers) -> int:
+def _write_dataset(settings: Settings, ledgers: Ledgers, left_out: Counter[str]) -> int:
     """:func:`write_conversations`, with an error a person can act on."""
     try:
-        return write_conversations(settings, ledgers)
+        return write_conversations(settings, ledgers, left_out)
     except OSError as exc:
         path = settings.out_dir / DATASET_NAME
         raise OutputError(
             f"cannot write {path}: {exc.strerror or exc}. Every answer recorded so far is kept in "
             f"the ledgers under {settings.state_dir} and the previous {DATASET_NAME} is unchanged; "
-            f"free some space, then run `{settings.command('qa')}` again to rebuild it"
+            f"free some space, then run `{settings.command('build')}` to rebuild it (no service needed)"
         ) from exc
 
 
@@ -376,10 +406,12 @@ def _run_summary(
     }
 
 
-def _write_report(settings: Settings, run: dict[str, Any], conversations: int | None,
-                  ledgers: Ledgers | None = None) -> None:
+def _write_report(settings: Settings, run: dict[str, Any] | None, conversations: int | None,
+                  ledgers: Ledgers | None = None, left_out: dict[str, int] | None = None,
+                  *, strict: bool = False) -> Path | None:
     """report.md and report.json, from ``ledgers`` when open (else opened
-    here); a failure is logged, never raised, so it cannot hide why the run ended."""
+    here); returns report.md. At a run's end (not ``strict``) a failure is
+    logged, never raised, so it cannot hide why the run ended."""
     try:
         with contextlib.ExitStack() as closing:
             if ledgers is None:
@@ -387,11 +419,63 @@ def _write_report(settings: Settings, run: dict[str, Any], conversations: int | 
             # The answer ledger is an index, not rows: holding every row as a
             # dict cost ~2.9 KB a question here.
             state = state_from_ledgers(settings, ledgers)
-            report = build_report(settings, ledgers, state, run, conversations=conversations)
+            report = build_report(settings, ledgers, state, run, conversations=conversations,
+                                  left_out=left_out)
         md, _ = write_report(settings.out_dir, report)
         log.info("run report: %s", md)
-    except Exception as exc:  # noqa: BLE001 - the report is a courtesy; the dataset is what matters
+        return md
+    except Exception as exc:
+        if strict:
+            raise
+        # The report is a courtesy at a run's end; the dataset is what matters.
         log.warning("could not write the run report under %s: %s", settings.out_dir, exc)
+        return None
+
+
+# Files the QA stage replaces atomically under out_dir: a temporary file of
+# theirs left by a killed process is removed under the run lock.
+_OUTPUTS = (DATASET_NAME, provenance_path(DATASET_NAME).name, REPORT_MD, REPORT_JSON)
+
+
+@dataclass(slots=True)
+class BuildResult:
+    """What :func:`build_outputs` made."""
+
+    conversations: int
+    left_out: dict[str, int]
+    report: Path
+    removed: list[Path]
+
+    def line(self) -> str:
+        text = f"build: {DATASET_NAME} {self.conversations} conversations"
+        if self.left_out:
+            text += " (left out or cut by the current settings: " + ", ".join(
+                f"{why} {n}" for why, n in self.left_out.items()) + ")"
+        text += f"; report {self.report}"
+        if self.removed:
+            text += f"; removed {len(self.removed)} leftover temporary file(s): " + ", ".join(
+                p.name for p in self.removed)
+        return text
+
+
+def build_outputs(settings: Settings) -> BuildResult:
+    """``conversations.jsonl`` and the report from the ledgers alone, under the
+    current settings: no service is called and no key is needed. Takes the run
+    lock (refused while a run holds the folder), removes temporary files a
+    killed write left, and records a ``build`` event once both are in place."""
+    paths = ledger_paths(settings.state_dir)
+    if not any(p.exists() for p in paths.values()):
+        raise InputError(f"{settings.state_dir}: no ledgers to build from; run `{settings.command('qa')}` first")
+    with RunLock(settings.out_dir):
+        removed = remove_stale_temps(settings.out_dir, _OUTPUTS)
+        left_out: Counter[str] = Counter()
+        with open_ledgers(settings.state_dir) as ledgers:
+            count = _write_dataset(settings, ledgers, left_out)
+            report = _write_report(settings, None, count, ledgers, dict(left_out.most_common()), strict=True)
+        assert report is not None
+        append_row(paths["events"], {"event": "build", "time": time.time(), "conversations": count,
+                                     "shape": shape_of(settings)})
+    return BuildResult(count, dict(left_out.most_common()), report, removed)
 
 
 def _install_signal_handlers(graph: Graph, main: asyncio.Task[Any] | None) -> Callable[[], None]:

@@ -13,7 +13,7 @@ the thing users count to tune their knowledge base.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = ["Answerer", "Kind", "Outcome"]
 
@@ -36,6 +36,8 @@ class Answerer(Protocol):
 
     # Which backend this is ("huixiangdou" or "local"): every answer row records it.
     backend: str
+    # How many questions it works on at once: the graph runs one answer worker per slot.
+    slots: int
 
     async def probe(self) -> str:
         """Check readiness; return a short description of what will answer.
@@ -43,7 +45,12 @@ class Answerer(Protocol):
 
     async def ask(self, question: str) -> Outcome:
         """Answer one question. Raise ServiceError subclasses only for what the
-        run must react to (quota, fatal, every server down)."""
+        run must react to (quota, fatal, every server down: a
+        :class:`pipeline.errors.ServersDown` says how long to wait)."""
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Live counters per server (URL) for the progress display; {} when
+        there are no servers to show. Cheap: called every progress tick."""
 
     async def aclose(self) -> None:
         """Release connections."""

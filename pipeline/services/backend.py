@@ -110,10 +110,9 @@ async def open_answerer(
     earlier: Backend | None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-) -> tuple[Answerer, BackendChoice, int]:
-    """The answerer of this run, the choice with its reason, and how many
-    answer workers keep it busy (HuixiangDou: one per server slot; local: one
-    per LLM call in flight). Probes HuixiangDou only where the rule needs it.
+) -> tuple[Answerer, BackendChoice]:
+    """The answerer of this run and the choice with its reason. Probes
+    HuixiangDou only where the rule needs it.
     ``clock`` and ``sleep`` time the HuixiangDou pool's waits (seams for tests)."""
     hx = settings.huixiangdou
     up: list[str] | None = None
@@ -122,8 +121,8 @@ async def open_answerer(
     choice = choose_backend(settings.rag.backend, earlier=earlier, up=up, urls=hx.urls,
                             data_dir=str(settings.paths.data_dir))
     if choice.backend == "huixiangdou":
-        return HuixiangdouPool(hx, clock=clock, sleep=sleep), choice, len(hx.urls) * hx.concurrency_per_server
+        return HuixiangdouPool(hx, clock=clock, sleep=sleep), choice
     # Imported here: jieba and bm25s cost start-up time the HuixiangDou path never needs.
     from pipeline.services.local_rag import LocalAnswerer
 
-    return LocalAnswerer(settings, llm), choice, settings.llm.concurrency
+    return LocalAnswerer(settings, llm), choice

@@ -110,7 +110,9 @@ class HuixiangdouPool:
     every ``recheck_s`` of its rest one question goes to it as a check, and
     the first one answered ends the rest at once. When every server rests
     and none is due a check, :meth:`ask` raises :class:`ServersDown` with
-    ``retry_in``, the seconds until the next check.
+    ``retry_in``, the seconds until the next check, or None once no server
+    has answered for ``down_timeout_s`` (waiting is no use: the run stops,
+    resumably). :attr:`slots` is how many requests the pool takes at once.
 
     An injected ``session`` is used as given (its connector limit is the
     caller's business) and not closed by :meth:`aclose`. ``clock``, ``sleep``
@@ -138,9 +140,11 @@ class HuixiangdouPool:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._cond = asyncio.Condition()
+        self._down_since: float | None = None  # every server resting since, without an answer
         self._limiter = AsyncLimiter(settings.rpm, 60) if settings.rpm else None
         path = "/huixiangdou_stream" if settings.endpoint == "stream" else "/huixiangdou_inference"
         self._path = path
+        self.slots = len(self._servers) * settings.concurrency_per_server
         # Seconds of a GET /openapi.json at start-up before saying the server is busy.
         self.busy_notice_s = 5.0
 
@@ -267,7 +271,8 @@ class HuixiangdouPool:
         return all(s.resting_until > now for s in self._servers)
 
     def _down(self, now: float) -> ServersDown:
-        """Every server rests: say why and when the next one is checked."""
+        """Every server rests: say why and when the next one is checked, or,
+        once none has answered for ``down_timeout_s``, that waiting is no use."""
         parts = []
         for s in self._servers:
             left = max(0.0, s.resting_until - now)
@@ -279,8 +284,17 @@ class HuixiangdouPool:
         else:
             message = (f"every HuixiangDou server is down or resting: {listing}. Is HuixiangDou "
                        f"running? Start it with `{START_COMMAND}`.")
+        if self._down_since is None:
+            self._down_since = now
+        timeout = self._settings.down_timeout_s
+        left = self._down_since + timeout - now
+        if left <= 0:
+            return ServersDown(f"{message} No answer for {timeout:.0f} s ([huixiangdou] down_timeout_s).",
+                               service="huixiangdou", retry_in=None)
         checks = [max(0.0, s.next_check - now) for s in self._servers if not s.checking]
-        retry_in = min(checks) if checks else self._settings.recheck_s
+        retry_in = min(min(checks) if checks else self._settings.recheck_s, left)
+        message += (f" Waiting for one to answer (checked every {self._settings.recheck_s:.0f} s; "
+                    f"the run stops after {timeout:.0f} s of this, resumable).")
         return ServersDown(message, service="huixiangdou", retry_in=retry_in)
 
     async def _acquire(self, avoid: set[str]) -> _Server:
@@ -317,6 +331,7 @@ class HuixiangdouPool:
                 server.done += 1
                 server.consecutive_failures = 0
                 server.llm_down = False
+                self._down_since = None
                 if server.resting_until > now:
                     server.resting_until = 0.0
                     log.warning("HuixiangDou server %s answers again; its rest is over", server.url)

@@ -491,6 +491,8 @@ class LocalAnswerer:
     def __init__(self, settings: Settings, llm: LLMClient) -> None:
         self._settings = settings
         self._llm = llm
+        # One question at a time per LLM call the client lets through at once.
+        self.slots = settings.llm.concurrency
         self._index: LocalIndex | None = None
         self._lock = asyncio.Lock()
         self.info: IndexInfo | None = None
@@ -545,6 +547,10 @@ class LocalAnswerer:
             return Outcome(kind="skipped", answer=reply, refs=refs, state=NOT_IN_MATERIAL_STATE,
                            **common)
         return Outcome(kind="answered", answer=reply, refs=refs, state=SUCCESS, **common)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """No servers to show: the LLM client's usage says it all."""
+        return {}
 
     async def aclose(self) -> None:
         """Nothing to release: the LLM client belongs to the caller."""

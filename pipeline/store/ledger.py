@@ -60,6 +60,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "append_row",
     "DEFAULT_FSYNC_INTERVAL_S",
     "FsyncPolicy",
     "LedgerError",
@@ -522,6 +523,24 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- writer
+
+
+def append_row(path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
+    """Append one row to a ledger and sync it, outside a run (``build`` records
+    its event so). Cuts a torn tail first, as :class:`LedgerWriter` does; the
+    caller holds the :class:`RunLock`."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(p)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, dumps_line(row))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LedgerError(f"cannot append to ledger {p}: {exc.strerror or exc}; row not recorded") from exc
 
 
 class _Written:

@@ -30,6 +30,7 @@ from pipeline.errors import InputError
 from pipeline.store.answers import AnswerIndex
 from pipeline.store.layout import QuestionBlock, json_string
 from pipeline.store.schema import is_followup, is_from_passage
+from pipeline.store.shape import RunShapes, Scope
 
 __all__ = [
     "LEDGERS",
@@ -105,6 +106,11 @@ class RunState:
     # Why each aspect was last given up: "saturated" or "unusable" (see aspects_given_up).
     given_up: dict[str, str] = field(default_factory=dict)
     corpus_questions: int = 0  # first-turn questions written from passages
+    # Conversations the current settings leave out (pipeline.store.shape.Scope),
+    # by why: neither continued nor counted above.
+    set_aside: dict[str, int] = field(default_factory=dict)
+    # The shape the last run recorded (pipeline.store.shape), None before shapes were.
+    last_shape: dict[str, Any] | None = None
     # Finished conversations with answered turns, then one not answered: short of their target.
     short: int = 0
     # Bytes of the question ledger the plan was read from (by pipeline.qa.stage.load_state;
@@ -167,11 +173,14 @@ class StateBuilder:
         min_turns: int,
         max_turns: int,
         max_answer_attempts: int,
+        scope: Scope | None = None,
         retry: Iterable[str] = (),
     ) -> None:
         """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
         asked again, as ``qa --retry`` wants after the knowledge base improved."""
         self._answers = answers
+        self._scope = scope
+        self._set_aside: Counter[str] = Counter()
         self._retry = frozenset(retry) - {"answered"}
         self._min, self._max, self._attempts = min_turns, max_turns, max_answer_attempts
         self.accepted: dict[str, int] = dict.fromkeys(aspects, 0)
@@ -203,6 +212,10 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
+        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
+        if why is not None:
+            self._set_aside[why] += 1
+            return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
@@ -226,6 +239,14 @@ class StateBuilder:
         may go in any order between them), with no Python code per first-turn
         row the index says is finished, and only the texts the plan keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
+        if self._scope is not None and not self._scope.keeps_block(aspects, seqs):
+            # Some rows are left out: take them one at a time (rare: after a settings change).
+            for i in range(len(ids)):
+                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
+                          "seq": seqs[i], **block.extras.get(i, {})})
+            for conv, turn, text in block.followups:
+                self.add_followup(conv, turn, text)
+            return
         passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
         if passages:  # questions of corpus passages: no aspect to count or sample, added whole
             for i in passages:
@@ -385,6 +406,8 @@ class StateBuilder:
             passages_asked=self._passages | {
                 str(ev["passage"]) for ev in events if ev.get("event") == "passage" and "passage" in ev},
             corpus_questions=self._corpus_questions,
+            set_aside=dict(self._set_aside.most_common()),
+            last_shape=dict(shape) if (shape := RunShapes(events).last) is not None else None,
         )
 
 
@@ -430,6 +453,7 @@ def derive_state(
     min_turns: int,
     max_turns: int,
     max_answer_attempts: int,
+    scope: Scope | None = None,
     per_aspect: int | None = None,
     max_stale_rounds: int | None = None,
 ) -> RunState:
@@ -442,6 +466,7 @@ def derive_state(
         min_turns=min_turns,
         max_turns=max_turns,
         max_answer_attempts=max_answer_attempts,
+        scope=scope,
     )
     for row in question_rows:
         builder.add(row)

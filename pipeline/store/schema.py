@@ -137,6 +137,9 @@ ANSWER_FIELDS: Final[tuple[Field, ...]] = (
                      "the field: '', told apart by their server)", default=""),
     Field("edits", "the answer gate's rules that changed the answer (pipeline.qa.gate: cleaned, "
                    "references, lead_in, material_rewritten), a list of strings", default=()),
+    Field("shape", "the id of the settings that shaped the row (pipeline.store.shape.shape_id of the "
+                   "run's shape, recorded in full in its run_start event); empty before shapes were recorded",
+          default=""),
 )
 
 
@@ -185,6 +188,7 @@ def answer_row(
     seconds: float,
     backend: str = "",
     edits: Sequence[str] = (),
+    shape: str = "",
 ) -> dict[str, Any]:
     """An answer-ledger row for one attempt at one turn (see :data:`ANSWER_FIELDS`).
     ``seconds`` is rounded to milliseconds; ``refs`` and ``edits`` stored as lists."""

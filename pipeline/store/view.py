@@ -19,6 +19,7 @@ from pipeline.settings import Settings
 from pipeline.store.answers import AnswerIndex
 from pipeline.store.ledger import iter_ledger
 from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
+from pipeline.store.shape import Scope
 
 __all__ = ["Ledgers", "iter_rows", "open_ledgers", "state_from_ledgers", "state_from_rows"]
 
@@ -91,6 +92,7 @@ def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, ledgers.events),
     )
     for row in ledgers.questions():
         builder.add(row)
@@ -102,14 +104,16 @@ def state_from_rows(settings: Settings, rows: Mapping[str, Iterable[Mapping[str,
     """The plan of :func:`~pipeline.store.resume.derive_state` for rows
     already read, by ledger name (``{}``: a fresh run)."""
     c = settings.conversations
+    events = list(rows.get("events", ()))
     return derive_state(
         rows.get("questions", ()),
         rows.get("answers", ()),
-        list(rows.get("events", ())),
+        events,
         aspects=settings.questions.aspects,
         min_turns=c.min_turns,
         max_turns=c.max_turns,
         max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, events),
         per_aspect=settings.questions.per_aspect,
         max_stale_rounds=settings.questions.max_stale_rounds,
     )
