@@ -538,3 +538,27 @@ async def test_qa_retry_asks_again_the_questions_skipped_or_vetoed(tmp_path: Pat
         last = await run_qa(settings, install_signals=False, retry=("skipped", "vetoed"))
         assert last.stats["outcomes"] == {"answered": 1}
     assert len(conversations(settings)) == 12
+
+
+async def test_when_a_check_finds_a_server_back_every_waiting_worker_resumes_at_once(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    clock = FakeClock()
+    async with FakeHuixiangdou(llm_down="2024-09") as hxd:
+        settings = make_settings(
+            tmp_path, llm, [hxd],
+            questions={"aspects": ["战斗系统"], "per_aspect": 2, "batch_size": 2},
+            huixiangdou={"concurrency_per_server": 2, "failures_before_rest": 1, "max_retries": 0,
+                         "recheck_s": 10, "rest_s": 600, "down_timeout_s": 600},
+        )
+        task = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        await asyncio.wait_for(clock.sleeping(2), 10)  # both workers wait for the check
+        hxd.llm_down = None
+        hxd.hold = asyncio.Event()  # the check stays on the server until released
+        clock.advance(10)
+        await asyncio.wait_for(hxd.wait_in_flight(1), 10)
+        await asyncio.wait_for(clock.sleeping(1), 10)  # the other worker: the next check is 10 s on
+        hxd.hold.set()  # the check is answered: the other one goes on without waiting those 10 s
+        result = await asyncio.wait_for(task, 10)
+    assert result.status == "complete"
+    assert [r["kind"] for r in rows(settings, "answers")] == ["answered", "answered"]

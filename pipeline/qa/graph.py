@@ -171,6 +171,7 @@ class Graph:
         self._tg: asyncio.TaskGroup  # the run's, set by run()
         self._down_since: float | None = None  # when every RAG server was first seen down
         self._down_logged: float | None = None  # when that was last logged
+        self._servers_back = asyncio.Event()  # set when a server answers after all were down
         self._seeded: asyncio.Task[None]  # the Deduper's seeding, started by run()
 
     # ---- control -----------------------------------------------------------------
@@ -529,17 +530,19 @@ class Graph:
                 # Once a minute, not once per worker and check.
                 self._down_logged = now
                 log.warning("%s", exc)
-            await self._sleep_unless_stopping(max(exc.retry_in, 0.01))
+            await self._sleep_unless_stopping(max(exc.retry_in, 0.01), self._servers_back)
         self._raise_if_stopping()
 
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        stop = asyncio.ensure_future(self._stopping.wait())
-        slept = asyncio.ensure_future(self._sleep(seconds))
+    async def _sleep_unless_stopping(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds``, less when the run stops or ``wake`` is set."""
+        waits = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._sleep(seconds))}
+        if wake is not None:
+            waits.add(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait({stop, slept}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
-            slept.cancel()
+            for w in waits:
+                w.cancel()
 
     async def _converse(self, plan: ConvPlan) -> None:
         """Ask the conversation's turns from ``plan.next_turn`` until its target,
@@ -558,7 +561,11 @@ class Graph:
                 if question is None:
                     return
             row = await self._ask(plan, question)
-            self._down_since = self._down_logged = None
+            if self._down_since is not None:
+                # A server answered (a check ended its rest): wake the workers waiting.
+                self._down_since = self._down_logged = None
+                self._servers_back.set()
+                self._servers_back = asyncio.Event()
             if row["kind"] != "answered":
                 tries += 1
                 if (plan.next_turn == 1 or row["kind"] not in _FRESH_FOLLOWUP
