@@ -28,13 +28,28 @@ from typing import Any
 from pipeline.errors import InputError, PipelineError, SettingsError
 from pipeline.outputs.export import FORMATS, export, read_records, source_kind
 from pipeline.outputs.validate import format_problem, summary_line, validate_file
-from pipeline.settings import SEED_SEPARATORS, Settings, load_settings
+from pipeline.settings import SEED_SEPARATORS, Settings, check_pieces, load_settings
 from pipeline.store.schema import ANSWER_KINDS
 
+# The one map from how a command ended to the process's exit code: stages
+# return a status, main() below turns exceptions into codes.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SHORT = 3
+EXIT_QUOTA = 75
 EXIT_INTERRUPTED = 130
+
+# Statuses of the qa stage (pipeline.qa.stage); any other (fatal, refused,
+# servers_down, crashed) is a failure.
+QA_EXIT = {"complete": EXIT_OK, "short": EXIT_SHORT, "quota": EXIT_QUOTA, "interrupted": EXIT_INTERRUPTED}
+# The identity command's: "short" is fewer valid records than asked for, not a failure.
+IDENTITY_EXIT = {**QA_EXIT, "short": EXIT_OK}
+
+
+def exit_code(status: str, codes: dict[str, int] = QA_EXIT) -> int:
+    """The exit code of a run that ended with ``status``."""
+    return codes.get(status, EXIT_FAILED)
 
 log = logging.getLogger("pipeline")
 
@@ -43,12 +58,12 @@ _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=_FORMAT,
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if verbose else logging.INFO
+    # The level is on the handler too: a library that sets its own logger to
+    # DEBUG when imported (bm25s does) must not make the screen verbose.
+    screen = logging.StreamHandler(sys.stderr)
+    screen.setLevel(level)
+    logging.basicConfig(level=level, format=_FORMAT, datefmt="%H:%M:%S", handlers=[screen])
     if not verbose:
         # httpx (and its fork httpx2, under some openai transports) logs every
         # request at INFO: tens of thousands of lines a night.
@@ -76,6 +91,7 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
     level = root.level
     if level == logging.NOTSET or level > logging.INFO:
         root.setLevel(logging.INFO)
+    to_file.setLevel(root.level)  # see _configure_logging
     removed: list[logging.Handler] = []
     added: list[logging.Handler] = [to_file]
     console = None
@@ -88,7 +104,7 @@ def _configure_qa_logging(settings: Settings, live: bool) -> tuple[Any, Callable
             if type(handler) is logging.StreamHandler:
                 root.removeHandler(handler)
                 removed.append(handler)
-        screen = RichHandler(console=console, show_path=False, markup=False)
+        screen = RichHandler(console=console, show_path=False, markup=False, level=root.level)
         screen.addFilter(lambda record: record.name != LINE_LOGGER)
         root.addHandler(screen)
         added.append(screen)
@@ -121,14 +137,8 @@ def cmd_pretrain(args: argparse.Namespace, settings: Settings) -> int:
     save = Path(args.save_path) if args.save_path else settings.out_dir / p.output_name
     size = args.chunk_size if args.chunk_size is not None else p.chunk_size
     overlap = args.chunk_overlap if args.chunk_overlap is not None else p.chunk_overlap
-    # Flags bypass the settings loader's range checks, so check them here.
-    if size < 1:
-        raise SettingsError(f"--chunk-size: expected a value >= 1, got {size}")
-    if not 0 <= overlap < size:
-        raise SettingsError(
-            f"--chunk-overlap: expected a value >= 0 and less than the chunk size ({size}), "
-            f"got {overlap}"
-        )
+    # Flags bypass the settings loader's checks: the same rule, naming the flags.
+    check_pieces(size, overlap, size_name="--chunk-size", overlap_name="--chunk-overlap")
     summary = run_pretrain(
         root,
         save,
@@ -166,7 +176,7 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         undo_logging()
     print(result.line())
-    return result.exit_code
+    return exit_code(result.status)
 
 
 async def _qa_with_progress(settings: Settings, live: bool, console: Any, retry: tuple[str, ...], *,
@@ -206,7 +216,7 @@ def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
 
     result = _run_async(run_identity(settings))
     print(result.line())
-    return result.exit_code
+    return exit_code(result.status, IDENTITY_EXIT)
 
 
 def cmd_dry_run(settings: Settings) -> int:
@@ -311,7 +321,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
             raise InputError(f"{p}: {'not a file' if p.exists() else 'no such file'}")
     failed = False
     for p in paths:
-        report = validate_file(p)
+        report = validate_file(p, max_answer_chars=settings.conversations.max_answer_chars)
         for problem in report.problems:
             if problem.severity == "warning" and args.quiet:
                 continue
@@ -367,11 +377,13 @@ def add_validate_parser(sub: Any) -> argparse.ArgumentParser:
         "validate",
         help="check JSONL files against XTuner's rules",
         description=(
-            "Check each FILE as XTuner JSONL: one UTF-8 JSON object per line, a final newline, "
-            "no blank lines; pretraining records (one turn, empty input) or conversation records "
-            "({input, output} turns, 'system' on the first turn only), not mixed; non-empty "
-            "outputs; no <|im_start|>/<|im_end|> markers. Prints FILE:LINE: problems and a "
-            "summary per file; exits 1 when any file has an error."
+            "Check each FILE as XTuner JSONL: one UTF-8 JSON object per line; pretraining records "
+            "(one turn, empty input) or conversation records ({input, output} turns, 'system' on "
+            "the first turn only), not mixed; non-empty outputs; no <|im_start|>/<|im_end|> "
+            "markers. Our exports (alpaca, sharegpt, openai, pretraining text) are recognised by "
+            "their keys and checked by the same rules. Warnings: blank lines, no final newline, "
+            "unknown keys, answers over [conversations] max_answer_chars. Prints FILE:LINE: "
+            "problems and a summary per file; exits 1 when any file has an error."
         ),
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="JSONL file to check")

@@ -56,14 +56,14 @@ from typing import Any
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from pipeline.cleantext import clean_text
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UndecodableFile
+from pipeline.settings import check_pieces
 from pipeline.jsonl import atomic_writer, dumps_line
 
 __all__ = [
     "DEFAULT_BLOCK_CHARS",
     "PretrainSummary",
     "SourceInfo",
-    "UndecodableFile",
     "cut_point",
     "decode",
     "detect_encoding",
@@ -116,15 +116,6 @@ _CONTROLS_ALLOWED = 8
 BAD_BYTES_LIMIT = 16
 # How many bad-byte offsets a report names.
 BAD_OFFSETS_KEPT = 5
-
-
-class UndecodableFile(InputError):
-    """A file is binary or cannot be decoded; the message names it and why."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,16 +437,10 @@ def make_splitter(
 
     ``seed_compatible=True`` uses ``separators`` literally with LangChain's
     defaults, as the reference did; pass ``SEED_SEPARATORS`` for its chunks.
-    Raises ``ValueError`` for sizes LangChain rejects or an overlap not
-    smaller than the chunk size.
+    Raises :class:`SettingsError` when the sizes break
+    :func:`pipeline.settings.check_pieces`.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    if not 0 <= chunk_overlap < chunk_size:
-        raise ValueError(
-            f"chunk_overlap must be at least 0 and less than chunk_size ({chunk_size}), "
-            f"got {chunk_overlap}"
-        )
+    check_pieces(chunk_size, chunk_overlap, size_name="chunk_size", overlap_name="chunk_overlap")
     if seed_compatible:
         return _Splitter(
             chunk_size=chunk_size,

@@ -4,7 +4,11 @@ boundary per service (``llm.py``, ``huixiangdou.py``), with ``raise ... from``.
     PipelineError
     ├── SettingsError         bad settings file or value (exit 2)
     ├── InputError            bad corpus path, unreadable input (exit 2)
+    │   └── UndecodableFile   a corpus file is binary or cannot be decoded
     ├── LockedError           another run holds the output folder
+    ├── LedgerError           a ledger could not be opened, written or synced
+    ├── OutputError           an output file could not be written
+    ├── StreamFormatError     a HuixiangDou stream is not concatenated JSON documents
     ├── Stopped               the run is stopping: a call was not made (no item failed)
     └── ServiceError          a call to the LLM API or a RAG server failed
         ├── RetryableError    try again, after ``retry_after`` seconds when given
@@ -22,7 +26,9 @@ __all__ = [
     "ContentRefused",
     "FatalServiceError",
     "InputError",
+    "LedgerError",
     "LockedError",
+    "OutputError",
     "PipelineError",
     "QuotaExhausted",
     "RetryableError",
@@ -30,6 +36,8 @@ __all__ = [
     "ServiceError",
     "SettingsError",
     "Stopped",
+    "StreamFormatError",
+    "UndecodableFile",
     "UnusableReply",
 ]
 
@@ -58,6 +66,31 @@ class Stopped(PipelineError):
     """The run is stopping (quota, signal, fatal error), so a call was not
     made or not finished. Not a failure of the item it was for: the next run
     goes on with that item."""
+
+
+class UndecodableFile(InputError):
+    """A file is binary or cannot be decoded; the message names it and why.
+    ``path``: a str or path-like object."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class LedgerError(PipelineError):
+    """A ledger could not be opened, written or synced; the message names the file.
+
+    Rows in flight when it happened are not reported as recorded."""
+
+
+class OutputError(PipelineError):
+    """An output file could not be written (disk full, permissions); the message
+    names it and says what is safe."""
+
+
+class StreamFormatError(PipelineError, ValueError):
+    """A HuixiangDou stream is not concatenated JSON documents (or ends inside one)."""
 
 
 class ServiceError(PipelineError):

@@ -39,6 +39,7 @@ __all__ = [
     "RunSettings",
     "Secret",
     "Settings",
+    "check_pieces",
     "load_settings",
 ]
 
@@ -308,7 +309,9 @@ class ConversationSettings:
             r"参考(材料|资料|文档)",
             r"(材料|资料|文档|上下文|知识库)(中|里|内|当中|所述|显示|表明|指出|提到|提及|描述|记载|说明|介绍|主要|并未|并没有|没有|未)",
             r"(?i:\bthe (provided |given |above |reference |supplied )(documents?|context|materials?|passages?|excerpts?|sources?|texts?|information)\b)",
-            r"(?i:\b(in|from|according to) the (documents?|context|materials?|passages?|excerpts?)\b)",
+            # Not "in the context of", "made from the materials": those are English, not sourcing.
+            r"(?i:\b(according to|based on) the (documents?|context|materials?|passages?|excerpts?|sources?)\b)",
+            r"(?i:\b(in|from) the (documents?|passages?|excerpts?)\b)",
             r"(?i:\bthe (documents?|context|materials?|passages?)\b (says?|states?|mentions?|shows?|indicates?|notes?|do(es)? not|don'?t|doesn'?t)\b)",
         ),
         metadata=_meta("regular expressions of sentences that talk about 'the material'", check="regexes"),
@@ -591,13 +594,24 @@ def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
     return cls(**values)
 
 
+def check_pieces(size: int, overlap: int, *, size_name: str, overlap_name: str) -> None:
+    """The one rule for text cut into pieces of ``size`` characters, each
+    sharing ``overlap`` with the next: ``size >= 1`` and ``0 <= overlap < size``.
+    Raises :class:`SettingsError` naming the key or flag (``size_name``,
+    ``overlap_name``) that is wrong."""
+    if size < 1:
+        raise SettingsError(f"{size_name}: expected a value >= 1, got {size}")
+    if not 0 <= overlap < size:
+        raise SettingsError(
+            f"{overlap_name}: expected a value >= 0 and less than {size_name.rsplit(' ', 1)[-1]} "
+            f"({size}), got {overlap}"
+        )
+
+
 def _cross_check(s: Settings) -> None:
     src = s.source
-    if s.pretrain.chunk_overlap >= s.pretrain.chunk_size:
-        raise SettingsError(
-            f"{src}: [pretrain] chunk_overlap: expected less than chunk_size "
-            f"({s.pretrain.chunk_size}), got {s.pretrain.chunk_overlap}"
-        )
+    check_pieces(s.pretrain.chunk_size, s.pretrain.chunk_overlap,
+                 size_name=f"{src}: [pretrain] chunk_size", overlap_name=f"{src}: [pretrain] chunk_overlap")
     if s.conversations.min_turns > s.conversations.max_turns:
         raise SettingsError(
             f"{src}: [conversations] min_turns: expected at most max_turns "
@@ -613,11 +627,9 @@ def _cross_check(s: Settings) -> None:
         raise SettingsError(
             f"{src}: [questions] aspects: expected at least one aspect (or source = \"corpus\")"
         )
-    if s.questions.passage_overlap >= s.questions.passage_size:
-        raise SettingsError(
-            f"{src}: [questions] passage_overlap: expected less than passage_size "
-            f"({s.questions.passage_size}), got {s.questions.passage_overlap}"
-        )
+    check_pieces(s.questions.passage_size, s.questions.passage_overlap,
+                 size_name=f"{src}: [questions] passage_size",
+                 overlap_name=f"{src}: [questions] passage_overlap")
     if "{passage}" not in s.questions.passage_user_prompt:
         raise SettingsError(
             f"{src}: [questions] passage_user_prompt: expected the placeholder {{passage}}"

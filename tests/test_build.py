@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 import run
+from pipeline.errors import OutputError
 from pipeline.jsonl import dumps_line
 from pipeline.qa import stage
 from pipeline.qa.stage import run_qa
@@ -135,7 +136,7 @@ async def test_a_dataset_that_cannot_be_written_makes_the_run_not_complete(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(stage, "write_dataset_with_sources", full)
-    with pytest.raises(stage.OutputError, match="python run.py --settings test build"):
+    with pytest.raises(OutputError, match="python run.py --settings test build"):
         await run_qa(settings, install_signals=False)
     end = rows(settings, "events")[-1]
     assert end["event"] == "run_end" and end["status"] == "fatal"

@@ -26,7 +26,7 @@ from pipeline.corpus import (
     probe,
     run_pretrain,
 )
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SettingsError
 from pipeline.settings import CHINESE_SEPARATORS
 
 # The reference script's separators, written out here (not imported) so a
@@ -236,7 +236,7 @@ def test_seed_compatible_file_chunks_equal_the_reference_on_the_same_text(tmp_pa
 
 @pytest.mark.parametrize(("size", "overlap"), [(0, 0), (10, 10), (10, 11), (10, -1)])
 def test_make_splitter_rejects_bad_sizes(size: int, overlap: int) -> None:
-    with pytest.raises(ValueError, match="chunk_"):
+    with pytest.raises(SettingsError, match="chunk_"):
         make_splitter(size, overlap, CHINESE_SEPARATORS, seed_compatible=False)
 
 

@@ -185,6 +185,7 @@ async def test_every_file_gets_questions_and_every_question_traces_to_its_passag
     assert len(answered) >= len(questions) - 1
     for a in answered:
         assert by_id[a["conv"]]["file"] in a["refs"]
+    assert "## Questions per aspect" not in (settings.out_dir / "report.md").read_text(encoding="utf-8")
     # Any record of the dataset traces to its passage through the side file, line by line.
     records = rows(settings.out_dir / "conversations.jsonl")
     sources = rows(settings.out_dir / "conversations.provenance.jsonl")
@@ -448,7 +449,7 @@ def test_passage_prompts_follow_the_language_and_carry_the_passage_and_its_file(
 
 @pytest.mark.parametrize(("questions", "message"), [
     ({"source": "chapters"}, "[questions] source: expected 'aspects' or 'corpus' or 'both'"),
-    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected less than passage_size"),
+    ({"passage_size": 100, "passage_overlap": 100}, "[questions] passage_overlap: expected a value >= 0 and less than passage_size"),
     ({"passage_user_prompt": "no placeholder"}, "[questions] passage_user_prompt: expected the placeholder {passage}"),
     ({"max_passages": -1}, "[questions] max_passages: expected a value >= 0"),
     ({"per_passage": 0}, "[questions] per_passage: expected a value >= 1"),

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from pipeline.errors import StreamFormatError
 from pipeline.services.hxd_protocol import (
     EMPTY_ANSWER,
     IRRELEVANT_MATERIAL,
     StreamDecoder,
-    StreamFormatError,
     classify,
     llm_outage,
     parse_inference_body,

@@ -21,6 +21,7 @@ from pipeline.outputs.validate import validate_file
 from pipeline.qa.identity import KINDS, Facts, answer_messages, check_answer, fold, screen_question, targets
 from pipeline.qa.identity_stage import run_identity
 from pipeline.settings import ConversationSettings, IdentitySettings, Settings, parse_settings
+from run import IDENTITY_EXIT, exit_code
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import Failure, FakeLLM
 
@@ -38,6 +39,7 @@ def facts(**identity: Any) -> Facts:
 @pytest.mark.parametrize(("answer", "lang", "reason"), [
     ("你好！我是小明，由星河工作室开发的AI助手。", "zh", None),
     ("Hi! I'm 小明, a gardening assistant made by 星河工作室.", "en", None),
+    ("I'm 小明, by 星河工作室.", "en", None),
     ("我是DeepSeek，由深度求索公司开发的AI助手。", "zh", "other_identity"),
     ("我是小明，基于通义千问打造。", "zh", "other_identity"),
     ("I am 小明, but really I'm ChatGPT by OpenAI.", "en", "other_identity"),
@@ -139,7 +141,7 @@ def is_zh(text: str) -> bool:
 async def test_a_run_makes_every_record_in_the_assistants_voice(llm: FakeLLM, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, llm)
     result = await run_identity(settings, install_signals=False)
-    assert (result.status, result.exit_code, result.records) == ("complete", 0, 20)
+    assert (result.status, exit_code(result.status, IDENTITY_EXIT), result.records) == ("complete", 0, 20)
     made = records(settings)
     assert len(made) == 20
     questions = [r["conversation"][0]["input"] for r in made]
@@ -194,7 +196,7 @@ async def test_quota_stops_with_75_keeps_what_was_made_and_the_rerun_goes_on(
     settings = make_settings(tmp_path, llm)
     llm.quota_after = 12
     stopped = await run_identity(settings, install_signals=False)
-    assert (stopped.status, stopped.exit_code) == ("quota", 75)
+    assert (stopped.status, exit_code(stopped.status, IDENTITY_EXIT)) == ("quota", 75)
     assert "run `python run.py identity` again" in stopped.line()
     kept = records(settings)
     assert 0 < len(kept) < 20 and stopped.records == len(kept)
@@ -228,7 +230,7 @@ async def test_a_model_that_never_says_who_it_is_falls_short_and_says_why(
     settings = make_settings(tmp_path, llm, records=5, languages=["en"], max_attempts=2)
     llm.identity_slip_every = 1  # every answer claims to be ChatGPT
     result = await run_identity(settings, install_signals=False)
-    assert (result.status, result.exit_code, result.records) == ("short", 0, 0)
+    assert (result.status, exit_code(result.status, IDENTITY_EXIT), result.records) == ("short", 0, 0)
     line = result.line()
     assert "identity short: 0/5 records" in line
     assert "en/who: 0/1: 1 questions given up after 2 rejected answers each (other_identity 2)" in line
@@ -258,7 +260,7 @@ async def test_a_stop_keeps_every_answer_received(llm: FakeLLM, tmp_path: Path) 
     await llm.wait_in_flight(1)
     work[0].cancel()
     result = await running
-    assert (result.status, result.exit_code) == ("interrupted", 130)
+    assert (result.status, exit_code(result.status, IDENTITY_EXIT)) == ("interrupted", 130)
     assert "run `python run.py identity` again to resume" in result.line()
     kept = records(settings)
     assert 1 <= len(kept) == len(load_identity(settings).accepted()) < 20
@@ -329,3 +331,27 @@ async def test_the_file_follows_the_settings_when_they_ask_for_less(llm: FakeLLM
     assert (result.status, result.records, llm.calls) == ("complete", 6, calls)
     made = records(fewer)
     assert len(made) == 6 and not any(is_zh(r["conversation"][0]["input"]) for r in made)
+
+
+async def test_a_refused_key_mid_run_stops_with_the_error_and_keeps_the_records(
+    llm: FakeLLM, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, llm)
+    answered = 0
+
+    def responder(messages: list[dict[str, str]]) -> str:
+        # The key is revoked after the sixth answer.
+        nonlocal answered
+        if "关于你自己" in messages[0]["content"] or "About yourself" in messages[0]["content"]:
+            answered += 1
+            if answered == 6:
+                llm.api_key = "revoked"
+        return llm.default_responder(messages)
+
+    llm.responder = responder
+    with pytest.raises(ExceptionGroup) as caught:
+        await run_identity(settings, install_signals=False)
+    assert "check the key in $FAKE_LLM_API_KEY" in str(caught.value.exceptions[0])
+    kept = records(settings)
+    assert 1 <= len(kept) <= 6
+    assert all("小明" in r["conversation"][0]["output"] for r in kept)

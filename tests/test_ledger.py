@@ -16,9 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.errors import InputError, LockedError
+from pipeline.errors import InputError, LedgerError, LockedError
 from pipeline.store.ledger import (
-    LedgerError,
     LedgerWriter,
     RunLock,
     iter_ledger,

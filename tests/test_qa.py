@@ -18,6 +18,7 @@ from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
 from pipeline.store.resume import target_turns
 from pipeline.outputs.validate import validate_file
+from run import exit_code
 from tests.fakes.clock import FakeClock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
@@ -85,7 +86,7 @@ async def test_complete_run_makes_a_valid_dataset_and_asks_each_question_once(
     settings = make_settings(tmp_path, llm, servers)
     result = await run_qa(settings, install_signals=False)
 
-    assert result.status == "complete" and result.exit_code == 0
+    assert result.status == "complete" and exit_code(result.status) == 0
     questions = rows(settings, "questions")
     assert len(questions) == 12
     assert {q["aspect"] for q in questions} == {"战斗系统", "游戏世界观", "主要角色"}
@@ -128,7 +129,7 @@ async def test_quota_stops_with_75_and_the_resume_finishes_without_redoing_work(
 
     stopped = await run_qa(settings, install_signals=False)
 
-    assert stopped.status == "quota" and stopped.exit_code == 75
+    assert stopped.status == "quota" and exit_code(stopped.status) == 75
     assert "402" in stopped.detail or "balance" in stopped.detail.lower()
     assert llm.status_counts[402] >= 1
     partial = conversations(settings)  # a usable partial dataset is written
@@ -279,7 +280,7 @@ async def test_stop_request_finishes_in_flight_and_resume_completes(
         graphs[0].request_stop("interrupted", "test")
         gate.set()
         result = await task
-        assert result.status == "interrupted" and result.exit_code == 130
+        assert result.status == "interrupted" and exit_code(result.status) == 130
         in_flight_answered = rows(settings, "answers")
         assert len(in_flight_answered) == 1, "the request in flight was finished and recorded"
 
@@ -326,7 +327,7 @@ async def test_servers_down_longer_than_the_timeout_stop_the_run_cleanly(
         )
         run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
         result = await clock.drive(run)
-    assert result.status == "servers_down" and result.exit_code == 1
+    assert result.status == "servers_down" and exit_code(result.status) == 1
     assert hxd.url in result.detail
     assert conversations(settings) == []
     assert len(rows(settings, "questions")) > 0, "the questions already paid for are kept"
@@ -407,7 +408,7 @@ async def test_an_outage_of_huixiangdous_llm_that_persists_stops_resumably_and_w
     async with FakeHuixiangdou(llm_down="2024-09") as hxd:
         settings = make_settings(tmp_path, llm, [hxd], huixiangdou={"down_timeout_s": 0})
         result = await run_qa(settings, install_signals=False)
-        assert (result.status, result.exit_code) == ("servers_down", 1)
+        assert (result.status, exit_code(result.status)) == ("servers_down", 1)
         line = result.line()
         assert "the LLM behind it does not" in line and "config.ini" in line and "[llm]" in line
         assert "qa` again to resume" in line

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import pipeline.qa.stage
-from pipeline.store.ledger import LedgerError, LedgerWriter
+from pipeline.errors import LedgerError
+from pipeline.store.ledger import LedgerWriter
 from pipeline.qa.stage import run_qa
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM

@@ -11,14 +11,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from pipeline.outputs.report import build_status, open_ledgers, render_status, state_from_ledgers
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings, parse_settings
+from run import exit_code
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import Failure, FakeLLM
@@ -27,7 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
 
 
-def make_settings(tmp_path: Path, fake: FakeLLM, hxd: FakeHuixiangdou, **sections: dict[str, Any]) -> Settings:
+# Stands in for a HuixiangDou server where the local backend answers: never called.
+NO_SERVER = SimpleNamespace(url="http://127.0.0.1:9")
+
+
+def make_settings(tmp_path: Path, fake: FakeLLM, hxd: Any, **sections: dict[str, Any]) -> Settings:
     data: dict[str, Any] = {
         "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
         "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
@@ -65,6 +72,12 @@ def report(settings: Settings) -> dict[str, Any]:
     return json.loads((settings.out_dir / "report.json").read_text(encoding="utf-8"))
 
 
+def status_text(settings: Settings) -> str:
+    with open_ledgers(settings.state_dir) as ledgers:
+        state = state_from_ledgers(settings, ledgers)
+        return render_status(build_status(settings, ledgers, state, None))
+
+
 def every_text(settings: Settings) -> str:
     texts = [q["text"] for q in rows(settings, "questions")]
     texts += [f"{a['question']}\n{a['answer']}" for a in rows(settings, "answers")]
@@ -100,7 +113,7 @@ async def test_unusable_replies_end_short_by_kind_and_are_asked_again(
     settings = make_settings(tmp_path, llm, hxd)
     first = await run_qa(settings, install_signals=False)
 
-    assert (first.status, first.exit_code) == ("short", 3)
+    assert (first.status, exit_code(first.status)) == ("short", 3)
     assert first.line().startswith("qa finished: 2 aspects short (2 unusable replies); questions 0/6")
     assert "asked again by the next `python run.py --settings test qa`" in first.line()
     assert first.stats["unusable"] == {"cut_off": 4}  # 2 aspects x max_stale_rounds, not a "nothing new"
@@ -110,6 +123,10 @@ async def test_unusable_replies_end_short_by_kind_and_are_asked_again(
     assert r["unusable_replies"]["by_kind"] == {"cut_off": 4}
     assert "max_tokens" in r["unusable_replies"]["advice"]["cut_off"]
     assert r["short"] == {"战斗系统": "unusable", "主要角色": "unusable"}
+
+    shown = status_text(settings)
+    assert "战斗系统  0/3  (gave up: unusable replies (asked again next run))" in shown
+    assert "to resume: python run.py --settings test qa" in shown
 
     llm.think = None  # thinking turned off: the next run reopens both aspects
     second = await run_qa(settings, install_signals=False)
@@ -130,6 +147,10 @@ async def test_saturation_is_final_until_the_settings_or_retry_short_reopen_it(
     calls = llm.calls
     again = await run_qa(settings, install_signals=False)
     assert again.status == "short" and llm.calls == calls, "saturated under the same settings: final"
+    shown = status_text(settings)
+    assert "主要角色  2/3  (gave up: saturated)" in shown
+    assert "qa finished: 1 aspect short (1 saturated): a saturated aspect" in shown
+    assert "nothing left to do" not in shown
 
     more = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 4})
     await run_qa(more, install_signals=False)
@@ -187,7 +208,7 @@ async def test_mostly_refused_requests_stop_the_run_resumably(
     settings = make_settings(tmp_path, llm, hxd, llm={"refusal_window": 4, "max_refused_share": 0.5})
     result = await run_qa(settings, install_signals=False)
 
-    assert (result.status, result.exit_code) == ("refused", 1)
+    assert (result.status, exit_code(result.status)) == ("refused", 1)
     assert "refused 100% of the last 4 LLM calls" in result.detail
     assert result.line().endswith("run `python run.py --settings test qa` again to resume where it stopped")
     # The window's 4 calls, each tried twice, and at most one more in flight per aspect.
@@ -325,3 +346,26 @@ def test_a_key_that_cannot_be_a_header_is_one_line_naming_the_variable(tmp_path:
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "$MY_LLM_KEY" in errors[0] and "Traceback" not in done.stderr
     assert FAKE_KEY[4:] not in done.stderr + done.stdout
+
+
+async def test_a_refused_local_answer_is_counted_with_the_providers_words(tmp_path: Path, llm: FakeLLM) -> None:
+    from tests.test_local_rag import FACTS, grounded_responder, write_corpus
+
+    zh = [q for q in FACTS if not q.isascii()]
+    llm.responder = lambda messages: (json.dumps(zh, ensure_ascii=False) if "个不同的问题" in messages[-1]["content"]
+                                      else grounded_responder(messages))
+    llm.refuse_if = lambda messages: zh[0] in messages[-1]["content"] and "资料" in messages[-1]["content"]
+    llm.refusal_style = "dashscope"
+    data = write_corpus(tmp_path / "data")
+    settings = make_settings(tmp_path, llm, NO_SERVER, paths={"data_dir": str(data)}, rag={"backend": "local"},
+                             questions={"aspects": ["游戏概述"], "per_aspect": len(zh), "batch_size": len(zh),
+                                        "max_chars": 80},
+                             conversations={"min_answer_chars": 2})
+    result = await run_qa(settings, install_signals=False)
+
+    assert result.status == "complete"
+    assert [(a["question"], a["kind"]) for a in rows(settings, "answers") if a["kind"] != "answered"] == [
+        (zh[0], "refused")]
+    un = report(settings)["unusable_replies"]
+    assert un["by_purpose"] == {"answer": {"refused": 1}}
+    assert un["refused_examples"][0]["provider"].endswith("Input data may contain inappropriate content.")

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.qa.graph import Graph
 from pipeline.qa.stage import run_qa
+from run import exit_code
 from tests.fakes.clock import FakeClock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY
@@ -58,7 +59,7 @@ async def test_a_stop_during_a_quota_wait_ends_the_run_when_the_grace_is_over(
         clock.advance(30)
         result = await asyncio.wait_for(task, 10)  # a swallowed cancel waits here for ever
 
-    assert result.status == "interrupted" and result.exit_code == 130
+    assert result.status == "interrupted" and exit_code(result.status) == 130
     assert [r for r in rows(settings, "answers") if r["kind"] != "answered"] == []
 
 
@@ -116,6 +117,6 @@ async def test_no_llm_request_leaves_after_a_quota_stop(
         settings = make_settings(tmp_path, llm, servers, llm=limits)
         result = await run_qa(settings, install_signals=False)
 
-    assert result.status == "quota" and result.exit_code == 75
+    assert result.status == "quota" and exit_code(result.status) == 75
     assert llm.status_counts[402] == 1, "calls waiting in the limiter were sent after the stop"
     assert len(llm.requests) == 1

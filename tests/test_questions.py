@@ -26,8 +26,13 @@ A, B = "天命人是谁？", "游戏中有几种棍法？"
 # --------------------------------------------------------------------------- prompts
 
 
+def questions(**values: object) -> QuestionSettings:
+    """[questions] as the settings loader makes them: empty prompts take the language preset."""
+    return parse_settings({"questions": values}).questions
+
+
 def test_question_messages_fill_topic_aspect_and_n_from_the_preset() -> None:
-    qs = QuestionSettings(topic="黑神话：悟空")
+    qs = questions(topic="黑神话：悟空")
     msgs = question_messages(qs, "战斗系统", 10)
     assert [m["role"] for m in msgs] == ["system", "user"]
     assert "《黑神话：悟空》的战斗系统方面" in msgs[0]["content"]
@@ -35,7 +40,7 @@ def test_question_messages_fill_topic_aspect_and_n_from_the_preset() -> None:
 
 
 def test_question_messages_leave_literal_braces_and_unknown_placeholders_alone() -> None:
-    qs = QuestionSettings(
+    qs = questions(
         topic="Wukong",
         system_prompt='Reply as JSON like {"questions": [...]} about {topic}; {unknown} stays.',
         user_prompt="Give {n} questions on {aspect}, {{escaped}}.",
@@ -46,7 +51,7 @@ def test_question_messages_leave_literal_braces_and_unknown_placeholders_alone()
 
 
 def test_later_batches_are_shown_accepted_questions_and_asked_for_different_ones() -> None:
-    qs = QuestionSettings()
+    qs = questions()
     first = question_messages(qs, "主要角色", 10)
     later = question_messages(qs, "主要角色", 10, accepted_sample=[A, B])
     assert "已经问过" not in first[1]["content"]
@@ -55,7 +60,7 @@ def test_later_batches_are_shown_accepted_questions_and_asked_for_different_ones
 
 
 def test_english_preset_is_used_for_language_en() -> None:
-    qs = QuestionSettings(topic="Black Myth: Wukong", language="en")
+    qs = questions(topic="Black Myth: Wukong", language="en")
     msgs = question_messages(qs, "combat", 5, accepted_sample=["Who is the Destined One?"])
     assert msgs[1]["content"].startswith("Write 5 different questions about the combat of Black Myth: Wukong.")
     assert "write different ones" in msgs[1]["content"]
@@ -70,6 +75,14 @@ def test_followup_messages_carry_the_last_question_and_answer() -> None:
     (msg,) = followup_messages(cs, "黑神话：悟空", "天命人是谁？", "玩家扮演的角色。")
     assert "《黑神话：悟空》" in msg["content"]
     assert msg["content"].endswith("问题：天命人是谁？\n回答：玩家扮演的角色。")
+
+
+def test_an_english_run_asks_for_follow_ups_with_the_english_preset() -> None:
+    cs = parse_settings({"questions": {"language": "en"}}).conversations
+    (msg,) = followup_messages(cs, "home brewing", "What is wort?", "Unfermented beer.")
+    en = fill_template(PRESETS["en"].followup, {"topic": "home brewing", "question": "What is wort?",
+                                                 "answer": "Unfermented beer."})
+    assert msg["content"] == en
 
 
 # --------------------------------------------------------------------------- parsing

@@ -92,6 +92,9 @@ async def test_a_new_topic_sets_the_old_topics_conversations_aside_and_asks_its_
     followups = [q for q in rows(new, "questions") if "conv" in q]
     assert [q for q in followups if q["conv"] in new_ids], "the new conversations got their second turn"
     assert not [q for q in followups if q["conv"] in old_ids], "no old conversation was continued under the new topic"
+    # A follow-up is kept as asked; the server, which keeps no history, gets it under the new topic.
+    sent = asked(servers)
+    assert all(f"关于《新游戏》，{q['text']}" in sent for q in followups if q["conv"] in new_ids)
     answered_first = {r["question"] for r in rows(new, "answers") if r["turn"] == 1 and r["conv"] in new_ids}
     assert {c["conversation"][0]["input"] for c in conversations(new)} <= answered_first
     assert report(new)["conversations"]["set_aside"] == {"topic 旧游戏": len(old_ids)}

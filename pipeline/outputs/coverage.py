@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.corpus import UndecodableFile
+from pipeline.errors import UndecodableFile
 from pipeline.qa.passages import file_text, passage_id
 from pipeline.qa.terms import document_frequency, key_terms, names_any
 from pipeline.store.schema import is_from_passage

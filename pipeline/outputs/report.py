@@ -162,7 +162,9 @@ def _unusable_replies(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         by_purpose.setdefault(purpose, Counter())[kind] += 1
         if kind == "refused" and len(refused) < EXAMPLES:
             where = ev.get("aspect") or ev.get("conv") or ev.get("passage") or ""
-            refused.append({"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))})
+            example = {"purpose": purpose, "where": str(where), "provider": str(ev.get("detail", ""))}
+            if example not in refused:
+                refused.append(example)
     return {
         "by_kind": dict(by_kind.most_common()),
         "by_purpose": {p: dict(c.most_common()) for p, c in by_purpose.items()},
@@ -382,16 +384,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"**{short_summary(report['short'])}**: {short_advice(report['short'], report['command'])}.", ""]
 
     q = report["questions"]
-    lines += ["## Questions per aspect (all runs)", "",
-              f"{q['accepted']} of {q['target']} questions written.", ""]
-    rows = []
-    for aspect, a in report["aspects"].items():
-        ft = a["first_turn"]
-        rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
-                     sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
-                     ft.get("unasked", 0), gave_up_label(a)])
-    lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
-    lines.append("")
+    if report["aspects"]:  # none with [questions] source = "corpus" and no earlier aspect questions
+        lines += ["## Questions per aspect (all runs)", "",
+                  f"{q['accepted']} of {q['target']} questions written.", ""]
+        rows = []
+        for aspect, a in report["aspects"].items():
+            ft = a["first_turn"]
+            rows.append([aspect, f"{a['questions']}/{a['target']}", ft.get("answered", 0),
+                         sum(v for k, v in ft.items() if k not in ("answered", "unasked")),
+                         ft.get("unasked", 0), gave_up_label(a)])
+        lines += _table(["aspect", "questions", "answered", "no answer", "not asked yet", "gave up"], rows)
+        lines.append("")
 
     c = report["conversations"]
     lines += render_coverage(report)

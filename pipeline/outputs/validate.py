@@ -6,6 +6,13 @@ XTuner (v0.1.x ``xtuner/dataset``) reads two record kinds, both shaped
 ``pretraining``   one turn, ``input`` empty, text in ``output`` (wrapped as BOS + text + EOS)
 ``conversation``  one or more question/answer turns; only the first may carry ``system``
 
+It also checks what ``export`` writes, telling the format by each record's
+keys (:func:`record_format`): LLaMA-Factory ``alpaca`` (``instruction``) and
+``sharegpt`` (``conversations``), OpenAI ``openai`` (``messages``) and the
+pretraining ``text`` records. Such a record is read back into an XTuner record
+(``pipeline.outputs.export``'s ``from_*``) and checked as one, so the same rules
+(non-empty answers, no template markers) hold for every format.
+
 The core, :func:`validate_lines`, is pure: it takes the lines of a file as
 bytes (as iterating a file opened in binary mode yields them) and returns a
 :class:`Report` of every :class:`Problem` with its 1-based line number.
@@ -30,13 +37,16 @@ from pipeline.services.replies import THINK_TAG
 
 __all__ = [
     "ERROR_MARKERS",
+    "FORMATS",
     "WARNING_MARKERS",
+    "as_xtuner",
     "Kind",
     "Problem",
     "Report",
     "Severity",
     "check_record",
     "format_problem",
+    "record_format",
     "record_kind",
     "summary_line",
     "validate_file",
@@ -83,6 +93,7 @@ class Report:
     kinds: Counter[str] = field(default_factory=Counter)
     kind: Kind | None = None
     problems: list[Problem] = field(default_factory=list)
+    format: str | None = None  # of the first record (see record_format)
 
     @property
     def errors(self) -> list[Problem]:
@@ -210,11 +221,55 @@ def check_record(obj: Any) -> tuple[Kind | None, int, list[tuple[str, Severity]]
     return kind, len(turns), problems
 
 
-def validate_lines(lines: Iterable[bytes]) -> Report:
+FORMATS: tuple[str, ...] = ("xtuner", "alpaca", "sharegpt", "openai", "text")
+
+
+def record_format(obj: Any) -> str:
+    """The format of one record, by its keys: ``xtuner`` (``conversation``, and
+    anything unrecognised, so XTuner's rules name what is missing), ``openai``
+    (``messages``), ``sharegpt`` (``conversations``), ``alpaca``
+    (``instruction``), ``text`` (only ``text``: pretraining for LLaMA-Factory)."""
+    if not isinstance(obj, dict) or "conversation" in obj:
+        return "xtuner"
+    for key, fmt in (("messages", "openai"), ("conversations", "sharegpt"), ("instruction", "alpaca")):
+        if key in obj:
+            return fmt
+    return "text" if set(obj) == {"text"} else "xtuner"
+
+
+def as_xtuner(obj: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """An export-format record read back as an XTuner record; ``ValueError``
+    saying what is wrong when it cannot be."""
+    from pipeline.outputs.export import from_alpaca, from_openai, from_sharegpt
+
+    if fmt == "text":
+        return {"conversation": [{"input": "", "output": obj["text"]}]}
+    read = {"alpaca": from_alpaca, "sharegpt": from_sharegpt, "openai": from_openai}[fmt]
+    try:
+        return read(obj)
+    except KeyError as exc:
+        raise ValueError(f"missing key {exc.args[0]!r}") from None
+    except (TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"unexpected shape ({exc})") from None
+
+
+def _long_answers(record: Mapping[str, Any], limit: int) -> list[tuple[str, Severity]]:
+    out: list[tuple[str, Severity]] = []
+    for n, turn in enumerate(record["conversation"], 1):
+        size = len(turn["output"])
+        if size > limit:
+            out.append((f"turn {n}: answer of {size} characters, over the length limit "
+                        f"([conversations] max_answer_chars = {limit})", "warning"))
+    return out
+
+
+def validate_lines(lines: Iterable[bytes], *, max_answer_chars: int | None = None) -> Report:
     """Check the lines of one JSONL file (each as bytes, ending in ``b"\\n"``
-    except possibly the last) and return everything found."""
+    except possibly the last) and return everything found. With
+    ``max_answer_chars``, a conversation's answer longer than that is a warning."""
     report = Report()
     first_kind_line = 0
+    first_format_line = 0
     last: bytes | None = None
     number = 0
     for number, raw in enumerate(lines, start=1):
@@ -228,7 +283,9 @@ def validate_lines(lines: Iterable[bytes]) -> Report:
             problems.append(Problem(number, "Windows line ending (CRLF)", "warning"))
             body = body[:-1]
         if not body.strip():
-            problems.append(Problem(number, "blank line"))
+            problems.append(Problem(
+                number, "blank line: it holds no record (XTuner and LLaMA-Factory load the file anyway; "
+                        "remove it so line numbers count records)", "warning"))
             continue
         try:
             text = body.decode("utf-8")
@@ -240,10 +297,24 @@ def validate_lines(lines: Iterable[bytes]) -> Report:
         except orjson.JSONDecodeError as exc:
             problems.append(Problem(number, f"invalid JSON: {exc}"))
             continue
+        fmt = record_format(obj)
+        if report.format is None:
+            report.format, first_format_line = fmt, number
+        elif fmt != report.format:
+            problems.append(Problem(number, f"{fmt} record in a file of {report.format} records "
+                                            f"(first at line {first_format_line}); one format per file"))
+        if fmt != "xtuner":
+            try:
+                obj = as_xtuner(obj, fmt)
+            except ValueError as exc:
+                problems.append(Problem(number, f"not a valid {fmt} record: {exc}"))
+                continue
         kind, turns, found = check_record(obj)
         problems.extend(Problem(number, msg, sev) for msg, sev in found)
         if kind is None:
             continue
+        if kind == "conversation" and max_answer_chars is not None:
+            problems.extend(Problem(number, msg, sev) for msg, sev in _long_answers(obj, max_answer_chars))
         report.records += 1
         report.turns += turns
         report.kinds[kind] += 1
@@ -261,13 +332,13 @@ def validate_lines(lines: Iterable[bytes]) -> Report:
     if last is None:
         report.problems.append(Problem(0, "empty file: no records"))
     elif not last.endswith(b"\n"):
-        report.problems.append(
-            Problem(number, "no newline at the end of the file (XTuner's loader needs one)")
-        )
+        report.problems.append(Problem(
+            number, "no newline at the end of the file: XTuner and LLaMA-Factory load it as is, but "
+                    "`cat a.jsonl b.jsonl` would glue this record to the next file's first", "warning"))
     return report
 
 
-def validate_file(path: str | os.PathLike[str]) -> Report:
+def validate_file(path: str | os.PathLike[str], *, max_answer_chars: int | None = None) -> Report:
     """Stream the file at ``path`` through :func:`validate_lines`.
 
     Raises :class:`InputError` naming the file when it cannot be read."""
@@ -278,7 +349,7 @@ def validate_file(path: str | os.PathLike[str]) -> Report:
         raise InputError(f"{p}: not a file")
     try:
         with p.open("rb") as fh:
-            return validate_lines(fh)
+            return validate_lines(fh, max_answer_chars=max_answer_chars)
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from exc
 
@@ -294,6 +365,8 @@ def summary_line(path: str | os.PathLike[str], report: Report) -> str:
     kind = report.kind or "unknown kind"
     if len(report.kinds) > 1:
         kind = "mixed: " + ", ".join(f"{n} {k}" for k, n in sorted(report.kinds.items()))
+    if report.format not in (None, "xtuner"):
+        kind = f"{report.format} format, {kind}"
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "OK" if not errors else "FAILED"
     return (

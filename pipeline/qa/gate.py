@@ -46,7 +46,7 @@ from pipeline.errors import SettingsError
 from pipeline.qa.questions import TEMPLATE_MARKERS
 from pipeline.settings import ConversationSettings
 
-__all__ = ["REASONS", "Gate", "GateResult", "compile_gate", "gate_answer"]
+__all__ = ["REASONS", "Gate", "GateResult", "compile_gate"]
 
 # Every rejection reason, in the order the gate checks them.
 REASONS: tuple[str, ...] = (
@@ -439,7 +439,3 @@ def _edit(
     return lead + body
 
 
-def gate_answer(answer: str, cs: ConversationSettings) -> GateResult:
-    """Clean ``answer`` and say whether it may enter the dataset; see
-    :func:`compile_gate`, which callers gating many answers should use."""
-    return compile_gate(cs)(answer)

@@ -626,6 +626,8 @@ class Graph:
         finally:
             self.stats.in_flight -= 1
         self.stats.rag_seconds.append(outcome.seconds)
+        if outcome.kind == "refused":  # the local backend's LLM call, refused by the provider
+            await self._note_unusable("answer", "refused", outcome.state, conv=plan.conv)
         return await self._record_answer(plan, question, outcome)
 
     async def _record_answer(self, plan: ConvPlan, question: str, outcome: Outcome) -> dict[str, Any]:

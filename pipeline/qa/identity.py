@@ -224,8 +224,11 @@ def _common(text: str, facts: Facts, lang: str) -> str | None:
         return "template_marker"
     if facts.other_name_in(text) is not None:
         return "other_identity"
-    # The name may be in another script than the answer ("I am 悟了悟了").
-    rest = text.replace(facts.name, " ") if facts.name else text
+    # The name and the maker may be in another script than the answer ("I am 悟了悟了").
+    rest = text
+    for own in (facts.name, facts.author):
+        if own:
+            rest = rest.replace(own, " ")
     if _language_of(rest) not in (lang, None):
         return "wrong_language"
     return None

@@ -47,11 +47,9 @@ from pipeline.services.llm import LLMClient
 from pipeline.settings import Settings
 from pipeline.store.ledger import LedgerWriter, RunLock
 
-__all__ = ["EXIT_CODES", "IdentityResult", "run_identity"]
+__all__ = ["IdentityResult", "run_identity"]
 
 log = logging.getLogger(__name__)
-
-EXIT_CODES = {"complete": 0, "short": 0, "quota": 75, "interrupted": 130}
 
 # Accepted questions shown to the question writer as "write different ones".
 _SAMPLE = 20
@@ -66,10 +64,6 @@ class IdentityResult:
     detail: str = ""
     short: dict[str, str] = field(default_factory=dict)   # "lang/kind" -> why it fell short
     usage: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.status]
 
     def line(self) -> str:
         """The closing summary: how it ended, what it made, what it cost, what to do."""
@@ -241,6 +235,12 @@ async def run_identity(settings: Settings, *, install_signals: bool = True,
                     status = "short"
                 await maker.record({"type": "run_end", "status": status, "detail": detail,
                                     "time": time.time()})
+            except BaseException:
+                # A service error a person must fix (a refused key, say): the
+                # records made so far are still written, then the error is told.
+                with contextlib.suppress(Exception):
+                    write_identity(settings, state)
+                raise
             finally:
                 restore()
                 writer.close()

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.corpus import (
-    UndecodableFile,
     discover,
     iter_blocks,
     iter_spans,
     make_splitter,
     probe,
 )
+from pipeline.errors import UndecodableFile
 from pipeline.settings import SEED_SEPARATORS, Settings
 
 __all__ = ["FileShare", "Passage", "PassagePlan", "allot", "draw", "file_text", "passage_id", "plan_passages"]
@@ -99,7 +99,7 @@ class PassagePlan:
 def file_text(path: Path) -> str:
     """The whole text of a corpus file as spans count it: decoded,
     newline-normalised and cleaned, block by block, as :func:`plan_passages`
-    read it. Raises :class:`~pipeline.corpus.UndecodableFile` or ``OSError``."""
+    read it. Raises :class:`~pipeline.errors.UndecodableFile` or ``OSError``."""
     return "".join(iter_blocks(path, probe(path).encoding))
 
 

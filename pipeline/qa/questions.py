@@ -70,17 +70,18 @@ def question_messages(
     qs: QuestionSettings, aspect: str, n: int, accepted_sample: Sequence[str] = ()
 ) -> list[dict[str, str]]:
     """Chat messages asking the question writer for ``n`` questions on ``aspect``.
+    The prompts are the settings' (the loader fills those left empty from the
+    language preset, :func:`pipeline.settings.parse_settings`).
 
     With ``accepted_sample`` (questions already accepted for this aspect), the
     preset's "ask different ones" text is appended so later batches of a large
     ``per_aspect`` do not repeat earlier ones."""
-    preset = PRESETS[qs.language]
     values = {"topic": qs.topic, "aspect": aspect, "n": str(n)}
-    system = fill_template(qs.system_prompt or preset.question_system, values)
-    user = fill_template(qs.user_prompt or preset.question_user, values)
+    system = fill_template(qs.system_prompt, values)
+    user = fill_template(qs.user_prompt, values)
     if accepted_sample:
         examples = "\n".join(f"- {q}" for q in accepted_sample)
-        user = f"{user}\n{fill_template(preset.avoid, {**values, 'examples': examples})}"
+        user = f"{user}\n{fill_template(PRESETS[qs.language].avoid, {**values, 'examples': examples})}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -88,20 +89,20 @@ def passage_messages(
     qs: QuestionSettings, passage: str, file: str, n: int
 ) -> list[dict[str, str]]:
     """Chat messages asking the question writer for at most ``n`` questions
-    that ``passage`` (from ``file``, relative to ``data_dir``) answers."""
+    that ``passage`` (from ``file``, relative to ``data_dir``) answers; the
+    prompts are the settings' (see :func:`question_messages`)."""
     values = {"topic": qs.topic, "n": str(n), "file": file}
-    system = fill_template(qs.passage_system_prompt or PRESETS[qs.language].passage_system, values)
-    user = fill_template(qs.passage_user_prompt or PRESETS[qs.language].passage_user,
-                         {**values, "passage": passage})
+    system = fill_template(qs.passage_system_prompt, values)
+    user = fill_template(qs.passage_user_prompt, {**values, "passage": passage})
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def followup_messages(
     cs: ConversationSettings, topic: str, question: str, answer: str
 ) -> list[dict[str, str]]:
-    """Chat messages asking for one follow-up to ``question``/``answer``."""
-    template = cs.followup_prompt or PRESETS["zh"].followup
-    content = fill_template(template, {"topic": topic, "question": question, "answer": answer})
+    """Chat messages asking for one follow-up to ``question``/``answer``,
+    with the settings' prompt (see :func:`question_messages`)."""
+    content = fill_template(cs.followup_prompt, {"topic": topic, "question": question, "answer": answer})
     return [{"role": "user", "content": content}]
 
 

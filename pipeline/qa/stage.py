@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.outputs.dataset import conversations_with_sources, provenance_path, write_dataset_with_sources
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, OutputError
 from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
@@ -40,21 +40,10 @@ from pipeline.store.resume import RunState, StateBuilder, ledger_paths
 
 __all__ = [
     "BuildResult", "build_outputs",
-    "EXIT_CODES", "OutputError", "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
+    "QAResult", "earlier_questions", "load_state", "run_qa", "write_conversations",
 ]
 
 log = logging.getLogger(__name__)
-
-EXIT_CODES: dict[str, int] = {
-    "complete": 0,
-    "short": 3,      # nothing more to do, but aspects fell short of per_aspect
-    "fatal": 1,
-    "refused": 1,    # the provider refused most recent calls; resumable
-    "servers_down": 1,
-    "crashed": 1,
-    "quota": 75,
-    "interrupted": 130,
-}
 
 DATASET_NAME = "conversations.jsonl"
 
@@ -68,6 +57,8 @@ _SEED_BLOCK = 1024 * 1024
 
 @dataclass(slots=True)
 class QAResult:
+    # complete, short, quota, interrupted, fatal, refused, servers_down or crashed
+    # (run.py maps it to the exit code)
     status: str
     detail: str
     conversations: int
@@ -75,10 +66,6 @@ class QAResult:
     usage: dict[str, Any] = field(default_factory=dict)
     # The command that resumes this run, with the options the user gave.
     resume: str = "python run.py qa"
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.status, 1)
 
     def line(self) -> str:
         """The closing summary: how it ended, what it made, what it cost."""
@@ -369,11 +356,6 @@ async def _run_graph(
         usage=llm.usage.snapshot(),
         resume=settings.command("qa"),
     )
-
-
-class OutputError(PipelineError):
-    """An output file could not be written (disk full, permissions); the message
-    names it and says what is safe."""
 
 
 def _write_dataset(settings: Settings, ledgers: Ledgers, left_out: Counter[str]) -> int:

@@ -36,13 +36,12 @@ from typing import Any
 import aiohttp
 from aiolimiter import AsyncLimiter
 
-from pipeline.errors import FatalServiceError, ServersDown
+from pipeline.errors import FatalServiceError, ServersDown, StreamFormatError
 from pipeline.services.answerer import Kind, Outcome
 from pipeline.services.hxd_protocol import (
     LLM_JUDGED,
     START_COMMAND,
     StreamDecoder,
-    StreamFormatError,
     llm_outage,
     parse_inference_body,
 )

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.errors import StreamFormatError
 from pipeline.services.answerer import Kind, Outcome
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "START_COMMAND",
     "STATE_KINDS",
     "StreamDecoder",
-    "StreamFormatError",
     "LLM_JUDGED",
     "classify",
     "llm_outage",
@@ -189,10 +189,6 @@ def parse_inference_body(body: Any) -> tuple[Kind, str, tuple[str, ...], str]:
             return "answered", answer, refs, SUCCESS
         return "vetoed", "", refs, EMPTY_ANSWER
     return "failed", "", (), f"unexpected response body: {json.dumps(body, ensure_ascii=False)[:80]}"
-
-
-class StreamFormatError(ValueError):
-    """The stream is not concatenated JSON documents (or ends inside one)."""
 
 
 # Characters that matter to the document scanner, outside and inside strings.

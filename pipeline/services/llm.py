@@ -394,10 +394,6 @@ class TokenBudget:
         if actual > own:
             self._debt += actual - own
 
-    @property
-    def debt(self) -> int:
-        return self._debt
-
 
 # -- the client ------------------------------------------------------------------
 

@@ -69,8 +69,8 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from pipeline.corpus import UndecodableFile, discover, iter_chunks, make_splitter, probe
-from pipeline.errors import ContentRefused, InputError, RetryableError, UnusableReply
+from pipeline.corpus import discover, iter_chunks, make_splitter, probe
+from pipeline.errors import ContentRefused, InputError, RetryableError, UndecodableFile, UnusableReply
 from pipeline.jsonl import atomic_writer, dumps_line
 from pipeline.services.llm import LLMClient
 from pipeline.services.replies import REFUSED
@@ -104,12 +104,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# jieba announces its dictionary loading at DEBUG on its own stderr handler,
-# and bm25s sets its logger to DEBUG, overriding run.py's level; a logger's
-# level is the only switch either offers.
-jieba.setLogLevel(logging.WARNING)
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 INDEX_DIR = "local_index"
 FINGERPRINT_NAME = "fingerprint.json"
@@ -436,7 +430,9 @@ def load_or_build_index(settings: Settings) -> tuple[LocalIndex, IndexInfo]:
     Blocking (hashing, jieba, BM25): call it in a thread."""
     started = time.perf_counter()
     # Load jieba's dictionary (about a second) here, in the caller's thread,
-    # not on the event loop at the first question.
+    # not on the event loop at the first question. jieba announces it at
+    # DEBUG on a stderr handler of its own; its log level is the only switch.
+    jieba.setLogLevel(logging.WARNING)
     jieba.initialize()
     folder = settings.state_dir / INDEX_DIR
     fp_path = folder / FINGERPRINT_NAME

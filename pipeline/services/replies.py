@@ -46,8 +46,8 @@ ADVICE: Final[Mapping[str, str]] = {
     "reasoning_only": "the model spent its reply thinking: raise [llm] max_tokens or turn thinking off "
                       "(Qwen3: /no_think or enable_thinking=false)",
     "cut_off": "max_tokens ran out before any answer: raise [llm] max_tokens or turn thinking off",
-    "refused": "the provider's content filter refused the prompt: nothing to fix in the settings; "
-               "such items are skipped and counted",
+    "refused": "the provider's content filter refused the prompt (its words are quoted): the item is "
+               "skipped; an aspect or passage refused every time needs rewording or another provider",
 }
 
 # <think>, <thinking>, <reasoning>, in any case, attributes allowed. Models

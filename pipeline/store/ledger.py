@@ -51,7 +51,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from pipeline.errors import InputError, LockedError, PipelineError
+from pipeline.errors import InputError, LedgerError, LockedError, PipelineError
 from pipeline.jsonl import dumps_line
 
 try:  # POSIX only; kept importable elsewhere so the error can say why.
@@ -63,7 +63,6 @@ __all__ = [
     "append_row",
     "DEFAULT_FSYNC_INTERVAL_S",
     "FsyncPolicy",
-    "LedgerError",
     "LedgerWriter",
     "RunLock",
     "gc_paused",
@@ -91,12 +90,6 @@ _TAIL_BLOCK: Final = 64 * 1024
 # power cut can cost (a process crash costs none). A row counts as recorded
 # once written, so nothing waits for it; a sync a second is noise on any disk.
 DEFAULT_FSYNC_INTERVAL_S: Final = 1.0
-
-
-class LedgerError(PipelineError):
-    """A ledger could not be opened, written or synced; the message names the file.
-
-    Rows in flight when it happened are not reported as recorded."""
 
 
 # --------------------------------------------------------------------------- reading

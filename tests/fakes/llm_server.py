@@ -36,6 +36,7 @@ import re
 import signal
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -828,6 +829,10 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     if args.model:
         fake.models = list(args.model)
+    if args.refuse_prompts:
+        # Like a real content filter: the same prompt is refused every time it is sent.
+        n = args.refuse_prompts
+        fake.refuse_if = lambda messages: zlib.crc32(json.dumps(messages).encode()) % n == 0
     url = await fake.start(args.port)
     print(url, flush=True)
     stop = asyncio.Event()
@@ -862,6 +867,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refuse-every", type=int, default=None,
                         help="refuse every Nth chat request with a content-safety refusal")
     parser.add_argument("--refusal-style", choices=REFUSAL_STYLES, default="deepseek")
+    parser.add_argument("--refuse-prompts", type=int, default=None, metavar="N",
+                        help="refuse about one prompt in N, the same prompts every time they are sent")
     parser.add_argument("--first-question", type=int, default=0,
                         help="number of the first generated question (a fresh fake that must not repeat another's)")
     asyncio.run(_serve(parser.parse_args(argv)))
