@@ -490,3 +490,16 @@ def test_spans_count_the_cleaned_text_the_passages_were_cut_from(tmp_path: Path)
     assert text != raw  # the reader cleaned it
     assert [text[p.start : p.end] for p in plan.passages] == [p.text for p in plan.passages]
     assert "\x07" not in "".join(p.text for p in plan.passages)
+
+
+def test_passages_are_asked_round_robin_over_the_files(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "data")
+    plan = plan_passages(make_settings(tmp_path))
+    files = [p.file for p in plan.passages]
+    first_round = files[: len(CORPUS)]
+    assert sorted(first_round) == sorted(CORPUS)  # every file once before any file twice
+    assert [p.id for p in plan.passages] == plan.selected_ids == plan_passages(
+        make_settings(tmp_path), read=False).selected_ids
+    for f in CORPUS:  # within a file, in file order
+        starts = [p.start for p in plan.passages if p.file == f]
+        assert starts == sorted(starts)

@@ -30,7 +30,7 @@ from tests.test_qa import make_settings
     [
         ([], "calls", 0.0),
         ([(0, 0)], "calls", 0.0),
-        ([(0, 0), (30, 10)], "calls", 20.0),  # a half-full window: rate over what there is
+        ([(0, 0), (30, 10)], "calls", 20.0),  # a half-full window: extrapolated to a minute
         ([(0, 0), (60, 30)], "calls", 30.0),
         # Only the last minute counts: a burst at the start falls out of the window.
         ([(0, 0), (10, 100), (70, 100), (130, 130)], "calls", 30.0),
@@ -42,6 +42,24 @@ def test_rate_window_per_minute(points: list[tuple[float, float]], name: str, ex
     for t, v in points:
         window.add(t, {"calls": v})
     assert window.per_minute(name) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([(0, 0), (2, 120)], 120.0),  # 120 tokens in the first two seconds: 120 of the minute, not 3,600
+        ([(0, 0), (30, 10)], 10.0),
+        ([(0, 0), (60, 30)], 30.0),
+        ([(0, 0), (10, 100), (70, 100), (130, 130)], 30.0),
+    ],
+)
+def test_usage_against_a_per_minute_limit_is_what_was_used_not_extrapolated(
+    points: list[tuple[float, float]], expected: float
+) -> None:
+    window = RateWindow(60.0, extrapolate=False)
+    for t, v in points:
+        window.add(t, {"tokens": v})
+    assert window.per_minute("tokens") == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -124,10 +142,10 @@ def test_a_line_every_interval_with_rates_from_the_counters() -> None:
     clock.now = 30.0
     line = progress.tick()
     assert line is not None and lines == [line]
-    # 10 calls and 400 tokens in the 30 s since attach: 20/min and 800/min.
+    # 10 calls and 400 tokens in the 30 s since attach: what the provider counts in this minute.
     assert line.startswith("progress 0m30s | questions 4/8 |")
     assert "answered 3" in line and "failed 1" in line
-    assert "rpm 20/60 tpm 800/1000" in line
+    assert "rpm 10/60 tpm 400/1000" in line
     # 8 conversations planned, 4 decided at 8/min: 30 s left.
     assert line.endswith("eta 0m30s")
     clock.now = 45.0

@@ -4,6 +4,7 @@ they only read (no lock, no repair, no file created)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import subprocess
 import sys
@@ -267,3 +268,24 @@ def test_a_row_that_is_no_question_row_is_named_not_a_traceback(
     write_ledger(tmp_path, "questions", [QUESTIONS[0], {}, QUESTIONS[1]])
     assert run.main(["--settings", str(cfg), "status"]) == 2
     assert "state/questions.jsonl: the row {} is not a question row" in capsys.readouterr().err
+
+
+def test_status_during_a_run_shows_the_tokens_it_used_so_far(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_settings(tmp_path)
+    write_ledger(tmp_path, "questions", QUESTIONS)
+    earlier = [START, end("quota")]  # 1200 + 300 tokens
+    live = {**START, "pid": os.getpid(), "time": 1_700_000_100.0}
+    write_ledger(tmp_path, "events", [*earlier, live])
+    with RunLock(tmp_path / "out"):
+        out = status_text(tmp_path, capsys, cfg)
+    assert "tokens so far (none recorded by the running run yet): 1200 prompt + 300 completion" in out
+
+    usage = {"event": "usage", "time": 1_700_000_105.0,
+             "usage": {"prompt_tokens": 80, "completion_tokens": 40, "cost": 0.0001}}
+    write_ledger(tmp_path, "events", [*earlier, live, usage])
+    with RunLock(tmp_path / "out"):
+        out = status_text(tmp_path, capsys, cfg)
+    as_of = datetime.datetime.fromtimestamp(1_700_000_105.0).astimezone().isoformat(timespec="seconds")
+    assert f"tokens so far (the running run's as of {as_of}): 1280 prompt + 340 completion" in out

@@ -83,10 +83,15 @@ class RateWindow:
 
     Fed samples ``(t, {name: cumulative value})``; a rate is the growth from
     the oldest sample still in the window to the newest, per minute. Early in
-    a run the window is shorter than ``window_s`` and the rate covers what there is."""
+    a run the samples span less than ``window_s``: with ``extrapolate`` (an
+    ETA's rate) the growth is scaled up to a minute; without (requests and
+    tokens against the provider's per-minute limits) it is what was used, as
+    the provider counts it: 120 tokens in the first two seconds are 120 of the
+    minute's limit, not 3,600."""
 
-    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+    def __init__(self, window_s: float = RATE_WINDOW_S, *, extrapolate: bool = True) -> None:
         self.window_s = window_s
+        self.extrapolate = extrapolate
         self._points: deque[tuple[float, dict[str, float]]] = deque()
 
     def add(self, t: float, values: Mapping[str, float]) -> None:
@@ -107,6 +112,8 @@ class RateWindow:
         span = t1 - t0
         if span <= 0:
             return 0.0
+        if not self.extrapolate:
+            span = max(span, self.window_s)
         return (v1.get(name, 0.0) - v0.get(name, 0.0)) * 60.0 / span
 
 
@@ -227,7 +234,7 @@ class Progress:
         self._live: Live | None = None
         self._graph: Graph | None = None
         self._remaining: int | None = None
-        self._rates = RateWindow(RATE_WINDOW_S)
+        self._rates = RateWindow(RATE_WINDOW_S, extrapolate=False)
         self._answers = RateWindow(ETA_WINDOW_S)
         self._last_line: float | None = None
         self._started = 0.0

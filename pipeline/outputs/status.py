@@ -58,6 +58,16 @@ def lock_holder(out_dir: Path) -> dict[str, Any] | None:
     return info
 
 
+def _usage_as_of(events: Sequence[Mapping[str, Any]]) -> str | None:
+    """The time of the last ``usage`` row after the last ``run_start``, or None."""
+    for ev in reversed(events):
+        if ev.get("event") == "usage":
+            return iso_time(ev.get("time"))
+        if ev.get("event") == "run_start":
+            return None
+    return None
+
+
 def _build_after_last_run(events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The last ``build`` event after the last ``run_start``, or None."""
     for ev in reversed(events):
@@ -145,6 +155,8 @@ def build_status(
         "rejections": summary.by_reason,
         "dropped": all_runs(ledgers.events, "dropped"),
         "usage": usage_totals(state.usage),
+        # When the running run last recorded its usage (a row every few seconds while it changes).
+        "usage_as_of": _usage_as_of(ledgers.events) if outcome == "running" else None,
         "resume": None if done else resume_command(settings),
     }
 
@@ -210,7 +222,11 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.append(f"gate rejections: {_counts(status['rejections'])}")
     lines.append(f"questions dropped: {drop_reasons(status['dropped'])}")
     u = status["usage"]
-    lines.append(f"tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion; "
+    so_far = ""
+    if outcome == "running":
+        as_of = status.get("usage_as_of")
+        so_far = f" so far (the running run's as of {as_of})" if as_of else " so far (none recorded by the running run yet)"
+    lines.append(f"tokens{so_far}: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion; "
                  f"cost {u['cost']:.4f}")
     if outcome == "running":
         lines.append("a run is in progress; check again later")

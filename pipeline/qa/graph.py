@@ -66,6 +66,11 @@ __all__ = ["Graph", "RunStats", "StopReason"]
 
 log = logging.getLogger(__name__)
 
+# Seconds between the run's usage rows in the event ledger at most (while
+# usage changes): how stale `status` may show the tokens of a live run. About
+# 7,000 short rows over a ten-hour run.
+USAGE_EVERY_S = 5.0
+
 StopReason = Literal["complete", "short", "quota", "interrupted", "servers_down", "refused", "fatal"]
 
 # The answer-row state of a turn whose follow-up could not be written.
@@ -276,14 +281,15 @@ class Graph:
             done_all.cancel()
 
     async def _progress(self) -> None:
-        interval = self.settings.run.progress_interval_s
+        # `status` beside a live run reads the tokens used so far from these rows.
+        interval = min(self.settings.run.progress_interval_s, USAGE_EVERY_S)
         last: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(interval)
             usage = self.llm.usage.snapshot()
             if usage != last:  # a row per change, not per tick
                 last = usage
-                await self.writer.record("events", {"event": "usage", "usage": usage})
+                await self.writer.record("events", {"event": "usage", "time": time.time(), "usage": usage})
 
     # ---- producing questions -------------------------------------------------------
 

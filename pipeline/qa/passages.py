@@ -16,8 +16,8 @@ Selection, under ``[questions] max_passages`` (0: every passage): while the
 budget lasts every file gets one passage (the files with most passages first), so each file
 has a chance to be covered; the rest of the budget is shared among files in
 proportion to the passages they have left (largest remainder). Within a file
-the passages are a sample drawn with ``passage_seed`` and the file's path, kept
-in file order. The same corpus and settings give the same selection on every
+the passages are a sample drawn with ``passage_seed`` and the file's path; they
+are asked round robin over the files (see :attr:`PassagePlan.selected_ids`). The same corpus and settings give the same selection on every
 run and machine; a file added or removed changes the shares, not the draw of
 the other files.
 
@@ -28,13 +28,14 @@ id (about 90 bytes), the second reads back the text of the selected passages onl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.corpus import (
     discover,
@@ -49,6 +50,9 @@ from pipeline.settings import SEED_SEPARATORS, Settings
 __all__ = ["FileShare", "Passage", "PassagePlan", "allot", "draw", "file_text", "passage_id", "plan_passages"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_GAP: Any = object()  # zip_longest's filler: no item
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,10 @@ class PassagePlan:
 
     files: list[FileShare]
     skipped: list[tuple[str, str]]  # files that could not be read: (file, reason)
-    selected_ids: list[str]  # in file order, then position
+    # In asking order: round robin over the files (each file's first selected
+    # passage, then each one's second, ...), so a run cut short (quota, Ctrl-C)
+    # has touched as many files as it could.
+    selected_ids: list[str]
     passages: list[Passage] = field(default_factory=list)  # with texts (read=True), same order
 
     @property
@@ -199,13 +206,23 @@ def plan_passages(settings: Settings, *, read: bool = True) -> PassagePlan:
 
     shares = allot([len(s.ids) for s in surveyed], qs.max_passages)
     plan = PassagePlan(files=[], skipped=skipped, selected_ids=[])
+    ids_per_file: list[list[str]] = []
+    passages_per_file: list[list[Passage]] = []
     for s, k in zip(surveyed, shares):
         chosen = draw(len(s.ids), k, qs.passage_seed, s.rel)
         plan.files.append(FileShare(s.rel, s.size, len(s.ids), len(chosen)))
-        plan.selected_ids.extend(s.ids[i] for i in chosen)
+        ids_per_file.append([s.ids[i] for i in chosen])
         if read and chosen:
-            plan.passages.extend(_read_back(s, chosen))
+            passages_per_file.append(_read_back(s, chosen))
+    plan.selected_ids = _round_robin(ids_per_file)
+    plan.passages = _round_robin(passages_per_file)
     return plan
+
+
+def _round_robin(per_file: list[list[_T]]) -> list[_T]:
+    """Each list's first item, then each one's second, and so on."""
+    return [item for row in itertools.zip_longest(*per_file, fillvalue=_GAP) for item in row
+            if item is not _GAP]
 
 
 def _read_back(s: _Surveyed, chosen: Iterable[int]) -> list[Passage]:
