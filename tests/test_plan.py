@@ -172,3 +172,15 @@ def test_lines_state_the_assumptions() -> None:
     assert "RAG request 45 s on 1 slot(s)" in text
     assert "RAG requests: 10 (HuixiangDou)" in text
     assert "LLM requests: 4 (4 question batches, 0 follow-ups)" in text
+
+
+@pytest.mark.parametrize(("language", "limits", "chars"), [
+    ("zh", {"min_chars": 4, "max_chars": 60}, 32),
+    # Words for a space-separated language: 16 words of a typical question, not 60 characters' worth.
+    ("en", {"min_words": 3, "max_words": 30}, len(" ".join(["word"] * 16))),
+])
+def test_a_typical_question_is_measured_as_its_language_is_written(
+    language: str, limits: dict[str, int], chars: int
+) -> None:
+    s = settings(questions={"language": language, "aspects": ["甲"], **limits})
+    assert plan_run(s, fresh(s)).assumptions["question_chars"] == chars

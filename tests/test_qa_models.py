@@ -21,11 +21,13 @@ from pipeline.outputs.status import build_status, render_status
 from pipeline.store.view import open_ledgers, state_from_ledgers
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
-from pipeline.settings import Settings, parse_settings
+from pipeline.settings import Settings
 from run import exit_code
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
-from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
+from tests.fakes.llm_fixtures import FAKE_KEY
 from tests.fakes.llm_server import Failure, FakeLLM
+from tests.test_qa import llm  # noqa: F401 - the fixture
+from tests.test_qa import make_settings as qa_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
@@ -36,26 +38,22 @@ NO_SERVER = SimpleNamespace(url="http://127.0.0.1:9")
 
 
 def make_settings(tmp_path: Path, fake: FakeLLM, hxd: Any, **sections: dict[str, Any]) -> Settings:
-    data: dict[str, Any] = {
-        "paths": {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out")},
-        "llm": {"base_url": fake.base_url, "model": "fake-model", "api_key_env": FAKE_KEY_ENV,
-                "timeout_s": 10, "max_retries": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
-                "rpm": 100_000, "tpm": 100_000_000},
-        "huixiangdou": {"urls": [hxd.url], "timeout_s": 10, "backoff_base_s": 0.01},
+    """test_qa's settings on one server, two aspects of three questions, and
+    give-ups after two empty rounds."""
+    data: dict[str, dict[str, Any]] = {
+        "llm": {"max_retries": 1},
         "questions": {"aspects": ["战斗系统", "主要角色"], "per_aspect": 3, "batch_size": 3,
                       "max_stale_rounds": 2},
-        "conversations": {"system_prompt": "你是测试助手。"},
-        "run": {"grace_s": 5, "progress_interval_s": 60},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
-    return parse_settings(data, source="test", environ={FAKE_KEY_ENV: FAKE_KEY})
+    return qa_settings(tmp_path, fake, [hxd], **data)
 
 
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",), shape="mixed") as fake:
-        yield fake
+def answer_followups_with(llm: FakeLLM, reply: str) -> None:
+    """Follow-up prompts get ``reply``; the rest the fake's usual answers."""
+    default = llm.default_responder
+    llm.responder = lambda messages: reply if FOLLOWUP.search(messages[-1]["content"]) else default(messages)
 
 
 @pytest.fixture
@@ -241,8 +239,7 @@ async def test_a_request_wrong_for_every_item_is_fatal_and_quotes_the_server(
 async def test_follow_ups_are_parsed_to_one_question(
     tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, reply: str
 ) -> None:
-    default = llm.default_responder
-    llm.responder = lambda messages: reply if FOLLOWUP.search(messages[-1]["content"]) else default(messages)
+    answer_followups_with(llm, reply)
     settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 1},
                              conversations={"min_turns": 2, "max_turns": 2})
     result = await run_qa(settings, install_signals=False)
@@ -255,9 +252,7 @@ async def test_follow_ups_are_parsed_to_one_question(
 async def test_a_follow_up_is_new_among_every_question_of_the_run(
     tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
 ) -> None:
-    default = llm.default_responder
-    llm.responder = (lambda messages: "黑熊精的洞府在哪一回出现？"
-                     if FOLLOWUP.search(messages[-1]["content"]) else default(messages))
+    answer_followups_with(llm, "黑熊精的洞府在哪一回出现？")
     settings = make_settings(tmp_path, llm, hxd, conversations={"min_turns": 2, "max_turns": 2})
     result = await run_qa(settings, install_signals=False)
 
@@ -272,8 +267,7 @@ async def test_a_rejected_follow_up_is_never_stored_nor_asked(
     tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
 ) -> None:
     too_long = "黑熊精" * 30 + "是谁？"  # 93 characters: over max_chars
-    default = llm.default_responder
-    llm.responder = lambda messages: too_long if FOLLOWUP.search(messages[-1]["content"]) else default(messages)
+    answer_followups_with(llm, too_long)
     settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 2},
                              conversations={"min_turns": 2, "max_turns": 2})
     first = await run_qa(settings, install_signals=False)

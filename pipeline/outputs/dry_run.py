@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from pipeline.services.llm import estimate_prompt_tokens
 from pipeline.qa.questions import followup_messages, passage_messages, question_messages
+from pipeline.presets import PRESETS
 from pipeline.settings import Settings
 from pipeline.store.resume import SAMPLE, RunState
 
@@ -133,8 +134,14 @@ def plan_run(
     ``passages``: the ids of the selected passages of the corpus
     (:func:`pipeline.qa.passages.plan_passages`), those asked already left out."""
     qs, cs, llm, hx = settings.questions, settings.conversations, settings.llm, settings.huixiangdou
-    q_chars = (qs.min_chars + qs.max_chars) // 2
-    typical_q = "问" * q_chars if qs.language == "zh" else ("word " * max(1, q_chars // 5)).strip()
+    # A typical question: halfway between the length limits, in the language's unit.
+    if PRESETS[qs.language].length_unit == "words":
+        words = (qs.min_words + qs.max_words) // 2
+        typical_q = ("word " * words).strip()
+        q_chars = len(typical_q)
+    else:
+        q_chars = (qs.min_chars + qs.max_chars) // 2
+        typical_q = "问" * q_chars
     typical_a = "答" * answer_chars if qs.language == "zh" else ("word " * max(1, answer_chars // 5)).strip()
     # A question in a list: its text plus quotes and a separator.
     per_question_tokens = _text_tokens(typical_q) + 2

@@ -419,7 +419,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     declined = sum(report["outcomes"].get(k, 0) for k in ("skipped", "vetoed"))
     if declined:
         lines.append(f"{declined} questions were skipped or vetoed: once the knowledge base is improved, "
-                     "`python run.py qa --retry skipped,vetoed` asks them again.")
+                     f"`{report['command']} --retry skipped,vetoed` asks them again.")
     lines.append("")
     if c.get("left_out"):
         lines.append("Not in the dataset as made, by the current settings (the ledgers keep every row; "
