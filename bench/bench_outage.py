@@ -6,9 +6,10 @@ One in-process run of the QA stage against the fake LLM API and one fake
 HuixiangDou server on 127.0.0.1. The server answers like the real one, time
 scaled by ``--scale`` (answered 3-6 s, a rejection 0.4-1 s); from the first
 ``--outage`` second for the second's length (wall seconds, not scaled) the
-LLM behind it is "down" and it answers every question with the 2024-09 outage
-signature (``query is not a question`` with an empty ``relation``) at once,
-as the real server does. Prints how many questions were answered before,
+LLM behind it is "down" and it answers every question with the outage
+signature of ``--release`` (2024-09: ``query is not a question`` with an
+empty ``relation``; 2024-10: an empty ``success``, vetoed) at once, as the
+real server does. Prints how many questions were answered before,
 during and after the outage, how many were written off, and how the run ended;
 then runs ``qa`` again (as a user would) and prints what that adds.
 """
@@ -77,7 +78,7 @@ async def _run(args: argparse.Namespace) -> None:
     outage = Outage(args.outage[0], args.outage[1])
     scale = args.scale
     hxd = FakeHuixiangdou(seed=1)
-    _install_outage(hxd, outage, scale)
+    _install_outage(hxd, outage, scale, args.release)
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeLLM(api_key=KEY, models=("fake-model",)) as llm, hxd:
             settings = _settings(Path(tmp), llm, hxd, args.questions)
@@ -108,15 +109,16 @@ async def _run(args: argparse.Namespace) -> None:
             print(f"total: {len(answered)} of {args.questions} questions answered")
 
 
-def _install_outage(hxd: FakeHuixiangdou, outage: Outage, scale: float) -> None:
+def _install_outage(hxd: FakeHuixiangdou, outage: Outage, scale: float, release: str) -> None:
     """Answered questions take 3-6 s, rejections 0.4-1 s (scaled); during the
-    outage every question gets the 2024-09 signature, at once."""
+    outage every question gets ``release``'s signature, at once."""
+    signature = f"outage_{release.replace('-', '_')}"
     if hasattr(hxd, "llm_down"):  # the faithful fake: times and the outage built in
         hxd.time_scale = scale
 
         def responder(q: str) -> str:
-            hxd.llm_down = "2024-09" if outage.down() else None
-            outage.served.append((outage.now(), "outage_2024_09" if outage.down() else "answered"))
+            hxd.llm_down = release if outage.down() else None
+            outage.served.append((outage.now(), signature if outage.down() else "answered"))
             return "answered"
 
         hxd.responder = responder
@@ -125,7 +127,7 @@ def _install_outage(hxd: FakeHuixiangdou, outage: Outage, scale: float) -> None:
     hxd.latency = (3.0 * scale, 6.0 * scale)
 
     def old_responder(q: str) -> str:
-        scenario = "outage_2024_09" if outage.down() else "answered"
+        scenario = signature if outage.down() else "answered"
         outage.served.append((outage.now(), scenario))
         return scenario
 
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions", type=int, default=30)
     p.add_argument("--scale", type=float, default=0.25, help="times of the real server (answered 3-6 s)")
     p.add_argument("--outage", type=float, nargs=2, default=[8.0, 20.0], metavar=("START", "SECONDS"))
+    p.add_argument("--release", choices=["2024-09", "2024-10"], default="2024-09",
+                    help="whose outage signature the server shows")
     p.add_argument("-v", action="store_true", help="log the pipeline's warnings")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.v else logging.ERROR,

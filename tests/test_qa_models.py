@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outputs.report import build_status, open_ledgers, render_status, state_from_ledgers
+from pipeline.outputs.status import build_status, render_status
+from pipeline.store.view import open_ledgers, state_from_ledgers
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings

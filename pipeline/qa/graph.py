@@ -401,7 +401,6 @@ class Graph:
                 conv=row["id"],
                 aspect=aspect,
                 seq=row["seq"],
-                first_question=row["text"],
                 target=_target(self.settings, row["id"]),
                 next_question=row["text"],
             )
