@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outputs.report import build_status, open_ledgers, render_status, state_from_ledgers
+from pipeline.outputs.status import build_status, render_status
+from pipeline.store.view import open_ledgers, state_from_ledgers
 from pipeline.outputs.validate import validate_file
 from pipeline.qa.stage import run_qa
 from pipeline.settings import Settings
@@ -102,6 +103,19 @@ async def test_reasoning_never_becomes_data(tmp_path: Path, llm: FakeLLM, hxd: F
     followups = [q["text"] for q in rows(settings, "questions") if "conv" in q]
     assert len(followups) == 6 and all(f.endswith("？") for f in followups)
     assert validate_file(settings.out_dir / "conversations.jsonl").errors == []
+
+
+@pytest.mark.parametrize("endpoint", ["inference", "stream"])
+async def test_reasoning_from_the_servers_own_model_is_not_data(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, endpoint: str
+) -> None:
+    hxd.think = True
+    settings = make_settings(tmp_path, llm, hxd, huixiangdou={"endpoint": endpoint})
+    result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete" and result.stats["outcomes"] == {"answered": 6}
+    dataset = (settings.out_dir / "conversations.jsonl").read_text(encoding="utf-8")
+    assert "think>" not in dataset and "草稿" not in dataset
+    assert all("<think>" in a["raw_answer"] for a in rows(settings, "answers")), "kept raw, as it came"
 
 
 # ---- 2. replies that carry no usable text -----------------------------------------------
