@@ -197,7 +197,7 @@ async def test_quota_stops_with_75_keeps_what_was_made_and_the_rerun_goes_on(
     llm.quota_after = 12
     stopped = await run_identity(settings, install_signals=False)
     assert (stopped.status, exit_code(stopped.status, IDENTITY_EXIT)) == ("quota", 75)
-    assert "run `python run.py identity` again" in stopped.line()
+    assert "run `python run.py --settings test.toml identity` again" in stopped.line()
     kept = records(settings)
     assert 0 < len(kept) < 20 and stopped.records == len(kept)
     llm.quota_after = None
@@ -261,7 +261,7 @@ async def test_a_stop_keeps_every_answer_received(llm: FakeLLM, tmp_path: Path) 
     work[0].cancel()
     result = await running
     assert (result.status, exit_code(result.status, IDENTITY_EXIT)) == ("interrupted", 130)
-    assert "run `python run.py identity` again to resume" in result.line()
+    assert "run `python run.py --settings test.toml identity` again to resume" in result.line()
     kept = records(settings)
     assert 1 <= len(kept) == len(load_identity(settings).accepted()) < 20
     # The rerun asks no question already answered.

@@ -26,7 +26,8 @@ from typing import Any
 
 from pipeline.errors import QuotaExhausted, RetryableError, SettingsError, UnusableReply
 from pipeline.outputs.identity import identity_ledger, load_identity, write_identity
-from pipeline.outputs.report import REPORT_JSON, build_report, open_ledgers, state_from_ledgers, write_report
+from pipeline.outputs.report import REPORT_JSON, build_report, write_report
+from pipeline.store.view import open_ledgers, state_from_ledgers
 from pipeline.qa.dedup import Deduper
 from pipeline.qa.identity import (
     IdentityQuestion,
@@ -63,6 +64,8 @@ class IdentityResult:
     detail: str = ""
     short: dict[str, str] = field(default_factory=dict)   # "lang/kind" -> why it fell short
     usage: dict[str, Any] = field(default_factory=dict)
+    # The command that runs this again, with the options the user gave.
+    again: str = "python run.py identity"
 
     def line(self) -> str:
         """The closing summary: how it ended, what it made, what it cost, what to do."""
@@ -75,9 +78,9 @@ class IdentityResult:
         for slot, why in self.short.items():
             text += f"\n{slot}: {why}"
         if self.status in ("quota", "interrupted"):
-            text += "\nrun `python run.py identity` again to resume where it stopped"
+            text += f"\nrun `{self.again}` again to resume where it stopped"
         elif self.status == "short":
-            text += ("\nrun `python run.py identity` again to try once more, or change the "
+            text += (f"\nrun `{self.again}` again to try once more, or change the "
                      "[identity] settings named above; the report has the rejected answers by reason")
         return text
 
@@ -272,7 +275,8 @@ def _finish(settings: Settings, state: IdentityState, status: str, detail: str,
     out = settings.out_dir / settings.identity.output_name
     count = write_identity(settings, state)
     _refresh_report(settings)
-    return IdentityResult(status, count, settings.identity.records, out, detail, short, usage)
+    return IdentityResult(status, count, settings.identity.records, out, detail, short, usage,
+                          again=settings.command("identity"))
 
 
 def _refresh_report(settings: Settings) -> None:
