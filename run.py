@@ -222,7 +222,7 @@ def cmd_identity(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dry_run(settings: Settings) -> int:
     """Print what ``qa`` would do, from the ledgers alone: no call, no lock, no write."""
     from pipeline.outputs.dry_run import plan_run
-    from pipeline.outputs.report import open_ledgers, state_from_ledgers, state_from_rows
+    from pipeline.store.view import open_ledgers, state_from_ledgers, state_from_rows
 
     from pipeline.qa.stage import earlier_backend
     from pipeline.services.backend import choose_backend, reachable_servers
@@ -261,9 +261,10 @@ def cmd_dry_run(settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print where the QA stage stands, from the ledgers alone: no call, no lock, no write."""
-    from pipeline.outputs.report import build_status, lock_holder, open_ledgers, render_status, state_from_ledgers
+    from pipeline.outputs.status import build_status, lock_holder, render_status
+    from pipeline.store.view import open_ledgers, state_from_ledgers
 
-    # Streamed and read-only: a million-row ledger costs a packed int per turn, not its rows.
+    # Streamed and read-only: a million-row ledger costs an index entry per turn, not its rows.
     with open_ledgers(settings.state_dir) as ledgers:
         state = state_from_ledgers(settings, ledgers)
         status = build_status(settings, ledgers, state, lock_holder(settings.out_dir))

@@ -113,7 +113,7 @@ def child(cfg: Path) -> None:
         t = time.perf_counter()
         if "ledgers" in inspect.signature(write_conversations).parameters:
             # As the run's end does: the ledgers opened once for both outputs.
-            from pipeline.outputs.report import open_ledgers
+            from pipeline.store.view import open_ledgers
 
             ledgers = closing.enter_context(open_ledgers(settings.state_dir))
             count = write_conversations(settings, ledgers)

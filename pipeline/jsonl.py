@@ -57,7 +57,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp makes the file owner-only; a dataset is for trainers run by others too.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask(target.parent))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -99,10 +99,28 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     return removed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_PROC_STATUS = "/proc/self/status"  # Linux: holds the umask as "Umask:\t0022"
+
+
+def _umask(folder: Path) -> int:
+    """The process's umask, read without changing it: ``os.umask`` can only
+    read it by setting it, process-wide, under every other thread."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # No /proc (macOS, BSD, old kernels): measure it on a file created the
+    # way open() creates one, in the folder the file goes to.
+    probe = folder / f".umask.{os.getpid()}.{os.urandom(6).hex()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        return 0o666 & ~os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -193,7 +193,8 @@ def test_rows_of_old_ledgers_without_a_backend_tell_it_by_their_server(tmp_path:
 
 
 def test_status_counts_answers_per_backend(tmp_path: Path) -> None:
-    from pipeline.outputs.report import build_status, open_ledgers, render_status, state_from_ledgers
+    from pipeline.outputs.status import build_status, render_status
+    from pipeline.store.view import open_ledgers, state_from_ledgers
 
     settings = parse_settings({"paths": {"out_dir": str(tmp_path / "out")}}, environ={})
     settings.state_dir.mkdir(parents=True)

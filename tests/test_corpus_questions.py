@@ -22,6 +22,9 @@ from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
 from tests.test_local_rag import write_corpus as write_files
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 # Each file: facts only it holds. Sentences are long enough for the fake to quote.
 CORPUS: dict[str, str] = {
@@ -240,7 +243,8 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
 
 
 def status_of(settings: Settings) -> dict[str, Any]:
-    from pipeline.outputs.report import build_status, open_ledgers, state_from_ledgers
+    from pipeline.outputs.status import build_status
+    from pipeline.store.view import open_ledgers, state_from_ledgers
 
     with open_ledgers(settings.state_dir) as ledgers:
         return build_status(settings, ledgers, state_from_ledgers(settings, ledgers), None)
@@ -383,7 +387,7 @@ def test_the_dry_run_counts_one_call_per_passage_not_asked_yet(tmp_path: Path) -
     import dataclasses
 
     from pipeline.outputs.dry_run import plan_run
-    from pipeline.outputs.report import state_from_rows
+    from pipeline.store.view import state_from_rows
 
     write_corpus(tmp_path / "data")
     settings = make_settings(tmp_path, max_passages=5, per_passage=2)

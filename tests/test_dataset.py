@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.outputs.dataset import (
-    build_conversations,
-    conversation_record,
-    summarise,
-    write_dataset,
-)
+from pipeline.outputs.answer_stats import answer_stats
+from pipeline.outputs.dataset import conversation_record, conversations_with_sources, write_dataset
+from pipeline.store.answers import AnswerIndex
 
 # --------------------------------------------------------------------------- records
 
@@ -49,6 +46,14 @@ def a(conv: str, turn: int, kind: str = "answered", answer: str | None = None, *
     }
     row.update(extra)
     return row
+
+
+def build_conversations(questions: list[dict[str, Any]], answers: list[dict[str, Any]], system_prompt: str,
+                        min_turns: int, max_turns: int | None = None) -> list[dict[str, Any]]:
+    """The dataset of these ledger rows, built as the run's end builds it."""
+    index = AnswerIndex.of_rows(answers)
+    pairs = conversations_with_sources(questions, index.answered_row, system_prompt, min_turns, max_turns)
+    return [record for record, _ in pairs]
 
 
 def turns_of(records: list[dict[str, Any]]) -> list[list[tuple[str, str]]]:
@@ -150,7 +155,7 @@ def test_write_dataset_writes_utf8_jsonl_and_counts(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def test_summarise_counts_latest_outcome_per_turn() -> None:
+def test_answer_stats_count_the_latest_outcome_per_turn() -> None:
     answers = [
         a("a", 1, "failed", reason="timeout", state=""),
         a("a", 1),
@@ -159,9 +164,11 @@ def test_summarise_counts_latest_outcome_per_turn() -> None:
         a("d", 1, "rejected", state="success", reason="refusal"),
         a("d", 2, "vetoed"),
     ]
-    s = summarise(answers)
-    assert s["rows"] == 6 and s["turns"] == 5 and s["conversations"] == 4
-    assert s["by_kind"] == {"answered": 1, "rejected": 2, "skipped": 1, "vetoed": 1}
-    assert s["by_state"] == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
-    assert s["by_reason"] == {"refusal": 2, "Query length too short": 1}
-    assert next(iter(s["by_kind"])) == "rejected"  # most common first
+    s = answer_stats(AnswerIndex.of_rows(answers), top=10, examples=3)
+    assert s.rows == 6 and sum(s.by_kind.values()) == 5
+    assert s.by_kind == {"answered": 1, "rejected": 2, "skipped": 1, "vetoed": 1}
+    assert s.by_state == {"success": 3, "Query length too short": 1, "Irrelevant answer.": 1}
+    assert s.by_reason == {"refusal": 2, "Query length too short": 1}
+    assert next(iter(s.by_kind)) == "rejected"  # most common first
+    assert list(s.rag_seconds) == [0.1] * 6, "latency counts every attempt"
+    assert list(s.answer_chars) == [len("a-a1")]

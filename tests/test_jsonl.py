@@ -70,3 +70,25 @@ def test_a_temporary_file_a_killed_writer_left_is_swept_by_the_next_write(tmp_pa
     finally:
         os.close(holder)
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (path, live, young, other))
+
+
+@pytest.mark.parametrize("proc_status", ["/proc/self/status", "/nonexistent/status"])
+def test_the_umask_is_read_without_changing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_status: str
+) -> None:
+    # From /proc where there is one, else measured on a probe file that is then removed.
+    import pipeline.jsonl as jsonl
+
+    monkeypatch.setattr(jsonl, "_PROC_STATUS", proc_status)
+    calls: list[int] = []
+    real_umask = os.umask
+    old = real_umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+        with atomic_writer(tmp_path / "d.jsonl") as fh:
+            fh.write(b"{}\n")
+    finally:
+        real_umask(old)
+    assert stat.S_IMODE((tmp_path / "d.jsonl").stat().st_mode) == 0o640
+    assert calls == [], "the process-wide umask is never set to read it"
+    assert os.listdir(tmp_path) == ["d.jsonl"]

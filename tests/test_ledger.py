@@ -18,10 +18,8 @@ import pytest
 
 from pipeline.errors import InputError, LedgerError, LockedError
 from pipeline.store.ledger import (
-    AnswerIndex,
     LedgerWriter,
     RunLock,
-    iter_answer_heads,
     iter_ledger,
     iter_ledger_spans,
     read_ledger,
@@ -146,94 +144,6 @@ def test_middle_error_line_number_is_right_across_read_blocks(tmp_path: Path) ->
     path = _write(tmp_path, data)
     with pytest.raises(InputError, match=r"line 18 \(byte offset "):
         list(iter_ledger(path, block_size=5))
-
-
-# --------------------------------------------------------------------------- answer heads
-
-
-def _answer(conv: Any, turn: Any, kind: str, question: str = "问？", *, kind_first: bool = False) -> dict[str, Any]:
-    if kind_first:
-        return {"conv": conv, "turn": turn, "kind": kind, "question": question, "answer": "答"}
-    return {"conv": conv, "turn": turn, "question": question, "kind": kind, "answer": "答"}
-
-
-HEAD_ROWS = [
-    _answer("00000000000000ab", 1, "answered"),
-    _answer("00000000000000ab", 2, "failed", 'a "quoted" \\ question, "kind":"vetoed" inside'),
-    _answer("天", 1, "skipped", kind_first=True),
-    {"turn": 1, "conv": "x", "kind": "vetoed"},  # another key order: parsed whole
-    {"conv": "z", "turn": 1},  # no kind
-    _answer("00000000000000cd", 1, "rejected", "\u9996\n", kind_first=True),
-]
-
-
-@pytest.mark.parametrize("block_size", [7, 64, 1 << 20])
-def test_answer_heads_are_conv_turn_kind_and_the_span_of_each_row(tmp_path: Path, block_size: int) -> None:
-    lines = [orjson.dumps(r) + b"\n" for r in HEAD_ROWS]
-    path = _write(tmp_path, b"".join(lines[:3]) + b"\n" + b"".join(lines[3:]))  # a blank line too
-    heads = list(iter_answer_heads(path, block_size=block_size))
-    assert [h[:3] for h in heads] == [
-        ("00000000000000ab", 1, "answered"), ("00000000000000ab", 2, "failed"), ("天", 1, "skipped"),
-        ("x", 1, "vetoed"), ("z", 1, ""), ("00000000000000cd", 1, "rejected")]
-    data = path.read_bytes()
-    assert [orjson.loads(data[off:off + n]) for *_, off, n in heads] == HEAD_ROWS
-
-
-@pytest.mark.parametrize("row", [{}, {"conv": "y", "turn": 0, "kind": "answered"}, {"conv": 7, "turn": 1}])
-def test_an_answer_row_without_conv_and_turn_is_named_as_damage(tmp_path: Path, row: dict[str, Any]) -> None:
-    good = orjson.dumps(_answer("00000000000000ab", 1, "answered")) + b"\n"
-    path = _write(tmp_path, good + orjson.dumps(row) + b"\n" + good)
-    with pytest.raises(InputError, match=r"line 2 \(byte offset \d+\) is an answer row without a string 'conv'"):
-        list(iter_answer_heads(path))
-    with pytest.raises(InputError, match=r"line 2 "), AnswerIndex(path):
-        pass
-
-
-def test_answer_heads_name_a_bad_line_in_the_middle(tmp_path: Path) -> None:
-    lines = [orjson.dumps(_answer(f"{i:016x}", 1, "answered")) for i in range(20)]
-    lines[11] = b'{"conv":"torn'
-    path = _write(tmp_path, b"\n".join(lines) + b"\n")
-    with pytest.raises(InputError, match=r"line 12 \(byte offset "):
-        list(iter_answer_heads(path, block_size=100))
-
-
-def test_answer_index_keeps_the_latest_row_and_counts_failed_rows(tmp_path: Path) -> None:
-    rows = [_answer("00000000000000ab", 1, "failed", "一"), _answer("天", 1, "odd-kind"),
-            _answer("00000000000000ab", 1, "failed", "二"), _answer("00000000000000ab", 1, "answered", "三")]
-    path = _write(tmp_path, b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    with AnswerIndex(path) as index:
-        kind, failed, span = index.turn("00000000000000ab", 1)  # type: ignore[misc]
-        assert (kind, failed, index.read(span)["question"]) == ("answered", 2, "三")
-        assert index.turn("天", 1)[:2] == ("odd-kind", 0)  # type: ignore[index]
-        assert index.turn("00000000000000ab", 2) is None
-        assert index.read(index.turn("天", 1)[2]) == rows[1]  # type: ignore[index]
-
-
-@pytest.mark.parametrize("block_size", [64, 500, 1 << 20])
-def test_answer_index_gives_the_latest_row_of_every_turn_whatever_the_row_shape(
-        tmp_path: Path, block_size: int) -> None:
-    # Blocks of the usual shape are scanned whole, others row by row: the
-    # answers must not depend on which, nor on where the blocks break.
-    rnd = random.Random(block_size)
-    convs = [f"{rnd.getrandbits(64):016x}" for _ in range(12)] + ["天", "x", 'q"1', "ABCDEF0123456789"]
-    rows: list[dict[str, Any]] = []
-    for i in range(300):
-        conv, turn = rnd.choice(convs), rnd.choice([1, 1, 2, 3, 300])
-        kind = rnd.choice(["answered", "answered", "failed", "vetoed", "skipped", "rejected", "odd"])
-        rows.append(_answer(conv, turn, kind, rnd.choice(["问一", 'a "q" \\', "两\n行"]),
-                            kind_first=rnd.random() < 0.5))
-    path = _write(tmp_path, b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    failed: dict[tuple[str, int], int] = {}
-    for r in rows:
-        latest[(r["conv"], r["turn"])] = r
-        failed[(r["conv"], r["turn"])] = failed.get((r["conv"], r["turn"]), 0) + (r["kind"] == "failed")
-    with AnswerIndex(path, block_size=block_size) as index:
-        for (conv, turn), row in latest.items():
-            kind, fails, span = index.turn(conv, turn)  # type: ignore[misc]
-            assert (kind, fails, index.read(span)) == (row["kind"], failed[(conv, turn)], row)
-            assert index.answered([conv.encode()], turn) == [row["kind"] == "answered"]
-        assert index.turn(convs[0], 4) is None and index.answered([b"nope"], 1) == [False]
 
 
 # --------------------------------------------------------------------------- run lock

@@ -9,7 +9,7 @@ import pytest
 from pipeline.services.llm import estimate_prompt_tokens
 from pipeline.outputs.dry_run import ASSUMED_LLM_LATENCY_S, ASSUMED_RAG_LATENCY_S, plan_run
 from pipeline.qa.questions import question_messages
-from pipeline.outputs.report import state_from_rows
+from pipeline.store.view import state_from_rows
 from pipeline.settings import Settings, parse_settings
 from pipeline.store.resume import RunState
 

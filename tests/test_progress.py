@@ -17,7 +17,7 @@ from pipeline.qa.graph import Graph, RunStats
 from pipeline.services.llm import Usage
 from pipeline.outputs.progress import Progress, RateWindow, Sample, eta_seconds, format_line, render
 from pipeline.qa.stage import run_qa
-from pipeline.outputs.report import state_from_rows
+from pipeline.store.view import state_from_rows
 from pipeline.settings import Settings, parse_settings
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY

@@ -10,19 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outputs.dataset import latest_turns, summarise
+from pipeline.outputs.answer_stats import answer_stats
+from pipeline.outputs.report import build_report, percentile, render_markdown, write_report
 from pipeline.qa.stage import run_qa
-from pipeline.outputs.report import (
-    AnswerTally,
-    build_report,
-    open_ledgers,
-    percentile,
-    render_markdown,
-    state_from_ledgers,
-    state_from_rows,
-    write_report,
-)
 from pipeline.settings import Settings, parse_settings
+from pipeline.store.answers import AnswerIndex, SpanReader
+from pipeline.store.view import open_ledgers, state_from_ledgers, state_from_rows
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_fixtures import FAKE_KEY
 from tests.fakes.llm_server import FakeLLM
@@ -204,17 +197,46 @@ def test_report_from_streamed_files_equals_the_report_from_rows(tmp_path: Path, 
     assert (state_dir / "answers.jsonl").read_bytes() == before, "the torn tail is skipped, not cut"
 
 
-def test_ties_and_examples_follow_conversation_order_like_latest_turns(tmp_path: Path) -> None:
-    # Turns interleave across conversations in the ledger; the report groups
-    # a conversation's turns together (as latest_turns does), so "X" (q0's
-    # turn 2) comes before "Y" (q1's turn 1) although its row is later.
+def test_ties_and_examples_follow_the_ledger_order_of_latest_rows(tmp_path: Path) -> None:
+    # Equal counts keep the order in which their first latest row comes in
+    # the ledger, and so do the example questions of a group.
     s = settings(tmp_path)
     t2 = {**a(0, "skipped", state="X"), "turn": 2, "question": "追问0？"}
-    rows = {"questions": [q(0, "战斗"), q(1, "战斗")],
-            "answers": [a(0, "answered", answer="x" * 30), a(1, "skipped", state="Y"), t2]}
+    rows = {"questions": [q(0, "战斗"), q(1, "战斗"), q(2, "战斗")],
+            "answers": [a(0, "answered", answer="x" * 30), a(1, "skipped", state="Y"), t2,
+                        a(2, "skipped", state="X"), {**a(1, "skipped", state="Y"), "question": "又问1？"}]}
     report = build_report(s, rows, state_from_rows(s, rows))
     assert [(g["state"], g["examples"]) for g in report["no_answer_states"]] == [
-        ("X", ["追问0？"]), ("Y", ["问题1？"])]
+        ("X", ["追问0？", "问题2？"]), ("Y", ["又问1？"])]
+
+
+def _plain_counts(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What answer_stats counts, by hand: the latest row of each valid turn, every row's seconds."""
+    latest: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in answers:
+        if isinstance(r.get("conv"), str) and type(r.get("turn")) is int and r["turn"] >= 1:
+            latest[(r["conv"], r["turn"])] = r
+    by_kind: dict[str, int] = {}
+    by_state: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    by_backend: dict[str, dict[str, int]] = {}
+    for r in latest.values():
+        backend = r.get("backend") if isinstance(r.get("backend"), str) else (
+            "" if not isinstance(r.get("server"), str) or not r["server"]
+            else "local" if r["server"] == "local" else "huixiangdou")
+        if backend:
+            counts = by_backend.setdefault(backend, {})
+            counts[str(r.get("kind", ""))] = counts.get(str(r.get("kind", "")), 0) + 1
+        kind = str(r.get("kind", ""))
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        by_state[str(r.get("state", ""))] = by_state.get(str(r.get("state", "")), 0) + 1
+        if kind != "answered" and r.get("reason"):
+            by_reason[str(r["reason"])] = by_reason.get(str(r["reason"]), 0) + 1
+    return {"rows": len(answers), "by_kind": by_kind, "by_state": by_state, "by_reason": by_reason,
+            "by_backend": by_backend,
+            "chars": sorted(len(str(r.get("answer", ""))) for r in latest.values() if r.get("kind") == "answered"),
+            "seconds": [float(r["seconds"]) for r in answers
+                        if isinstance(r.get("seconds"), (int, float)) and r["seconds"] > 0]}
 
 
 @pytest.mark.parametrize(
@@ -224,39 +246,28 @@ def test_ties_and_examples_follow_conversation_order_like_latest_turns(tmp_path:
         [a(0, "answered", answer="x"), a(1, "skipped", state="s1"), a(2, "skipped", state="s2")],
         # retries, a later turn, a row with no valid conv/turn, odd kinds and states
         [a(0, "failed", state="down", reason="x"), a(0, "answered", answer="y"),
-         {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q9", "turn": True, "kind": "answered"},
-         {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
+         {**a(0, "skipped", state="s"), "turn": 2}, {"conv": "q3", "turn": 1}, {"conv": "q4", "turn": 1, "kind": None, "state": None, "reason": "r"},
+         {"conv": "q7", "turn": 1, "kind": "skipped", "state": ["odd"], "reason": {"r": 1}},
          a(5, "rejected", reason="refusal"), a(6, "vetoed", state="")],
-        # 16-hex question ids take the compact key path
-        [{**a(0, "answered", answer="z"), "conv": "0123456789abcdef"},
-         {**a(0, "skipped", state="s"), "conv": "0123456789abcdef", "turn": 3},
-         {**a(0, "failed", state="f"), "conv": "0123456789abcdef", "turn": 3}],
+        # backends: recorded, or told by the server of rows older than the field
+        [{**a(0, "answered", answer="x"), "backend": "local"}, {**a(1, "skipped"), "server": "local"},
+         {**a(2, "skipped"), "server": "http://h:1"}, {**a(3, "failed"), "server": ""}],
     ],
 )
-def test_tally_summary_matches_summarise(answers: list[dict[str, Any]]) -> None:
-    summary = AnswerTally.of_rows(answers).summary()
-    by_backend = summary.pop("by_backend")
-    assert summary == summarise(answers)
-    # by backend, then kind: the latest row of each turn, counted once
-    assert sum(sum(c.values()) for c in by_backend.values()) == sum(
-        n for n in summary["by_kind"].values()) - sum(
-        1 for row in latest_turns(answers).values() for r in row.values()
-        if not (r.get("backend") or r.get("server")))
-
-
-def test_tally_turns_count_failed_rows_and_read_back_the_latest(tmp_path: Path) -> None:
+def test_answer_stats_count_what_a_plain_count_of_latest_rows_says(
+    tmp_path: Path, answers: list[dict[str, Any]]
+) -> None:
     path = tmp_path / "answers.jsonl"
-    rows = [a(0, "failed", state="down"), a(1, "answered", answer="甲" * 5), a(0, "failed", state="down"),
-            {**a(0, "answered", answer="乙" * 7), "turn": 2}]
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    with AnswerTally.of_file(path) as tally:
-        kind, failed, ref = tally.turn("q0", 1) or ("", 0, 0)
-        assert (kind, failed) == ("failed", 2)
-        assert tally.read(ref) == rows[2]
-        assert tally.turn("q0", 2) is not None and tally.read(tally.turn("q0", 2)[2]) == rows[3]  # type: ignore[index]
-        assert tally.turn("q1", 2) is None
-        assert list(tally.answer_chars()) == [7, 5], "latest answered turns, conversation by conversation"
-        assert tally.rows == 4 and list(tally.rag_seconds) == [1.0] * 4
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in answers))
+    expected = _plain_counts(answers)
+    with AnswerIndex.of_file(path) as index:
+        for stats in (answer_stats(index, top=10, examples=3),
+                      answer_stats(AnswerIndex.of_rows(answers), top=10, examples=3)):
+            assert {"rows": stats.rows, "by_kind": stats.by_kind, "by_state": stats.by_state,
+                    "by_reason": stats.by_reason, "by_backend": stats.by_backend,
+                    "chars": sorted(stats.answer_chars),
+                    "seconds": list(stats.rag_seconds)} == expected
+            assert list(stats.by_kind.values()) == sorted(stats.by_kind.values(), reverse=True)
 
 
 def report_peak(tmp_path: Path, n: int) -> int:
@@ -278,33 +289,36 @@ def report_peak(tmp_path: Path, n: int) -> int:
 
 def test_the_report_holds_no_answer_rows(tmp_path: Path) -> None:
     # Rows of 600-character answers take ~3 KB each as dicts; the streamed
-    # report keeps a packed int per turn and a float per row. Growth between
+    # report keeps an index entry per turn and a float per row. Growth between
     # two sizes leaves out the fixed cost (the read block).
     small, large = 3000, 6000
     growth = (report_peak(tmp_path, large) - report_peak(tmp_path, small)) / (large - small)
     assert growth < 1024, f"{growth:.0f} B per answered question while building the report"
 
 
-def test_tally_reads_back_only_answered_turns_for_the_dataset() -> None:
+def test_the_dataset_lookup_reads_back_only_answered_turns() -> None:
     # The dataset stops a conversation at its first turn not answered; the
-    # tally knows each turn's kind, so such a turn costs no read.
-    rows = [a(0, "answered", answer="甲"), a(1, "skipped", state="s"), a(2, "failed"), a(3, "rejected")]
+    # index knows each turn's kind, so such a turn costs no read.
     reads: list[int] = []
-    tally = AnswerTally(lambda ref: reads.append(ref) or rows[ref])  # type: ignore[func-returns-value]
-    for i, row in enumerate(rows):
-        tally.add(row, i)
-    assert tally.answered_row("q0", 1) == rows[0]
-    assert [tally.answered_row(f"q{i}", 1) for i in (1, 2, 3)] == [None, None, None]
-    assert tally.answered_row("q0", 2) is None and tally.answered_row("q9", 1) is None
-    assert reads == [0]
+
+    class Counting(list):  # type: ignore[type-arg]
+        def __getitem__(self, i: Any) -> Any:
+            reads.append(i)
+            return super().__getitem__(i)
+
+    rows = Counting([a(0, "answered", answer="甲"), a(1, "skipped", state="s"), a(2, "failed"), a(3, "rejected")])
+    index = AnswerIndex.of_rows(rows)
+    assert index.answered_row("q0", 1) == rows[0]
+    reads.clear()
+    assert [index.answered_row(f"q{i}", 1) for i in (1, 2, 3)] == [None, None, None]
+    assert index.answered_row("q0", 2) is None and index.answered_row("q9", 1) is None
+    assert reads == []
 
 
 def test_span_reader_serves_spans_in_any_order_from_few_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
-
-    from pipeline.outputs.report import SpanReader
 
     data = bytes(range(256)) * 1024  # 256 KiB
     path = tmp_path / "f.bin"

@@ -11,15 +11,7 @@ import pytest
 
 from pipeline.qa.stage import earlier_questions, load_state
 from pipeline.settings import parse_settings
-from pipeline.store.resume import (
-    SAMPLE,
-    aspects_given_up,
-    derive_state,
-    json_string,
-    ledger_paths,
-    question_block,
-    target_turns,
-)
+from pipeline.store.resume import SAMPLE, aspects_given_up, derive_state, ledger_paths, target_turns
 
 # The equivalence tests' settings name every aspect their ledgers use; what the
 # settings leave out has its own test.
@@ -67,7 +59,7 @@ def test_verdicts_end_a_conversation_and_are_not_asked_again(kind: str) -> None:
 
 def test_failed_turn_is_retried_until_the_attempt_limit() -> None:
     s = derive([q("x", "A", 0)], [a("x", 1, "failed"), a("x", 1, "failed")], attempts=3)
-    assert [p.conv for p in s.pending] == ["x"] and s.pending[0].failed_attempts == 2
+    assert [p.conv for p in s.pending] == ["x"] and s.pending[0].next_turn == 1
     s = derive([q("x", "A", 0)], [a("x", 1, "failed")] * 3, attempts=3)
     assert s.pending == [] and s.gave_up == 1
 
@@ -201,6 +193,8 @@ def _random_ledgers(rnd: random.Random, lo: int, hi: int) -> tuple[list[dict[str
         first = {"id": conv, "aspect": rnd.choice("AABC"), "text": text, "seq": rnd.choice([k, k, 0, 7])}
         if rnd.random() < 0.1:
             first = {"seq": first["seq"], "id": conv, "text": text, "aspect": first["aspect"]}  # other order
+        elif rnd.random() < 0.15:  # a question of a corpus passage: fields after the usual ones
+            first = {**first, "aspect": "", "passage": f"p{k % 3}", "file": "a.md", "span": [k, k + 9]}
         questions.append(first)
         for turn in range(1, hi + 2):
             if turn > 1 and rnd.random() < 0.7:
@@ -302,33 +296,6 @@ def test_earlier_questions_are_the_first_turns_the_plan_read_and_no_later_row(
     assert texts == [r["text"] for r in questions if "conv" not in r]
     assert len(texts) == state.total_questions()
     assert path.read_bytes().endswith(b'{"id":"00000000000001'), "a file being written is left as it is"
-
-
-def test_question_block_reads_the_rows_the_pipeline_writes_as_columns() -> None:
-    rows = [{"id": "00000000000000a1", "aspect": "甲", "text": '说"引号"\\和\n换行\u2028', "seq": 3},
-            {"id": "f1", "conv": "00000000000000a1", "turn": 2, "text": "追问\t？"},
-            {"id": "00000000000000b2", "aspect": "A", "text": "问", "seq": 0}]
-    data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    block = question_block(data + b'{"id":"torn', len(data))
-    assert block is not None
-    assert (list(block.ids), block.aspects, list(map(json_string, block.texts)), block.seqs) == (
-        [b"00000000000000a1", b"00000000000000b2"], ["甲", "A"], [rows[0]["text"], "问"], [3, 0])
-    assert block.followups == [("00000000000000a1", 2, "追问\t？")]
-
-
-@pytest.mark.parametrize("line", [
-    b'{"aspect":"A","id":"00000000000000a1","text":"t","seq":1}',  # another key order
-    b'{"id":"00000000000000a1","aspect":"A","text":"t","seq":01}',  # not JSON
-    b'{"id":"00000000000000a1","aspect":"A","text":"\xff","seq":1}',  # not UTF-8
-    b'{"id":"00000000000000a1","aspect":"A","text":"\\x","seq":1}',  # a bad escape
-    b'{"id":"00000000000000a1","aspect":"A","text":"t","seq":1,"x":2}',  # another key
-    b"",  # a blank line
-])
-def test_question_block_leaves_any_other_line_to_the_row_parser(line: bytes) -> None:
-    good = orjson.dumps({"id": "00000000000000b2", "aspect": "A", "text": "问", "seq": 0}) + b"\n"
-    data = good + line + b"\n" + good
-    assert question_block(data, len(data)) is None
-    assert question_block(good, len(good)) is not None
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -17,7 +17,8 @@ import pytest
 import run
 from pipeline.errors import InputError
 from pipeline.store.ledger import RunLock
-from pipeline.outputs.report import last_run_outcome, lock_holder, read_rows, resume_command
+from pipeline.outputs.status import last_run_outcome, lock_holder, resume_command
+from pipeline.store.view import iter_rows
 from pipeline.settings import parse_settings
 
 SKIP = "Topics unrelated to the knowledge base. Updating good_questions and bad_questions can improve accuracy."
@@ -192,18 +193,18 @@ def test_resume_command_keeps_the_settings_file(source: str, expected: str) -> N
         (b'{"a": 1}\n\n{"a": 2}\n', 2),  # blank lines carry nothing
     ],
 )
-def test_read_rows_skips_only_a_torn_tail(tmp_path: Path, content: bytes, rows: int) -> None:
+def test_reading_read_only_skips_only_a_torn_tail(tmp_path: Path, content: bytes, rows: int) -> None:
     path = tmp_path / "l.jsonl"
     path.write_bytes(content)
-    assert len(read_rows(path)) == rows
+    assert len(list(iter_rows(path))) == rows
     assert path.read_bytes() == content
 
 
-def test_read_rows_names_a_damaged_middle_line(tmp_path: Path) -> None:
+def test_reading_read_only_names_a_damaged_middle_line(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
     path.write_bytes(b'{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(InputError, match=r"l\.jsonl: line 2"):
-        read_rows(path)
+        list(iter_rows(path))
 
 
 def test_dry_run_on_a_half_done_folder_plans_the_resume(

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outputs.dataset import build_conversations
 from pipeline.qa.stage import write_conversations
 from pipeline.settings import Settings, parse_settings
 from pipeline.store.resume import ledger_paths
+from tests.test_dataset import build_conversations
 
 
 def _q(conv: str, seq: int) -> dict[str, Any]:
@@ -106,11 +106,12 @@ RUN = {"status": "complete", "detail": "", "seconds": 2.0, "questions_new": 6,
 @pytest.mark.parametrize("max_turns", [1, 3])
 def test_end_of_run_from_one_pass_equals_the_in_memory_outputs(tmp_path: Path, max_turns: int) -> None:
     # The run's end opens the ledgers once: the dataset is written from the
-    # answer tally, then the report is built from the same tally. Both must be
-    # what the row-by-row transforms make of the same rows, byte for byte.
+    # answer index, then the report is built from the same index. Both must be
+    # what the same transforms make of the rows in memory, byte for byte.
     from pipeline.outputs.dataset import write_dataset
     from pipeline.jsonl import dumps_line
-    from pipeline.outputs.report import build_report, open_ledgers, render_markdown, state_from_ledgers, state_from_rows
+    from pipeline.outputs.report import build_report, render_markdown
+    from pipeline.store.view import open_ledgers, state_from_ledgers, state_from_rows
 
     settings = parse_settings({"paths": {"data_dir": str(tmp_path), "out_dir": str(tmp_path / "out")},
                                "questions": {"aspects": ["a"], "per_aspect": 8},

@@ -1,4 +1,5 @@
-"""Dataset: XTuner conversation records built from the ledgers.
+"""Dataset: XTuner conversation records built from the ledgers, and the
+side file saying where each record's first question came from.
 
 The rows it reads are defined in :mod:`pipeline.store.schema`; a turn's
 outcome is its latest answer row (a retry appends a new one), and only turns
@@ -7,7 +8,6 @@ whose latest row is ``answered`` go into the dataset.
 
 from __future__ import annotations
 
-import logging
 import os
 from array import array
 from collections import Counter
@@ -20,18 +20,12 @@ from pipeline.store.schema import is_from_passage
 from pipeline.store.shape import Scope
 
 __all__ = [
-    "build_conversations",
     "conversation_record",
-    "conversations_from",
     "conversations_with_sources",
     "provenance_path",
-    "latest_turns",
-    "summarise",
     "write_dataset",
     "write_dataset_with_sources",
 ]
-
-log = logging.getLogger(__name__)
 
 # The latest row of a conversation's turn, or None when it has none.
 RowOf = Callable[[str, int], Mapping[str, Any] | None]
@@ -54,70 +48,6 @@ def conversation_record(system_prompt: str, turns: Sequence[tuple[str, str]]) ->
     return {"conversation": conversation}
 
 
-def _row_key(row: Mapping[str, Any], n: int) -> tuple[str, int] | None:
-    conv, turn = row.get("conv"), row.get("turn")
-    if not isinstance(conv, str) or not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
-        log.warning("answer ledger row %d has no valid 'conv'/'turn'; ignored", n)
-        return None
-    return conv, turn
-
-
-def latest_turns(answer_rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
-    """``conv -> turn -> row``, keeping the last row of each turn (a retry
-    appends a new row, so the last one is the current outcome)."""
-    latest: dict[str, dict[int, Mapping[str, Any]]] = {}
-    for n, row in enumerate(answer_rows, 1):
-        key = _row_key(row, n)
-        if key is not None:
-            latest.setdefault(key[0], {})[key[1]] = row
-    return latest
-
-
-def build_conversations(
-    question_rows: Iterable[Mapping[str, Any]],
-    answer_rows: Iterable[Mapping[str, Any]],
-    system_prompt: str,
-    min_turns: int,
-    max_turns: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Conversation records from the ledgers, in question-ledger order
-    (``seq``, then file order). Each conversation takes turns 1..k while
-    every one of them is answered (a vetoed, failed or missing turn ends it),
-    at most ``max_turns``, and is emitted when k >= ``min_turns``."""
-    latest = latest_turns(answer_rows)
-
-    def row_of(conv: str, turn: int) -> Mapping[str, Any] | None:
-        turns = latest.get(conv)
-        return turns.get(turn) if turns else None
-
-    return conversations_from(question_rows, row_of, system_prompt, min_turns, max_turns)
-
-
-def conversations_from(
-    question_rows: Iterable[Mapping[str, Any]],
-    row_of: RowOf,
-    system_prompt: str,
-    min_turns: int,
-    max_turns: int | None = None,
-    *,
-    scope: Scope | None = None,
-    left_out: Counter[str] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """:func:`build_conversations` given a lookup of each turn's latest row,
-    so a caller can index the answer ledger by file offset and read rows back
-    lazily instead of holding them all (``row_of`` may answer None for a turn
-    it knows is not answered, sparing the read).
-
-    ``scope``: only the first-turn questions it keeps make conversations.
-    ``left_out``, when given, counts the conversations with an answer that do
-    not go in as they are, by why: out of scope (:meth:`Scope.why_out`),
-    ``"cut to N turns"`` (answered further than ``max_turns``: included, cut),
-    ``"fewer than N answered turns"`` (short of ``min_turns``)."""
-    for record, _ in conversations_with_sources(question_rows, row_of, system_prompt, min_turns, max_turns,
-                                                scope=scope, left_out=left_out):
-        yield record
-
-
 def conversations_with_sources(
     question_rows: Iterable[Mapping[str, Any]],
     row_of: RowOf,
@@ -128,9 +58,24 @@ def conversations_with_sources(
     scope: Scope | None = None,
     left_out: Counter[str] | None = None,
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """:func:`conversations_from`, each record with where its first question
-    came from: ``{"conv": id, "source": "aspect", "aspect": ...}`` or
-    ``{"conv": id, "source": "corpus", "passage": ..., "file": ..., "span": [start, end]}``."""
+    """Conversation records from the ledgers, in question-ledger order
+    (``seq``, then file order). Each conversation takes turns 1..k while
+    every one of them is answered (a vetoed, failed or missing turn ends it),
+    at most ``max_turns``, and is emitted when k >= ``min_turns``.
+
+    ``question_rows``: the first-turn question rows; ``row_of``: a turn's
+    latest answer row (:meth:`pipeline.store.answers.AnswerIndex.answered_row`,
+    which answers None for a turn not answered, sparing the read).
+
+    Each record comes with where its first question came from:
+    ``{"conv": id, "source": "aspect", "aspect": ...}`` or
+    ``{"conv": id, "source": "corpus", "passage": ..., "file": ..., "span": [start, end]}``.
+
+    ``scope``: only the first-turn questions it keeps make conversations.
+    ``left_out``, when given, counts the conversations with an answer that do
+    not go in as they are, by why: out of scope (:meth:`Scope.why_out`),
+    ``"cut to N turns"`` (answered further than ``max_turns``: included, cut),
+    ``"fewer than N answered turns"`` (short of ``min_turns``)."""
     if scope is not None:
         question_rows = _in_scope(question_rows, scope, row_of, left_out)
     sources: list[dict[str, Any]] = []
@@ -262,41 +207,3 @@ def write_dataset_with_sources(
             data.write(dumps_line(record))
             side.write(dumps_line({"line": count, **source}))
     return count
-
-
-def summarise(answer_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts for the report and status commands.
-
-    ``rows``: answer-ledger rows (attempts) read; ``turns``: distinct
-    (conversation, turn) pairs; ``conversations``: distinct conversations;
-    ``by_kind``, ``by_state``, ``by_reason``: counted over the latest row of
-    each turn (``by_reason`` over turns not answered), most common first."""
-    rows = 0
-
-    def counting(it: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
-        nonlocal rows
-        for r in it:
-            rows += 1
-            yield r
-
-    latest = latest_turns(counting(answer_rows))
-    by_kind: Counter[str] = Counter()
-    by_state: Counter[str] = Counter()
-    by_reason: Counter[str] = Counter()
-    turns = 0
-    for conv in latest.values():
-        for row in conv.values():
-            turns += 1
-            kind = str(row.get("kind", ""))
-            by_kind[kind] += 1
-            by_state[str(row.get("state", ""))] += 1
-            if kind != "answered" and row.get("reason"):
-                by_reason[str(row["reason"])] += 1
-    return {
-        "rows": rows,
-        "turns": turns,
-        "conversations": len(latest),
-        "by_kind": dict(by_kind.most_common()),
-        "by_state": dict(by_state.most_common()),
-        "by_reason": dict(by_reason.most_common()),
-    }

@@ -26,7 +26,8 @@ from typing import Any
 
 from pipeline.errors import QuotaExhausted, RetryableError, SettingsError, UnusableReply
 from pipeline.outputs.identity import identity_ledger, load_identity, write_identity
-from pipeline.outputs.report import REPORT_JSON, build_report, open_ledgers, state_from_ledgers, write_report
+from pipeline.outputs.report import REPORT_JSON, build_report, write_report
+from pipeline.store.view import open_ledgers, state_from_ledgers
 from pipeline.qa.dedup import Deduper
 from pipeline.qa.identity import (
     IdentityQuestion,

@@ -25,34 +25,18 @@ from pipeline.errors import InputError, OutputError
 from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
-from pipeline.store.ledger import (
-    AnswerIndex,
-    LedgerWriter,
-    append_row,
-    RunLock,
-    gc_paused,
-    iter_line_blocks,
-    read_ledger,
-    repair_tail,
-    rows_of_block,
-)
+from pipeline.store.answers import READ_BLOCK, AnswerIndex
+from pipeline.store.layout import first_turn_texts, has_string_field, question_block
+from pipeline.store.ledger import LedgerWriter, RunLock, append_row, gc_paused, iter_blocks, read_ledger, repair_tail
+from pipeline.store.schema import is_followup
+from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer
 from pipeline.jsonl import remove_stale_temps
-from pipeline.outputs.report import (
-    REPORT_JSON,
-    REPORT_MD,
-    Ledgers,
-    build_report,
-    open_ledgers,
-    short_advice,
-    short_summary,
-    state_from_ledgers,
-    write_report,
-)
+from pipeline.outputs.report import REPORT_JSON, REPORT_MD, build_report, short_advice, short_summary, write_report
 from pipeline.settings import Settings
 from pipeline.store.shape import Scope, change_line, shape_of
-from pipeline.store.resume import RunState, StateBuilder, first_turn_texts, ledger_paths, question_block
+from pipeline.store.resume import RunState, StateBuilder, ledger_paths
 
 __all__ = [
     "BuildResult", "build_outputs",
@@ -65,12 +49,6 @@ DATASET_NAME = "conversations.jsonl"
 
 # Bytes at the end of an old answer ledger read to tell which backend made it.
 _TAIL_BYTES = 64 * 1024
-
-# Read block of the ledgers at start-up. Small enough that a block read is
-# still in the CPU cache when the scan goes over it and the rows come out of
-# it: 256 KiB took 10% less time than 8 MiB on a million-line resume, and the
-# per-block work is still noise at that size.
-_READ_BLOCK = 256 * 1024
 
 # Read block of the question ledger when the near-duplicate index is seeded
 # from it: ~7,000 questions, one worker-thread call of Deduper.seed each.
@@ -118,7 +96,7 @@ class QAResult:
 
 
 def load_state(
-    settings: Settings, *, repair: bool, block_size: int = _READ_BLOCK, retry: Iterable[str] = (),
+    settings: Settings, *, repair: bool, block_size: int = READ_BLOCK, retry: Iterable[str] = (),
     retry_short: bool = False,
 ) -> RunState:
     """Derive the resume plan from the ledgers (cutting a torn last line when
@@ -126,48 +104,46 @@ def load_state(
     ``retry``: answer kinds whose turns are asked again (``qa --retry``).
 
     Streamed, not loaded: the answer ledger is indexed by byte offset
-    (:class:`~pipeline.store.ledger.AnswerIndex`), question rows pass through one
-    at a time, and only what the plan keeps is read back: the history of
-    conversations still pending. Rows held as dicts cost ~1.5 GB and 14 s
+    (:class:`~pipeline.store.answers.AnswerIndex`), question rows pass through
+    a block at a time, and only what the plan keeps is read back: the history
+    of conversations still pending. Rows held as dicts cost ~1.5 GB and 14 s
     for a million questions and answers.
 
     Blocks of rows in the form the pipeline writes them are scanned as raw
-    bytes (:class:`~pipeline.store.ledger.AnswerIndex`,
-    :func:`~pipeline.store.resume.question_block`) and the rest parsed whole, so the
-    plan is :func:`~pipeline.store.resume.derive_state`'s either way. ``block_size``
-    is the read block (a seam for tests: small blocks mix the two paths).
-    The plan records how much of the question ledger it read, for
-    :func:`earlier_questions`. ``retry_short``: no aspect counts as given up
-    for good (``qa --retry-short``)."""
+    bytes (:mod:`pipeline.store.layout`) and the rest parsed whole, so the
+    plan is :func:`~pipeline.store.resume.derive_state`'s either way.
+    ``block_size`` is the read block (a seam for tests: small blocks mix the
+    two paths). The plan records how much of the question ledger it read,
+    for :func:`earlier_questions`. ``retry_short``: no aspect counts as given
+    up for good (``qa --retry-short``)."""
     paths = ledger_paths(settings.state_dir)
     if repair:
         for path in paths.values():
             repair_tail(path)
     c = settings.conversations
     events = read_ledger(paths["events"])
-    # The GC is paused throughout: the scans allocate millions of short-lived
-    # tuples, each pass of it walks them all, and nothing here makes a cycle.
-    with gc_paused(), AnswerIndex(paths["answers"], block_size=block_size) as answers:
+    # The GC is paused throughout (start-up, on the main thread, before the
+    # loop runs): the scans allocate millions of short-lived tuples, each
+    # pass of it walks them all, and nothing here makes a cycle.
+    with gc_paused(), AnswerIndex.of_file(paths["answers"], block_size=block_size) as answers:
         builder = StateBuilder(
-            answers.turn,
-            answers.read,
+            answers,
             aspects=settings.questions.aspects,
             min_turns=c.min_turns,
             max_turns=c.max_turns,
             max_answer_attempts=settings.run.max_answer_attempts,
-            answered_of=answers.answered,
             scope=Scope.of(settings, events),
             retry=retry,
         )
         read = 0
-        for block, end, offset in iter_line_blocks(paths["questions"], block_size=block_size):
-            columns = question_block(block, end)
+        for block in iter_blocks(paths["questions"], block_size=block_size):
+            columns = question_block(block.data, block.end)
             if columns is not None:
                 builder.add_questions(columns)
             else:
-                for row in rows_of_block(paths["questions"], block, end, offset):
+                for row in block.rows():
                     builder.add(row)
-            read = offset + end
+            read = block.offset + block.end
         qs = settings.questions
         state = builder.finish(events, per_aspect=qs.per_aspect,
                                max_stale_rounds=qs.max_stale_rounds, retry_short=retry_short)
@@ -180,10 +156,10 @@ def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) 
     byte ``until`` (:attr:`RunState.questions_read`), a read block at a time:
     the accepted questions of earlier runs, which the plan only counts.
     Rows a run appends meanwhile are not read, nor the file repaired."""
-    for block, end, offset in iter_line_blocks(path, block_size=block_size, until=until):
-        texts = first_turn_texts(block, end)
+    for block in iter_blocks(path, block_size=block_size, until=until):
+        texts = first_turn_texts(block.data, block.end)
         if texts is None:
-            texts = [row["text"] for row in rows_of_block(path, block, end, offset) if "conv" not in row]
+            texts = [row["text"] for row in block.rows() if not is_followup(row)]
         yield texts
 
 
@@ -192,9 +168,9 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None,
     """Rebuild ``conversations.jsonl`` from the ledgers, atomically, under the
     CURRENT settings: their system prompt, at most ``max_turns`` turns, only
     the questions their :class:`~pipeline.store.shape.Scope` keeps (``left_out``
-    counts what is not in, as :func:`~pipeline.outputs.dataset.conversations_from` says).
+    counts what is not in, as :func:`~pipeline.outputs.dataset.conversations_with_sources` says).
 
-    ``ledgers``: :func:`~pipeline.outputs.report.open_ledgers` of the run's state
+    ``ledgers``: :func:`~pipeline.store.view.open_ledgers` of the run's state
     folder, when the caller has them open (the end of a run shares them with
     the report: one pass over the answer ledger serves both); else they are
     opened here. The answer ledger is indexed by byte offset, not loaded, and
@@ -203,7 +179,7 @@ def write_conversations(settings: Settings, ledgers: Ledgers | None = None,
         with open_ledgers(settings.state_dir) as opened:
             return write_conversations(settings, opened, left_out)
     c = settings.conversations
-    questions = (r for r in ledgers.questions() if "conv" not in r)
+    questions = (r for r in ledgers.questions() if not is_followup(r))
     pairs = conversations_with_sources(questions, ledgers.answers.answered_row, c.system_prompt,
                                        c.dataset_min_turns, c.max_turns, scope=Scope.of(settings, ledgers.events),
                                        left_out=left_out)
@@ -226,7 +202,7 @@ def earlier_backend(state: RunState, answers: Path) -> Backend | None:
     with answers.open("rb") as f:
         f.seek(max(0, size - _TAIL_BYTES))
         tail = f.read()
-    return "local" if b'"server":"local"' in tail else "huixiangdou"
+    return "local" if has_string_field(tail, "server", "local") else "huixiangdou"
 
 
 def plan_corpus(settings: Settings) -> PassagePlan | None:

@@ -2,24 +2,14 @@
 
 Three pieces, each small:
 
-``read_ledger`` / ``iter_ledger`` / ``iter_ledger_spans``
+``read_ledger`` / ``iter_ledger`` / ``iter_ledger_spans`` / ``iter_blocks``
     Load a ledger at start-up. A torn last line (SIGKILL or power loss in the
     middle of an append) is cut off the file with a warning; a bad line anywhere
     else is corruption and raises :class:`~pipeline.errors.InputError` naming
     the file and line, because dropping it would silently lose a paid answer.
     Read-only (``repair=False``, for ``status`` beside a live run) a torn last
-    line is skipped instead of cut.
-``iter_answer_heads`` / ``AnswerIndex``
-    The answer ledger is the big one (a row per answer attempt, most of its
-    bytes the answer text). Start-up (``pipeline.qa.stage.load_state``) needs only each
-    row's ``conv``, ``turn`` and ``kind`` plus where the row is, so these read
-    that head with one regular expression per read block and read a whole row
-    back by byte offset when it is needed; lines the pattern does not fit are
-    parsed whole, with the same errors as ``iter_ledger``. ``AnswerIndex``
-    indexes a block of rows in the usual shape with no Python code per row.
-``iter_line_blocks`` / ``rows_of_block``
-    The same blocks for a reader of its own (``pipeline.store.resume.question_block``
-    scans the question ledger's raw bytes), and the row parser to fall back on.
+    line is skipped instead of cut. ``iter_blocks`` gives whole-line blocks of
+    raw bytes, for the scans of :mod:`pipeline.store.layout`, and their rows.
 ``RunLock``
     One run per output folder: ``fcntl.flock`` on ``state/run.lock``, held on an
     open descriptor for the whole run, so a crashed holder's lock dies with its
@@ -51,16 +41,13 @@ import errno
 import gc
 import logging
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
-from itertools import accumulate, repeat
-from operator import add, and_, lshift, not_, or_
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
@@ -73,23 +60,20 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "AnswerHead",
     "append_row",
-    "AnswerIndex",
     "DEFAULT_FSYNC_INTERVAL_S",
     "FsyncPolicy",
     "LedgerWriter",
     "RunLock",
     "gc_paused",
+    "LineBlock",
     "headless_answer",
-    "iter_answer_heads",
+    "iter_blocks",
     "iter_ledger",
     "iter_ledger_spans",
-    "iter_line_blocks",
+    "parse_lock_info",
     "read_ledger",
     "repair_tail",
-    "rows_of_block",
-    "turn_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -225,8 +209,13 @@ def _parse_slow(path: Path, lines: list[bytes], offset: int) -> list[dict[str, A
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """The cyclic GC off inside (and back as it was after), for code that
-    builds millions of acyclic objects."""
+    """The cyclic GC off inside (and back as it was after), for start-up code
+    that builds millions of acyclic objects.
+
+    The switch is process-wide, so only a caller that owns the process at
+    that moment may use it: the main thread, before any other work runs
+    (``pipeline.qa.stage.load_state``). Nothing in this module pauses it on
+    its own, so no reader run in a worker thread changes it under the loop."""
     # Building millions of fresh, acyclic row dicts with the cyclic GC on costs
     # repeated passes over all of them: loading a million lines took 2-5x
     # longer. Nothing here creates cycles, so pausing it is safe.
@@ -237,6 +226,13 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_on:
             gc.enable()
+
+
+def headless_answer(path: str | os.PathLike[str], offset: int) -> InputError:
+    """The error for an answer row at ``offset`` without a string ``conv`` and
+    a ``turn`` >= 1 (``{}``, say): damage, named like any other bad line,
+    since skipping it would drop an answer without a word."""
+    return _corrupt(Path(path), offset, "is an answer row without a string 'conv' and an integer 'turn' >= 1")
 
 
 def _line_blocks(
@@ -282,80 +278,93 @@ def _line_blocks(
         os.close(fd)
 
 
-def _parse_tolerant(
-    path: Path, lines: list[bytes], offset: int
-) -> tuple[list[dict[str, Any]], InputError | None]:
-    """:func:`_parse_slow`, except that a bad *last* line comes back as an
-    error for the caller to raise only if another line follows it (a torn
-    tail, when nothing may be cut)."""
-    rows = _parse_slow(path, lines[:-1], offset)
-    last_offset = offset + sum(len(line) + 1 for line in lines[:-1])
-    try:
-        rows += _parse_slow(path, lines[-1:], last_offset)
-    except InputError as exc:
-        return rows, exc
-    return rows, None
+class LineBlock:
+    """Whole lines of a ledger read at once (:func:`iter_blocks`): the bytes
+    ``data[:end]`` starting at byte ``offset`` of the file, for a reader that
+    scans them raw (:mod:`pipeline.store.layout`), and their rows
+    (:meth:`rows`, :meth:`spans`) for one that parses them, with the errors of
+    :func:`iter_ledger`."""
+
+    __slots__ = ("data", "end", "offset", "_path", "_tolerant", "_torn")
+
+    def __init__(self, data: bytes, end: int, offset: int, path: Path, tolerant: bool,
+                 torn: list[InputError]) -> None:
+        self.data, self.end, self.offset = data, end, offset
+        self._path, self._tolerant, self._torn = path, tolerant, torn
+
+    def _lines(self) -> list[bytes]:
+        return self.data[: self.end - 1].split(b"\n") if self.end else []
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of the block's lines, in order (blank lines skipped)."""
+        lines = self._lines()
+        try:  # every line parsed in one C-level loop; a bad one: the slow path names it
+            rows = list(map(orjson.loads, lines))
+            if all(type(r) is dict for r in rows):
+                return rows
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            pass
+        if not self._tolerant:
+            return _parse_slow(self._path, lines, self.offset)
+        rows = _parse_slow(self._path, lines[:-1], self.offset)
+        last = self.offset + sum(len(line) + 1 for line in lines[:-1])
+        try:
+            rows += _parse_slow(self._path, lines[-1:], last)
+        except InputError as exc:
+            self._torn.append(exc)  # raised only if a line follows it
+        return rows
+
+    def spans(self) -> Iterator[tuple[dict[str, Any], int, int]]:
+        """Each row with where it is: ``(row, byte offset, byte length
+        without the newline)``, so a caller that keeps only a row's span can
+        read it back later with one ``pread``.
+
+        Rows are parsed one at a time, not a block at once: a caller building a
+        long-lived index from them would otherwise interleave its entries with
+        a block's worth of short-lived rows, and the memory those pin may stay
+        with the process."""
+        loads = orjson.loads
+        lines = self._lines()
+        last = len(lines) - 1
+        offset = self.offset
+        for i, line in enumerate(lines):
+            try:
+                row = loads(line)
+            except ValueError:
+                row = None
+            if type(row) is dict:
+                yield row, offset, len(line)
+            elif line.strip():  # bad: raise the error that names it, unless it may be a torn tail
+                try:
+                    _parse_slow(self._path, [line], offset)
+                except InputError as exc:
+                    if not self._tolerant or i < last:
+                        raise
+                    self._torn.append(exc)
+            offset += len(line) + 1
 
 
-def _row_blocks(
-    path: Path, block_size: int, *, repair: bool = True
-) -> Iterator[list[dict[str, Any]]]:
-    """The rows of ``path`` one read block at a time (see :func:`iter_ledger`)."""
-    torn: InputError | None = None
-    for block, end, offset in _line_blocks(path, block_size, repair=repair):
-        if torn is not None:  # a bad line with a line after it is not a torn tail
-            raise torn
-        if repair:
-            yield rows_of_block(path, block, end, offset)
-        else:
-            rows, torn = _rows_of_block_tolerant(path, block, end, offset)
-            yield rows
+def iter_blocks(
+    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True,
+    until: int | None = None,
+) -> Iterator[LineBlock]:
+    """A ledger a read block of whole lines at a time (:class:`LineBlock`).
 
-
-def iter_line_blocks(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, until: int | None = None
-) -> Iterator[tuple[bytes, int, int]]:
-    """A ledger a read block at a time, for a reader that scans the raw bytes:
-    ``(block, end, offset)``, where ``block[:end]`` is whole lines and
-    ``offset`` its byte offset. Same
-    file rules as :func:`iter_ledger`; :func:`rows_of_block` parses a block.
+    The file rules of :func:`iter_ledger`: a torn tail is cut first (or with
+    ``repair=False`` skipped, the file untouched); a bad line elsewhere raises
+    :class:`~pipeline.errors.InputError` naming it, from the block's
+    :meth:`~LineBlock.rows` or :meth:`~LineBlock.spans`, or when the next
+    block is taken if the bad line ended a block read without repair.
     ``until``: read only the lines before that byte offset (the end of a line
     an earlier read saw), repairing nothing, of a ledger still appended to."""
+    p = Path(path)
     # A ledger being appended to has a "torn" tail whenever a row is half written.
-    return _line_blocks(Path(path), block_size, repair=until is None, until=until)
-
-
-def _fast_rows(lines: list[bytes]) -> list[dict[str, Any]] | None:
-    """Every line parsed in one C-level loop, or None when a line is blank or
-    bad (then a slow path names the culprit)."""
-    # Paused per block only, so the GC is back on whenever a caller's
-    # code runs between blocks.
-    with gc_paused():
-        try:
-            rows = list(map(orjson.loads, lines))
-        except ValueError:  # orjson.JSONDecodeError is a ValueError
-            return None
-    return rows if all(type(r) is dict for r in rows) else None
-
-
-def rows_of_block(path: str | os.PathLike[str], block: bytes, end: int, offset: int) -> list[dict[str, Any]]:
-    """The rows of one block of :func:`iter_line_blocks`, with the errors of
-    :func:`iter_ledger` (``path`` only names the file in them)."""
-    if not end:
-        return []
-    lines = block[: end - 1].split(b"\n")
-    rows = _fast_rows(lines)
-    return rows if rows is not None else _parse_slow(Path(path), lines, offset)
-
-
-def _rows_of_block_tolerant(
-    path: Path, block: bytes, end: int, offset: int
-) -> tuple[list[dict[str, Any]], InputError | None]:
-    """:func:`rows_of_block` for a reader that may not cut a torn tail: a bad
-    last line comes back as the error to raise if any line follows it."""
-    lines = block[: end - 1].split(b"\n")
-    rows = _fast_rows(lines)
-    return (rows, None) if rows is not None else _parse_tolerant(path, lines, offset)
+    repair = repair and until is None
+    torn: list[InputError] = []
+    for block, end, offset in _line_blocks(p, block_size, repair=repair, until=until):
+        if torn:  # a bad line with a line after it is not a torn tail
+            raise torn[0]
+        yield LineBlock(block, end, offset, p, not repair, torn)
 
 
 def iter_ledger(
@@ -373,44 +382,16 @@ def iter_ledger(
     ``repair=False`` never writes, for readers beside a live run (``status``):
     a torn last line, or bytes after the last newline (an append in flight),
     are skipped instead of cut."""
-    for rows in _row_blocks(Path(path), block_size, repair=repair):
-        yield from rows
+    for block in iter_blocks(path, block_size=block_size, repair=repair):
+        yield from block.rows()
 
 
 def iter_ledger_spans(
     path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK, repair: bool = True
 ) -> Iterator[tuple[dict[str, Any], int, int]]:
-    """:func:`iter_ledger` with where each row is: ``(row, byte offset, byte
-    length without the newline)``, so a caller that keeps only a row's span
-    can read it back later with one ``pread``.
-
-    Rows are parsed one at a time, not a block at once: a caller building a
-    long-lived index from them (the answer tally) would otherwise interleave
-    its entries with a block's worth of short-lived rows, and the memory those
-    pin may stay with the process. Parsing row by row is also ~20% faster here."""
-    p = Path(path)
-    loads = orjson.loads
-    torn: InputError | None = None
-    for block, end, offset in _line_blocks(p, block_size, repair=repair):
-        if torn is not None:  # a bad line with a line after it is not a torn tail
-            raise torn
-        lines = block[: end - 1].split(b"\n")
-        last = len(lines) - 1
-        for i, line in enumerate(lines):
-            try:
-                row = loads(line)
-            except ValueError:  # orjson.JSONDecodeError is a ValueError
-                row = None
-            if type(row) is dict:
-                yield row, offset, len(line)
-            elif line.strip():  # bad: raise the error that names it, unless it may be a torn tail
-                try:
-                    _parse_slow(p, [line], offset)
-                except InputError as exc:
-                    if repair or i < last:
-                        raise
-                    torn = exc
-            offset += len(line) + 1
+    """:func:`iter_ledger` with where each row is (see :meth:`LineBlock.spans`)."""
+    for block in iter_blocks(path, block_size=block_size, repair=repair):
+        yield from block.spans()
 
 
 def read_ledger(
@@ -421,237 +402,9 @@ def read_ledger(
     Same rules as :func:`iter_ledger`: a torn tail is cut off the file with a
     warning, a bad line elsewhere raises :class:`~pipeline.errors.InputError`."""
     out: list[dict[str, Any]] = []
-    with gc_paused():  # no caller code runs inside, so pause it throughout
-        for rows in _row_blocks(Path(path), block_size):
-            out.extend(rows)
+    for block in iter_blocks(path, block_size=block_size):
+        out.extend(block.rows())
     return out
-
-
-# --------------------------------------------------------------------------- answer heads
-
-AnswerHead: TypeAlias = tuple[str, int, str, int, int]
-"""``(conv, turn, kind, byte offset, byte length)`` of one answer-ledger row."""
-
-# The head of an answer row as pipeline.qa.graph writes it: conv, turn, the
-# question, kind (kind third, question skipped, is read too: a writer that puts
-# the short keys first spares the scan the question text). A JSON string body
-# is [^"\\]*(?:\\.[^"\\]*)*, so this never matches inside a string, and only
-# a match at a line start counts; turn 0 does not match (not a valid turn).
-_HEAD: Final = re.compile(
-    rb'\{"conv":"([^"\\]*)","turn":([1-9][0-9]*),'
-    rb'(?:"question":"[^"\\]*(?:\\.[^"\\]*)*",)?"kind":"([^"\\]*)"'
-)
-
-
-def _head_of_row(row: dict[str, Any]) -> tuple[str, int, str] | None:
-    conv, turn, kind = row.get("conv"), row.get("turn"), row.get("kind", "")
-    if not isinstance(conv, str) or type(turn) is not int or turn < 1:
-        return None
-    return conv, turn, kind if isinstance(kind, str) else ""
-
-
-def headless_answer(path: str | os.PathLike[str], offset: int) -> InputError:
-    """The error for an answer row at ``offset`` without a string ``conv`` and
-    a ``turn`` >= 1 (``{}``, say): damage, named like any other bad line,
-    since skipping it would drop an answer without a word."""
-    return _corrupt(Path(path), offset, "is an answer row without a string 'conv' and an integer 'turn' >= 1")
-
-
-def _heads_slow(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
-    """Line by line: the head pattern where it fits, else a full parse that names a bad line."""
-    pos = 0
-    while pos < end:
-        nl = block.index(b"\n", pos, end)
-        line = block[pos:nl]
-        m = _HEAD.match(line)
-        if m is not None:
-            yield m[1].decode(), int(m[2]), m[3].decode(), offset + pos, nl + 1 - pos
-        elif line.strip():
-            row = _parse_slow(path, [line], offset + pos)[0]
-            head = _head_of_row(row)
-            if head is None:
-                raise headless_answer(path, offset + pos)
-            yield *head, offset + pos, nl + 1 - pos
-        pos = nl + 1
-
-
-def iter_answer_heads(
-    path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK
-) -> Iterator[AnswerHead]:
-    """The head of every answer-ledger row, in file order (a missing ``kind``
-    reads as ``""``; a row without a string ``conv`` and an integer ``turn``
-    >= 1 is damage, :func:`headless_answer`). Same file rules as :func:`iter_ledger`: the torn
-    tail is cut first, a bad line elsewhere raises
-    :class:`~pipeline.errors.InputError` naming it.
-
-    Rows whose head the pattern reads are not parsed whole, which is what
-    makes this several times faster than :func:`iter_ledger` on a big ledger;
-    a line of corrupt bytes after a well-formed head is therefore only found
-    when that row is read back."""
-    p = Path(path)
-    for block, end, offset in _line_blocks(p, block_size):
-        yield from _heads_of_block(p, block, end, offset)
-
-
-def _heads_of_block(path: Path, block: bytes, end: int, offset: int) -> Iterator[AnswerHead]:
-    """The heads of the whole lines ``block[:end]`` (see :func:`_line_blocks`)."""
-    lines = block.count(b"\n", 0, end)
-    starts: list[int] = []
-    heads: list[tuple[bytes, bytes, bytes]] = []
-    for m in _HEAD.finditer(block, 0, end):
-        s = m.start()
-        if s and block[s - 1] != 10:  # not at a line start: leave it to the slow path
-            break
-        starts.append(s)
-        heads.append(m.groups())  # type: ignore[arg-type]
-    if len(starts) != lines:
-        yield from _heads_slow(path, block, end, offset)
-        return
-    # Every line is a row with a readable head: the next start ends a row.
-    starts.append(end)
-    for i, (conv, turn, kind) in enumerate(heads):
-        s = starts[i]
-        yield conv.decode(), int(turn), kind.decode(), offset + s, starts[i + 1] - s
-
-
-# A whole answer-ledger line in the form pipeline.qa.graph writes it: a conv of
-# printable ASCII but quote and backslash (so its bytes are its UTF-8), a turn and one of the kinds AnswerIndex packs (anything
-# else goes by _HEAD, row by row). Captured: the line, its turn key (see
-# turn_key) and the kind. No group crosses a raw newline, so a match is one
-# line from its first byte to its newline; the turn is JSON's spelling.
-_PLAIN_LINE: Final = re.compile(
-    rb'(\{"conv":"([\x20\x21\x23-\x5b\x5d-\x7e]*","turn":[1-9][0-9]{0,17}),'
-    rb'(?:"question":"[^"\\\n]*(?:\\.[^"\\\n]*)*",)?"kind":"(answered|skipped|vetoed|failed|rejected)"'
-    rb'[^\n]*\n)'
-)
-_TURN_SEP: Final = b'","turn":'
-
-
-def turn_key(conv: str, turn: int) -> bytes:
-    """The :class:`AnswerIndex` key of ``(conv, turn)``: the bytes between
-    ``{"conv":"`` and the comma after the turn in a row's line, when the conv
-    needs no escape, so a scan takes it from the line as is. One-to-one: a
-    turn has no quote in it, so the last separator tells conv from turn."""
-    return f'{conv}","turn":{turn}'.encode("utf-8", "surrogatepass")
-
-
-class AnswerIndex:
-    """Where each turn of an answer ledger stands, for the resume plan: its
-    latest kind and byte span (and how many of its rows failed, for the few
-    turns with any), reading a row back when asked (:meth:`turn`,
-    :meth:`answered`, :meth:`read`). Use as a context manager (it keeps the
-    file open). The run's end and ``status`` use ``pipeline.outputs.report.AnswerTally``,
-    which also keeps what the report counts.
-
-    Memory: one dict entry per turn, a 26-byte key and an int (about 130
-    bytes), where the rows themselves take about 1.5 KB each as dicts.
-
-    Speed: a read block whose every line has the usual shape
-    (:data:`_PLAIN_LINE`) is indexed with one regular-expression pass and
-    C-level maps, with no Python code per row, and the key is a slice of the
-    line as the pass returns it; that is most of what makes a resume on a
-    million answers take about a second, not three."""
-
-    # Packed value: offset << 35 | length << 3 | kind code.
-    _KINDS: Final = ("answered", "skipped", "vetoed", "failed", "rejected")
-    _CODES: Final = {k.encode(): i for i, k in enumerate(_KINDS)}
-    _FAILED: Final = 3
-    _OTHER: Final = 7  # a kind outside _KINDS, kept in _other_kinds
-
-    def __init__(self, path: str | os.PathLike[str], *, block_size: int = _READ_BLOCK) -> None:
-        self._path = Path(path)
-        # A caller building the index late in a run (the dataset) passes a small
-        # block: the block and its copy are transient, but they add to the peak.
-        self._block_size = block_size
-        self._turns: dict[bytes, int] = {}  # turn_key -> packed
-        self._fails: dict[bytes, int] = {}  # failed rows of a turn, for turns with any
-        self._other_kinds: dict[bytes, str] = {}  # kinds outside _KINDS, rare
-        self._fh: BinaryIO | None = None
-
-    def __enter__(self) -> AnswerIndex:
-        try:
-            self._fh = open(self._path, "rb")  # noqa: SIM115 - closed in __exit__
-        except FileNotFoundError:
-            return self
-        try:
-            for block, end, offset in _line_blocks(self._path, self._block_size):
-                if not self._add_plain_block(block, end, offset):
-                    for head in _heads_of_block(self._path, block, end, offset):
-                        self._add_head(*head)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _add_plain_block(self, block: bytes, end: int, offset: int) -> bool:
-        """Index a block whose lines all match :data:`_PLAIN_LINE`, all at once;
-        False (and nothing indexed) when one does not."""
-        if offset + end > 1 << 60:  # past what a packed value was sized for
-            return False
-        found = _PLAIN_LINE.findall(block, 0, end)
-        if not found:
-            return False
-        lines, keys, kinds = zip(*found)
-        lengths = list(map(len, lines))
-        # Matches never overlap and each ends a line, so covering the block
-        # byte for byte means every line matched from its first byte.
-        if sum(lengths) != end:
-            return False
-        starts = accumulate(lengths, initial=offset)  # one more than needed; zip stops
-        packed = map(or_, map(lshift, starts, repeat(35)), map(lshift, lengths, repeat(3)))
-        if kinds.count(b"answered") != len(kinds):  # code 0 needs no or-ing
-            packed = map(or_, packed, map(self._CODES.__getitem__, kinds))
-        self._turns.update(zip(keys, packed))
-        if b"failed" in kinds:
-            self._count_failed(keys, kinds)
-        return True
-
-    def _count_failed(self, keys: tuple[bytes, ...], kinds: tuple[bytes, ...]) -> None:
-        fails, i = self._fails, -1
-        with contextlib.suppress(ValueError):  # index() raises past the last one
-            while True:
-                i = kinds.index(b"failed", i + 1)
-                fails[keys[i]] = fails.get(keys[i], 0) + 1
-
-    def _add_head(self, conv: str, turn: int, kind: str, offset: int, length: int) -> None:
-        key = turn_key(conv, turn)
-        code = self._CODES.get(kind.encode(), self._OTHER)
-        if code == self._OTHER:
-            self._other_kinds[key] = kind
-        elif code == self._FAILED:
-            self._fails[key] = self._fails.get(key, 0) + 1
-        self._turns[key] = offset << 35 | min(length, 0xFFFFFFFF) << 3 | code
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-    def turn(self, conv: str, turn: int) -> tuple[str, int, int] | None:
-        """``(latest kind, failed rows, packed span)`` of one turn, or None
-        when it has no row; the span goes to :meth:`read`."""
-        key = turn_key(conv, turn)
-        packed = self._turns.get(key)
-        if packed is None:
-            return None
-        code = packed & 7
-        kind = self._KINDS[code] if code < 5 else self._other_kinds.get(key, "")
-        return kind, self._fails.get(key, 0), packed >> 3
-
-    def answered(self, convs: Iterable[bytes], turn: int) -> list[bool]:
-        """Whether the latest row of ``turn`` of each conversation (its id as
-        UTF-8 bytes) is "answered": :meth:`turn` for many at once, with no
-        Python code per conversation (a :data:`pipeline.store.resume.AnsweredOf`)."""
-        keys = map(add, convs, repeat(_TURN_SEP + str(turn).encode()))
-        codes = map(and_, map(self._turns.get, keys, repeat(self._OTHER)), repeat(7))
-        return list(map(not_, codes))  # code 0 is "answered"
-
-    def read(self, span: int) -> dict[str, Any]:
-        """The row at a span of :meth:`turn`."""
-        if self._fh is None:
-            raise ValueError(f"{self._path} is not open")
-        row: dict[str, Any] = orjson.loads(os.pread(self._fh.fileno(), span & 0xFFFFFFFF, span >> 32))
-        return row
 
 
 # --------------------------------------------------------------------------- run lock
@@ -744,14 +497,22 @@ def _display_dir(out_dir: Path) -> str:
     return str(out_dir).rstrip(os.sep) + os.sep
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
-    # The holder may be between truncate and write; an empty or odd file is fine.
+def parse_lock_info(data: bytes) -> dict[str, Any]:
+    """What a lock file says of its holder (``{"pid", "host", "started"}``),
+    ``{}`` when it says nothing usable: a holder may be between truncate and
+    write, and a released lock is empty."""
     try:
-        data = os.pread(fd, 4096, 0)
         info = orjson.loads(data) if data.strip() else {}
-    except (OSError, orjson.JSONDecodeError):
+    except orjson.JSONDecodeError:
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        return parse_lock_info(os.pread(fd, 4096, 0))
+    except OSError:
+        return {}
 
 
 # --------------------------------------------------------------------------- writer

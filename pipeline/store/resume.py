@@ -1,7 +1,8 @@
 """Run state: what the ledgers say was done, and what a run still has to do.
 
-Pure: it takes ledger rows (or a lookup into an index of them, or blocks of
-their raw bytes) and settings, and derives the plan a resumed run follows.
+Pure: it takes ledger rows (question rows, or blocks of them as columns)
+against the index of the answer ledger (:class:`pipeline.store.answers.AnswerIndex`)
+and settings, and derives the plan a resumed run follows.
 The QA graph, ``status`` and ``qa --dry-run`` all read it, so they cannot
 disagree about where a run stands.
 
@@ -15,9 +16,8 @@ Ledgers under ``<out_dir>/state/``:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import not_
@@ -27,25 +27,20 @@ from typing import Any, Final
 import orjson
 
 from pipeline.errors import InputError
-from pipeline.store.schema import is_from_passage
+from pipeline.store.answers import AnswerIndex
+from pipeline.store.layout import QuestionBlock, json_string
+from pipeline.store.schema import is_followup, is_from_passage
 from pipeline.store.shape import RunShapes, Scope
 
 __all__ = [
     "LEDGERS",
     "SAMPLE",
-    "AnsweredOf",
     "ConvPlan",
-    "QuestionBlock",
-    "RowOf",
     "RunState",
     "StateBuilder",
-    "TurnOf",
     "aspects_given_up",
     "derive_state",
-    "first_turn_texts",
-    "json_string",
     "ledger_paths",
-    "question_block",
     "target_turns",
 ]
 
@@ -78,12 +73,10 @@ class ConvPlan:
     conv: str
     aspect: str
     seq: int
-    first_question: str
     target: int
     history: list[tuple[str, str]] = field(default_factory=list)
     next_turn: int = 1
     next_question: str | None = None  # a follow-up already written (and paid for)
-    failed_attempts: int = 0  # failed attempts of the next turn so far
 
 
 @dataclass(slots=True)
@@ -154,30 +147,17 @@ def _merge_runs(events: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | N
     return last, dict(usage)
 
 
-TurnOf = Callable[[str, int], "tuple[str, int, Any] | Sequence[Any] | None"]
-"""``(conv, turn) -> (latest kind, failed rows, ref)`` of a turn, or None when
-it has no answer row; ``ref`` is whatever :data:`RowOf` turns into that row."""
-
-RowOf = Callable[[Any], Mapping[str, Any]]
-
-AnsweredOf = Callable[[Sequence[bytes], int], list[bool]]
-"""``(conv ids as UTF-8, turn) -> [whether that turn's latest row is
-"answered", per conv]``: the bulk form of the :data:`TurnOf` question that
-most conversations of a resumed run answer yes to."""
-
-
 class StateBuilder:
     """The resume plan, built from question rows streamed in file order
-    against an index of the answer ledger (:data:`TurnOf`).
+    against the index of the answer ledger.
 
-    Pure given its two callables: ``turn_of`` says where a turn stands and
-    ``row_of`` fetches a latest row, which is only done for what the plan
-    keeps (the history and question of conversations still pending), so a
-    caller can index a big answer ledger by byte offset and never hold it.
+    A latest row is read back from the index only for what the plan keeps
+    (the history and question of conversations still pending), so the
+    answer ledger is never held.
 
     Rows come one at a time (:meth:`add`) or a block of columns at a time
-    (:meth:`add_questions`, with ``answered_of`` asking the index about a
-    whole block at once); the plan is the same either way.
+    (:meth:`add_questions`, asking the index about a whole block at once);
+    the plan is the same either way.
 
     A turn's latest row decides it: ``answered`` moves the conversation on;
     ``skipped``, ``vetoed`` and ``rejected`` (and any other kind) end it, as
@@ -187,20 +167,18 @@ class StateBuilder:
 
     def __init__(
         self,
-        turn_of: TurnOf,
-        row_of: RowOf,
+        answers: AnswerIndex,
         *,
         aspects: Sequence[str],
         min_turns: int,
         max_turns: int,
         max_answer_attempts: int,
-        answered_of: AnsweredOf | None = None,
         scope: Scope | None = None,
         retry: Iterable[str] = (),
     ) -> None:
         """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
         asked again, as ``qa --retry`` wants after the knowledge base improved."""
-        self._turn_of, self._row_of, self._answered_of = turn_of, row_of, answered_of
+        self._answers = answers
         self._scope = scope
         self._set_aside: Counter[str] = Counter()
         self._retry = frozenset(retry) - {"answered"}
@@ -221,7 +199,7 @@ class StateBuilder:
     def add(self, row: Mapping[str, Any]) -> None:
         """Take one question-ledger row (a first-turn question or a follow-up)."""
         try:
-            if "conv" in row:
+            if is_followup(row):
                 self.add_followup(row["conv"], int(row["turn"]), row["text"])
                 return
             conv, text, seq = row["id"], row["text"], int(row["seq"])
@@ -252,7 +230,7 @@ class StateBuilder:
 
     def add_followup(self, conv: str, turn: int, text: str) -> None:
         """Take one follow-up row: kept only if its turn still needs asking."""
-        found = self._turn_of(conv, turn)
+        found = self._answers.turn(conv, turn)
         # Only a turn not asked yet (or failed with no question kept) needs its text.
         if found is None or found[0] == "failed":
             self._followups[(conv, turn)] = text
@@ -261,17 +239,24 @@ class StateBuilder:
         """Take a block of rows at once: the same as :meth:`add` of each in
         file order (follow-ups and first turns touch disjoint state, so they
         may go in any order between them), with no Python code per first-turn
-        row that ``answered_of`` says is finished, and only the texts the plan
-        keeps decoded."""
+        row the index says is finished, and only the texts the plan keeps decoded."""
         ids, aspects, texts, seqs = block.ids, block.aspects, block.texts, block.seqs
         if self._scope is not None and not self._scope.keeps_block(aspects, seqs):
             # Some rows are left out: take them one at a time (rare: after a settings change).
             for i in range(len(ids)):
                 self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
-                          "seq": seqs[i]})
+                          "seq": seqs[i], **block.extras.get(i, {})})
             for conv, turn, text in block.followups:
                 self.add_followup(conv, turn, text)
             return
+        passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
+        if passages:  # questions of corpus passages: no aspect to count or sample, added whole
+            for i in passages:
+                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
+                          "seq": seqs[i], **block.extras[i]})
+            skip = set(passages)
+            keep = [i for i in range(len(ids)) if i not in skip]
+            ids, aspects, texts, seqs = ([col[i] for i in keep] for col in (ids, aspects, texts, seqs))
         accepted = self.accepted
         counts = Counter(aspects)
         for aspect, n in counts.items():  # new aspects in order of first appearance
@@ -320,17 +305,15 @@ class StateBuilder:
     def _unfinished(self, ids: Sequence[bytes]) -> list[int]:
         """Indices (ascending) of the conversations ``ids`` that :meth:`_plan`
         must look at; the others have every turn answered and are counted
-        finished here. Without ``answered_of``, or when targets vary, a
-        conversation answered through ``min_turns`` still needs its target."""
-        if self._answered_of is None:
-            return list(range(len(ids)))
+        finished here. When targets vary, a conversation answered through
+        ``min_turns`` still needs its target."""
         alive: Sequence[int] = range(len(ids))
         rest: list[int] = []
         for turn in range(1, self._min + 1):
             if not alive:
                 break
             asked = ids if turn == 1 else [ids[i] for i in alive]
-            answered = self._answered_of(asked, turn)
+            answered = self._answers.answered(asked, turn)
             rest.extend(compress(alive, map(not_, answered)))
             if turn == self._min and self._max <= self._min:  # the last turn: count, no list
                 self._finished += answered.count(True)
@@ -344,13 +327,13 @@ class StateBuilder:
     def _plan(self, conv: str, aspect: str, seq: int, text: str) -> None:
         """Walk one conversation's turns: count it finished or given up, or pend its next turn."""
         target = self._min if self._max <= self._min else target_turns(conv, self._min, self._max)
-        turn_of = self._turn_of
+        turn_of = self._answers.turn
         answered: list[Any] = []
         turn = 1
         while turn <= target:
             found = turn_of(conv, turn)
             if found is None:
-                self._pend(conv, aspect, seq, text, target, turn, answered, text if turn == 1 else None, 0)
+                self._pend(conv, aspect, seq, target, turn, answered, text if turn == 1 else None)
                 return
             kind = found[0]
             if kind == "answered":
@@ -359,8 +342,8 @@ class StateBuilder:
                 continue
             if kind in self._retry:
                 # Asked for again (``qa --retry``): the same question, a fresh count of failures.
-                question = self._row_of(found[2]).get("question") or (text if turn == 1 else None)
-                self._pend(conv, aspect, seq, text, target, turn, answered, question, 0)
+                question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                self._pend(conv, aspect, seq, target, turn, answered, question)
                 return
             if kind == "failed":
                 failures = found[1]
@@ -369,7 +352,7 @@ class StateBuilder:
                     # row (found by finish()): a failed row's text may be one
                     # that was rejected, and is never asked.
                     question = text if turn == 1 else None
-                    self._pend(conv, aspect, seq, text, target, turn, answered, question, failures)
+                    self._pend(conv, aspect, seq, target, turn, answered, question)
                     return
                 self._gave_up += 1
             if answered:
@@ -378,14 +361,14 @@ class StateBuilder:
         self._finished += 1
 
     def _pend(
-        self, conv: str, aspect: str, seq: int, text: str, target: int, turn: int,
-        answered: list[Any], question: str | None, failures: int,
+        self, conv: str, aspect: str, seq: int, target: int, turn: int,
+        answered: list[int], question: str | None,
     ) -> None:
-        rows = [self._row_of(ref) for ref in answered]
+        rows = [self._answers.read(ref) for ref in answered]
         plan = ConvPlan(
-            conv=conv, aspect=aspect, seq=seq, first_question=text, target=target,
+            conv=conv, aspect=aspect, seq=seq, target=target,
             history=[(r["question"], r["answer"]) for r in rows], next_turn=turn,
-            next_question=question, failed_attempts=failures,
+            next_question=question,
         )
         self._pending.append(plan)
         if question is None:
@@ -428,94 +411,6 @@ class StateBuilder:
             set_aside=dict(self._set_aside.most_common()),
             last_shape=dict(shape) if (shape := RunShapes(events).last) is not None else None,
         )
-
-
-@dataclass(slots=True)
-class QuestionBlock:
-    """Question-ledger rows as columns: first turns (``id``, ``aspect``,
-    ``text``, ``seq`` of each, in file order) and follow-ups ``(conv, turn, text)``.
-    Ids stay UTF-8 bytes: most are only looked up, and only kept plans need
-    them as text. Texts stay JSON string bodies (valid ones: see
-    :func:`json_string`) for the same reason: most are only counted."""
-
-    ids: Sequence[bytes]
-    aspects: list[str]
-    texts: Sequence[bytes]
-    seqs: list[int]
-    followups: list[tuple[str, int, str]]
-
-
-# A question-ledger line, whole, as pipeline.qa.graph writes it: a first turn, or
-# a follow-up. A JSON string is [^"\\\x00-\x1f] (raw control characters are
-# invalid) or an escape; a match starts a line and ends one, so it is one line.
-_BODY: Final = rb'[^"\\\x00-\x1f]*(?:\\[^\x00-\x1f][^"\\\x00-\x1f]*)*'
-_STRING: Final = rb'"(' + _BODY + rb')"'  # captured
-_INT: Final = rb'(0|-?[1-9][0-9]{0,17})'  # what orjson reads as an int, leading zeros refused
-_FIRST_ROW: Final = re.compile(
-    rb'(?<![^\n])\{"id":"([0-9a-f]{16})","aspect":' + _STRING + rb',"text":' + _STRING
-    + rb',"seq":' + _INT + rb'\}\n'
-)
-_FOLLOWUP_ROW: Final = re.compile(
-    rb'(?<![^\n])\{"id":"' + _BODY + rb'","conv":' + _STRING + rb',"turn":' + _INT
-    + rb',"text":' + _STRING + rb'\}\n'
-)
-
-
-def json_string(raw: bytes) -> str:
-    """The value of one JSON string body (quotes stripped) that
-    :func:`question_block` checked."""
-    return orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-
-
-def _json_strings(raw: Sequence[bytes], escaped: bool) -> list[str]:
-    """The string values of JSON string bodies (quotes stripped), where
-    ``escaped`` says whether any has a backslash; raises ``ValueError`` on bad
-    UTF-8 or a bad escape, as orjson would on the line."""
-    if not escaped:
-        return list(map(bytes.decode, raw))
-    return [orjson.loads(b'"' + r + b'"') if b"\\" in r else r.decode() for r in raw]
-
-
-def question_block(block: bytes, end: int) -> QuestionBlock | None:
-    """The rows of the whole lines ``block[:end]`` of a question ledger as
-    columns, or None unless every line is a row in the form pipeline.qa.graph
-    writes it (then parse the rows whole, which also names a bad line).
-
-    Pure. This is what a resume spends its time on (a million rows), and one
-    regular-expression pass per block costs a fraction of a dict per row.
-    The texts are checked (UTF-8 and escapes) but not decoded: few are needed."""
-    lines = block.count(b"\n", 0, end)
-    firsts = _FIRST_ROW.findall(block, 0, end)
-    follows = _FOLLOWUP_ROW.findall(block, 0, end) if len(firsts) < lines else []
-    if len(firsts) + len(follows) != lines:
-        return None
-    ids, aspects, texts, seqs = zip(*firsts) if firsts else ((), (), (), ())
-    escaped = block.find(b"\\", 0, end) >= 0
-    try:
-        names = dict(zip(raw := list(dict.fromkeys(aspects)), _json_strings(raw, escaped)))
-        convs, turns, follow_texts = zip(*follows) if follows else ((), (), ())
-        str(memoryview(block)[:end], "utf-8")  # every text is UTF-8, without a str per text
-        if escaped:  # and every escape is sound
-            deque(map(json_string, [t for t in texts if b"\\" in t]), maxlen=0)
-        return QuestionBlock(
-            ids=ids,
-            aspects=list(map(names.__getitem__, aspects)),
-            texts=texts,
-            seqs=list(map(int, seqs)),
-            followups=list(zip(_json_strings(convs, escaped), map(int, turns),
-                               _json_strings(follow_texts, escaped))),
-        )
-    except ValueError:  # bad UTF-8 or escape: let the whole-row parser name the line
-        return None
-
-
-def first_turn_texts(block: bytes, end: int) -> list[str] | None:
-    """The first-turn question texts of the whole lines ``block[:end]``, in
-    file order, or None as :func:`question_block` says (then parse the rows)."""
-    columns = question_block(block, end)
-    if columns is None:
-        return None
-    return _json_strings(columns.texts, block.find(b"\\", 0, end) >= 0)
 
 
 def aspects_given_up(
@@ -567,16 +462,8 @@ def derive_state(
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
     files without holding them)."""
-    turns: dict[tuple[str, int], list[Any]] = {}
-    for row in answer_rows:
-        key = (row["conv"], int(row["turn"]))
-        kind = row["kind"]
-        entry = turns.get(key)
-        failed = (entry[1] if entry else 0) + (kind == "failed")
-        turns[key] = [kind, failed, row]
     builder = StateBuilder(
-        lambda conv, turn: turns.get((conv, turn)),
-        lambda row: row,  # type: ignore[no-any-return]
+        AnswerIndex.of_rows(answer_rows),
         aspects=aspects,
         min_turns=min_turns,
         max_turns=max_turns,
