@@ -18,6 +18,9 @@ from pipeline.store.ledger import RunLock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM
 from tests.test_qa import llm, make_settings, rows, servers  # noqa: F401
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 
 def write_settings(tmp_path: Path, **conversations: Any) -> Path:

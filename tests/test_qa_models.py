@@ -28,6 +28,9 @@ from tests.fakes.llm_fixtures import FAKE_KEY
 from tests.fakes.llm_server import Failure, FakeLLM
 from tests.test_qa import llm  # noqa: F401 - the fixture
 from tests.test_qa import make_settings as qa_settings
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
