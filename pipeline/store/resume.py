@@ -248,10 +248,14 @@ class StateBuilder:
                 self.add_followup(conv, turn, text)
             return
         passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
-        if passages:  # questions of corpus passages: no aspect to count or sample, added whole
-            for i in passages:
-                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
-                          "seq": seqs[i], **block.extras[i]})
+        if passages:  # questions of corpus passages: no aspect to count or sample
+            self._passages.update(block.extras[i]["passage"] for i in passages)
+            self._corpus_questions += len(passages)
+            self._next_seq = max(self._next_seq, max(seqs[i] for i in passages) + 1)
+            # As for aspect rows: no Python code per question the index says is finished.
+            for j in self._unfinished([ids[i] for i in passages]):
+                i = passages[j]
+                self._plan(ids[i].decode(), "", seqs[i], json_string(texts[i]))
             skip = set(passages)
             keep = [i for i in range(len(ids)) if i not in skip]
             ids, aspects, texts, seqs = ([col[i] for i in keep] for col in (ids, aspects, texts, seqs))
