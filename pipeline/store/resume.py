@@ -212,10 +212,12 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
-        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
-        if why is not None:
-            self._set_aside[why] += 1
-            return
+        scope = self._scope
+        if scope is not None and (scope.other_topics or (aspect and aspect not in scope.aspects)):
+            why = scope.why_out(aspect or "", seq)
+            if why is not None:
+                self._set_aside[why] += 1
+                return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
