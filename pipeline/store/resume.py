@@ -212,10 +212,12 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
-        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
-        if why is not None:
-            self._set_aside[why] += 1
-            return
+        scope = self._scope
+        if scope is not None and (scope.other_topics or (aspect and aspect not in scope.aspects)):
+            why = scope.why_out(aspect or "", seq)
+            if why is not None:
+                self._set_aside[why] += 1
+                return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
@@ -248,10 +250,14 @@ class StateBuilder:
                 self.add_followup(conv, turn, text)
             return
         passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
-        if passages:  # questions of corpus passages: no aspect to count or sample, added whole
-            for i in passages:
-                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
-                          "seq": seqs[i], **block.extras[i]})
+        if passages:  # questions of corpus passages: no aspect to count or sample
+            self._passages.update(block.extras[i]["passage"] for i in passages)
+            self._corpus_questions += len(passages)
+            self._next_seq = max(self._next_seq, max(seqs[i] for i in passages) + 1)
+            # As for aspect rows: no Python code per question the index says is finished.
+            for j in self._unfinished([ids[i] for i in passages]):
+                i = passages[j]
+                self._plan(ids[i].decode(), "", seqs[i], json_string(texts[i]))
             skip = set(passages)
             keep = [i for i in range(len(ids)) if i not in skip]
             ids, aspects, texts, seqs = ([col[i] for i in keep] for col in (ids, aspects, texts, seqs))
