@@ -231,8 +231,8 @@ class StateBuilder:
     def add_followup(self, conv: str, turn: int, text: str) -> None:
         """Take one follow-up row: kept only if its turn still needs asking."""
         found = self._answers.turn(conv, turn)
-        # Only a turn not asked yet (or failed with no question kept) needs its text.
-        if found is None or found[0] == "failed":
+        # Only a turn not asked yet, failed, or asked again (qa --retry) needs its text.
+        if found is None or found[0] == "failed" or found[0] in self._retry:
             self._followups[(conv, turn)] = text
 
     def add_questions(self, block: QuestionBlock) -> None:
@@ -345,8 +345,10 @@ class StateBuilder:
                 turn += 1
                 continue
             if kind in self._retry:
-                # Asked for again (``qa --retry``): the same question, a fresh count of failures.
-                question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                # Asked for again (``qa --retry``): the same question, a fresh count of
+                # failures. A later turn's is its accepted follow-up row (finish() finds
+                # it), never the answer row's text: that may be a rejected one.
+                question = text if turn == 1 else None
                 self._pend(conv, aspect, seq, target, turn, answered, question)
                 return
             if kind == "failed":
@@ -462,6 +464,7 @@ def derive_state(
     scope: Scope | None = None,
     per_aspect: int | None = None,
     max_stale_rounds: int | None = None,
+    retry: Iterable[str] = (),
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
@@ -473,6 +476,7 @@ def derive_state(
         max_turns=max_turns,
         max_answer_attempts=max_answer_attempts,
         scope=scope,
+        retry=retry,
     )
     for row in question_rows:
         builder.add(row)
