@@ -66,6 +66,8 @@ class QAResult:
     usage: dict[str, Any] = field(default_factory=dict)
     # The command that resumes this run, with the options the user gave.
     resume: str = "python run.py qa"
+    # Answered conversations the current settings leave out of the dataset, or cut, by why.
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         """The closing summary: how it ended, what it made, what it cost."""
@@ -77,7 +79,10 @@ class QAResult:
                f"{self.stats.get('corpus_questions', 0)} questions from them"]
               if self.stats.get("passages", [0, 0])[1] else []),
             "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
-            f"conversations {self.conversations}",
+            f"conversations {self.conversations}" + (
+                " (left out or cut by the current settings: "
+                + ", ".join(f"{why} {n}" for why, n in self.left_out.items()) + "; see report.md)"
+                if self.left_out else ""),
             f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
             f"cost {self.usage.get('cost', 0.0):.4f}",
         ]
@@ -356,6 +361,7 @@ async def _run_graph(
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
         resume=settings.command("qa"),
+        left_out=dict(left_out.most_common()),
     )
 
 
