@@ -26,7 +26,7 @@ from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.store.answers import READ_BLOCK, AnswerIndex
-from pipeline.store.layout import first_turn_texts, has_string_field, question_block
+from pipeline.store.layout import has_string_field, question_block, question_texts
 from pipeline.store.ledger import LedgerWriter, RunLock, append_row, gc_paused, iter_blocks, read_ledger, repair_tail
 from pipeline.store.schema import is_followup
 from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
@@ -157,14 +157,17 @@ def load_state(
 
 
 def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) -> Iterator[list[str]]:
-    """The first-turn question texts of the question ledger ``path`` up to
-    byte ``until`` (:attr:`RunState.questions_read`), a read block at a time:
-    the accepted questions of earlier runs, which the plan only counts.
-    Rows a run appends meanwhile are not read, nor the file repaired."""
+    """The question texts of the question ledger ``path`` up to byte
+    ``until`` (:attr:`RunState.questions_read`), a read block at a time (each
+    block's first turns, then its follow-ups): the accepted questions of
+    earlier runs, which the plan only counts, and their follow-ups, which a
+    new question must not repeat either. Rows a run appends meanwhile are not
+    read, nor the file repaired."""
     for block in iter_blocks(path, block_size=block_size, until=until):
-        texts = first_turn_texts(block.data, block.end)
+        texts = question_texts(block.data, block.end)
         if texts is None:
-            texts = [row["text"] for row in block.rows() if not is_followup(row)]
+            rows = block.rows()
+            texts = [r["text"] for r in rows if not is_followup(r)] + [r["text"] for r in rows if is_followup(r)]
         yield texts
 
 
