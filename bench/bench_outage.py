@@ -12,6 +12,10 @@ empty ``relation``; 2024-10: an empty ``success``, vetoed) at once, as the
 real server does. Prints how many questions were answered before,
 during and after the outage, how many were written off, and how the run ended;
 then runs ``qa`` again (as a user would) and prints what that adds.
+
+The figures before the outage was recognised (README, Performance) came from
+this script on 4fa2740, whose fake had no ``llm_down``: there a responder
+returned the signature by name and every request took 3-6 s scaled.
 """
 
 from __future__ import annotations
@@ -113,25 +117,14 @@ def _install_outage(hxd: FakeHuixiangdou, outage: Outage, scale: float, release:
     """Answered questions take 3-6 s, rejections 0.4-1 s (scaled); during the
     outage every question gets ``release``'s signature, at once."""
     signature = f"outage_{release.replace('-', '_')}"
-    if hasattr(hxd, "llm_down"):  # the faithful fake: times and the outage built in
-        hxd.time_scale = scale
+    hxd.time_scale = scale
 
-        def responder(q: str) -> str:
-            hxd.llm_down = release if outage.down() else None
-            outage.served.append((outage.now(), signature if outage.down() else "answered"))
-            return "answered"
+    def responder(q: str) -> str:
+        hxd.llm_down = release if outage.down() else None
+        outage.served.append((outage.now(), signature if outage.down() else "answered"))
+        return "answered"
 
-        hxd.responder = responder
-        return
-    # The fake before it (main before the change): one latency for all, the signature by name.
-    hxd.latency = (3.0 * scale, 6.0 * scale)
-
-    def old_responder(q: str) -> str:
-        scenario = signature if outage.down() else "answered"
-        outage.served.append((outage.now(), scenario))
-        return scenario
-
-    hxd.responder = old_responder
+    hxd.responder = responder
 
 
 def main(argv: list[str] | None = None) -> None:

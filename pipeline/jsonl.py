@@ -1,17 +1,31 @@
 """JSONL primitives shared by every stage: one compact UTF-8 object per line,
-and whole-file writes that land atomically (temp file, fsync, rename)."""
+and whole-file writes that land atomically (temp file, fsync, rename), whose
+temporary files a killed process leaves behind are swept by the next write."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
+try:  # POSIX; elsewhere a temporary file is swept by age alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+# A temporary file younger than this is never swept: the moment between its
+# creation and its writer's lock is not a dead writer.
+STALE_AFTER_S = 60.0
 
 __all__ = ["atomic_writer", "dumps_line", "remove_stale_temps", "write_jsonl_atomic"]
 
@@ -25,10 +39,18 @@ def dumps_line(obj: Any) -> bytes:
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on clean exit fsync it and rename
     it over ``path``. On error the temporary file is removed and ``path`` keeps
-    its previous content, so a crash never leaves a half-written file."""
+    its previous content, so a crash never leaves a half-written file.
+
+    The temporary file (``.NAME.*.tmp``) is locked while written; one a killed
+    process left (no lock) is removed by the next write of the same file
+    (:func:`remove_stale_temps`), so it never outlives the next run."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temps(target.parent, [target.name]):
+        log.info("removed %s, left by a write of %s that was killed", stale, target.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed, or its writer dies
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -49,14 +71,31 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     for each of ``names`` (``.NAME.*.tmp``: a process killed mid-write leaves
     one, as big as the file it was writing); return what was removed.
 
-    Only for a caller that knows nobody is writing those files now (it holds
-    the run lock): a live writer's temporary file looks the same."""
+    A live writer holds a lock on its temporary file, so only files nobody
+    locks, and older than :data:`STALE_AFTER_S`, are removed: safe beside
+    another process writing the same file."""
     removed: list[Path] = []
+    now = time.time()
     for name in names:
         for found in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f".{glob.escape(name)}.*.tmp")):
-            with contextlib.suppress(FileNotFoundError):
+            try:
+                fd = os.open(found, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if now - os.fstat(fd).st_mtime < STALE_AFTER_S:
+                    continue
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # its writer is alive
                 os.unlink(found)
                 removed.append(Path(found))
+            except FileNotFoundError:
+                continue
+            finally:
+                os.close(fd)
     return removed
 
 

@@ -13,7 +13,6 @@ pytest_plugins = ["tests.fakes.llm_fixtures", "tests.fakes.hxd_fixtures"]
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every loop for tests marked with ``tests.fakes.loops.BOTH_LOOPS``; asyncio's own for the rest."""
-    marker = item.get_closest_marker("asyncio")
-    if marker is not None and marker.kwargs.get("loop_factories"):
+    if item.get_closest_marker("both_loops") is not None:
         return LOOP_FACTORIES
     return {"asyncio": asyncio.new_event_loop}

@@ -3,6 +3,7 @@ run that counts as complete only once its dataset is in place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from pipeline.store.ledger import RunLock
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM
 from tests.test_qa import llm, make_settings, rows, servers  # noqa: F401
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 
 def write_settings(tmp_path: Path, **conversations: Any) -> Path:
@@ -61,6 +65,7 @@ def test_build_needs_no_service_and_no_key_and_follows_the_current_settings(
     stale = [out / ".conversations.jsonl.k2j3h4.tmp", out / ".report.json.abc123.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
+        os.utime(p, (1_700_000_000.0, 1_700_000_000.0))  # left by a write killed long ago
     others = out / ".notes.txt.x.tmp"
     others.write_bytes(b"not ours")
 

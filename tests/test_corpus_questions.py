@@ -22,6 +22,9 @@ from pipeline.settings import Settings, parse_settings
 from tests.fakes.llm_fixtures import FAKE_KEY, FAKE_KEY_ENV
 from tests.fakes.llm_server import FakeLLM
 from tests.test_local_rag import write_corpus as write_files
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 # Each file: facts only it holds. Sentences are long enough for the fake to quote.
 CORPUS: dict[str, str] = {

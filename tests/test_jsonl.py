@@ -47,6 +47,31 @@ def test_written_file_follows_the_umask_not_owner_only(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "d.jsonl").stat().st_mode) == 0o644
 
 
+def test_a_temporary_file_a_killed_writer_left_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    from pipeline.jsonl import STALE_AFTER_S
+
+    path = tmp_path / "x.jsonl"
+    old = time.time() - STALE_AFTER_S - 5
+    dead = tmp_path / ".x.jsonl.dead1234.tmp"  # what SIGKILL mid-write leaves: nobody holds it
+    live = tmp_path / ".x.jsonl.live1234.tmp"  # a writer still at work holds its lock
+    young = tmp_path / ".x.jsonl.young123.tmp"  # just made: its writer may not have locked it yet
+    other = tmp_path / ".y.jsonl.dead5678.tmp"  # another file's: not this write's business
+    for p in (dead, live, young, other):
+        p.write_bytes(b"half")
+    for p in (dead, live, other):
+        os.utime(p, (old, old))
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        write_jsonl_atomic(path, [{"n": 1}])
+    finally:
+        os.close(holder)
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (path, live, young, other))
+
+
 @pytest.mark.parametrize("proc_status", ["/proc/self/status", "/nonexistent/status"])
 def test_the_umask_is_read_without_changing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_status: str

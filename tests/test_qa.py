@@ -435,12 +435,14 @@ def outage_between(first: int, last: int, release: str) -> Any:
 async def test_a_short_outage_of_huixiangdous_llm_is_waited_out_and_every_question_answered(
     tmp_path: Path, llm: FakeLLM, release: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    clock = FakeClock()
     async with FakeHuixiangdou(responder=outage_between(2, 9, release)) as hxd:
         settings = make_settings(
             tmp_path, llm, [hxd],
-            huixiangdou={"recheck_s": 0.02, "rest_s": 60, "down_timeout_s": 60},
+            huixiangdou={"recheck_s": 10, "rest_s": 60, "down_timeout_s": 600},
         )
-        result = await run_qa(settings, install_signals=False)
+        run = asyncio.create_task(run_qa(settings, install_signals=False, clock=clock, sleep=clock.sleep))
+        result = await clock.drive(run)
     assert result.status == "complete"
     answers = rows(settings, "answers")
     assert {r["kind"] for r in answers} == {"answered"} and len(answers) == 12

@@ -28,6 +28,9 @@ from tests.fakes.llm_fixtures import FAKE_KEY
 from tests.fakes.llm_server import Failure, FakeLLM
 from tests.test_qa import llm  # noqa: F401 - the fixture
 from tests.test_qa import make_settings as qa_settings
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLLOWUP = re.compile(r"追问|follow-up", re.IGNORECASE)
@@ -100,6 +103,19 @@ async def test_reasoning_never_becomes_data(tmp_path: Path, llm: FakeLLM, hxd: F
     followups = [q["text"] for q in rows(settings, "questions") if "conv" in q]
     assert len(followups) == 6 and all(f.endswith("？") for f in followups)
     assert validate_file(settings.out_dir / "conversations.jsonl").errors == []
+
+
+@pytest.mark.parametrize("endpoint", ["inference", "stream"])
+async def test_reasoning_from_the_servers_own_model_is_not_data(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou, endpoint: str
+) -> None:
+    hxd.think = True
+    settings = make_settings(tmp_path, llm, hxd, huixiangdou={"endpoint": endpoint})
+    result = await run_qa(settings, install_signals=False)
+    assert result.status == "complete" and result.stats["outcomes"] == {"answered": 6}
+    dataset = (settings.out_dir / "conversations.jsonl").read_text(encoding="utf-8")
+    assert "think>" not in dataset and "草稿" not in dataset
+    assert all("<think>" in a["raw_answer"] for a in rows(settings, "answers")), "kept raw, as it came"
 
 
 # ---- 2. replies that carry no usable text -----------------------------------------------

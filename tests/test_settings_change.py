@@ -15,6 +15,9 @@ from pipeline.store.shape import shape_id, shape_of
 from tests.fakes.huixiangdou_server import FakeHuixiangdou
 from tests.fakes.llm_server import FakeLLM
 from tests.test_qa import SYSTEM, asked, conversations, llm, make_settings, rows, servers  # noqa: F401
+from tests.fakes.loops import BOTH_LOOPS
+
+pytestmark = BOTH_LOOPS
 
 ASPECTS = ["战斗系统", "游戏世界观", "主要角色"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+import json
 from typing import Any
 
 import orjson
@@ -354,3 +355,16 @@ def test_only_saturation_gives_an_aspect_up_for_good(
     events: list[dict[str, Any]], per_aspect: int, rounds: int, retry_short: bool, final: set[str]
 ) -> None:
     assert aspects_given_up(events, per_aspect, rounds, retry_short)[0] == final
+
+
+def test_a_retried_later_turn_asks_its_accepted_follow_up_never_a_rejected_text() -> None:
+    rejected = json.dumps([f"草稿问题{i}是什么？" for i in range(40)], ensure_ascii=False)  # 600+ characters
+    questions = [q("x", "A", 0), q("y", "A", 1), {"id": "fx", "conv": "x", "turn": 2, "text": "追问x？"}]
+    answers = [a("x", 1, "answered"), a("x", 2, "vetoed", question="追问x？"),
+               a("y", 1, "answered"), a("y", 2, "failed", question=rejected)]  # a ledger of before the fix
+    for retry in ((), ("vetoed", "failed")):
+        s = derive_state(questions, answers, [], aspects=["A"], min_turns=2, max_turns=2,
+                         max_answer_attempts=3, retry=retry)
+        nxt = {p.conv: (p.next_turn, p.next_question) for p in s.pending}
+        assert nxt.get("y") == (2, None), "a new follow-up is written; the rejected text is never asked"
+        assert nxt.get("x") == ((2, "追问x？") if retry else None)

@@ -94,9 +94,14 @@ def _in_scope(question_rows: Iterable[Mapping[str, Any]], scope: Scope, row_of: 
               left_out: Counter[str] | None) -> Iterator[Mapping[str, Any]]:
     """The first-turn rows ``scope`` keeps; the others with an answered first
     turn counted in ``left_out``."""
+    aspects, by_topic = scope.aspects, bool(scope.other_topics)
     for row in question_rows:
+        aspect = row.get("aspect")
+        if not by_topic and (not aspect or aspect in aspects):  # the usual row, decided at once
+            yield row
+            continue
         seq = row.get("seq")
-        why = scope.why_out(str(row.get("aspect") or ""), seq if type(seq) is int else -1)
+        why = scope.why_out(str(aspect or ""), seq if type(seq) is int else -1)
         if why is None:
             yield row
         elif left_out is not None and isinstance(row.get("id"), str) and _answered(row_of(row["id"], 1)):

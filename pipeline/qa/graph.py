@@ -43,7 +43,7 @@ from pipeline.errors import (
 from pipeline.store.ledger import LedgerWriter
 from pipeline.services.llm import LLMClient
 from pipeline.services.answerer import Answerer, Outcome
-from pipeline.services.replies import REFUSED
+from pipeline.services.replies import REFUSED, answer_proper
 from pipeline.qa.questions import (
     followup_candidates,
     followup_messages,
@@ -642,7 +642,9 @@ class Graph:
         refs: tuple[str, ...] = outcome.refs
         edits: tuple[str, ...] = ()
         if kind == "answered":
-            gated = self._gate(outcome.answer)
+            # A backend with a reasoning model behind it (HuixiangDou on Qwen3) sends its
+            # reasoning too; only the answer proper is gated, and can become data.
+            gated = self._gate(answer_proper(outcome.answer))
             answer, edits = gated.answer, gated.changes
             if gated.refs:  # a references list the gate took out of the answer's text
                 refs = tuple(dict.fromkeys((*refs, *gated.refs)))

@@ -228,8 +228,6 @@ async def run_qa(
     ``retry_short`` reopens every aspect given up short of its target."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(settings.out_dir):
-        for path in remove_stale_temps(settings.out_dir, _OUTPUTS):
-            log.info("removed %s, a temporary file left by a write that was killed", path)
         state = load_state(settings, repair=True, retry=retry, retry_short=retry_short)
         changed = change_line(state.last_shape, shape_of(settings), made=state.total_questions()
                               + sum(state.set_aside.values()), set_aside=state.set_aside)
@@ -403,8 +401,8 @@ def _write_report(settings: Settings, run: dict[str, Any] | None, conversations:
         return None
 
 
-# Files the QA stage replaces atomically under out_dir: a temporary file of
-# theirs left by a killed process is removed under the run lock.
+# Files the QA stage replaces atomically under out_dir: `build` sweeps their
+# temporary files a killed process left, and says so (every write also does).
 _OUTPUTS = (DATASET_NAME, provenance_path(DATASET_NAME).name, REPORT_MD, REPORT_JSON)
 
 

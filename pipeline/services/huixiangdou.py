@@ -5,7 +5,8 @@
 project's exception tree:
 
     500/502/503/504, refused or dropped connection -> retried with backoff,
-        preferably on another server; then ``Outcome(kind="failed")``
+        preferably on another server; then ``Outcome(kind="failed")``, or
+        ServersDown when that last attempt put the last server to rest
     200 showing the LLM behind the server failed (``hxd_protocol.llm_outage``,
         or an LLM-judged rejection faster than ``instant_rejection_s``) ->
         the same as a 500: never a skipped or vetoed outcome

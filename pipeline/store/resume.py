@@ -218,10 +218,12 @@ class StateBuilder:
             ) from None
         if seq >= self._next_seq:
             self._next_seq = seq + 1
-        why = None if self._scope is None else self._scope.why_out(aspect or "", seq)
-        if why is not None:
-            self._set_aside[why] += 1
-            return
+        scope = self._scope
+        if scope is not None and (scope.other_topics or (aspect and aspect not in scope.aspects)):
+            why = scope.why_out(aspect or "", seq)
+            if why is not None:
+                self._set_aside[why] += 1
+                return
         if aspect is None:
             self._passages.add(row["passage"])
             self._corpus_questions += 1
@@ -235,8 +237,8 @@ class StateBuilder:
     def add_followup(self, conv: str, turn: int, text: str) -> None:
         """Take one follow-up row: kept only if its turn still needs asking."""
         found = self._answers.turn(conv, turn)
-        # Only a turn not asked yet (or failed with no question kept) needs its text.
-        if found is None or found[0] == "failed":
+        # Only a turn not asked yet, failed, or asked again (qa --retry) needs its text.
+        if found is None or found[0] == "failed" or found[0] in self._retry:
             self._followups[(conv, turn)] = text
 
     def add_questions(self, block: QuestionBlock) -> None:
@@ -254,10 +256,14 @@ class StateBuilder:
                 self.add_followup(conv, turn, text)
             return
         passages = [i for i, extra in block.extras.items() if is_from_passage(extra)]
-        if passages:  # questions of corpus passages: no aspect to count or sample, added whole
-            for i in passages:
-                self.add({"id": ids[i].decode(), "aspect": aspects[i], "text": json_string(texts[i]),
-                          "seq": seqs[i], **block.extras[i]})
+        if passages:  # questions of corpus passages: no aspect to count or sample
+            self._passages.update(block.extras[i]["passage"] for i in passages)
+            self._corpus_questions += len(passages)
+            self._next_seq = max(self._next_seq, max(seqs[i] for i in passages) + 1)
+            # As for aspect rows: no Python code per question the index says is finished.
+            for j in self._unfinished([ids[i] for i in passages]):
+                i = passages[j]
+                self._plan(ids[i].decode(), "", seqs[i], json_string(texts[i]))
             skip = set(passages)
             keep = [i for i in range(len(ids)) if i not in skip]
             ids, aspects, texts, seqs = ([col[i] for i in keep] for col in (ids, aspects, texts, seqs))
@@ -345,8 +351,10 @@ class StateBuilder:
                 turn += 1
                 continue
             if kind in self._retry:
-                # Asked for again (``qa --retry``): the same question, a fresh count of failures.
-                question = self._answers.read(found[2]).get("question") or (text if turn == 1 else None)
+                # Asked for again (``qa --retry``): the same question, a fresh count of
+                # failures. A later turn's is its accepted follow-up row (finish() finds
+                # it), never the answer row's text: that may be a rejected one.
+                question = text if turn == 1 else None
                 self._pend(conv, aspect, seq, target, turn, answered, question)
                 return
             if kind == "failed":
@@ -460,6 +468,7 @@ def derive_state(
     scope: Scope | None = None,
     per_aspect: int | None = None,
     max_stale_rounds: int | None = None,
+    retry: Iterable[str] = (),
 ) -> RunState:
     """Derive the resume plan from ledger rows already read (see
     :class:`StateBuilder`, which ``pipeline.qa.stage.load_state`` feeds from the
@@ -471,6 +480,7 @@ def derive_state(
         max_turns=max_turns,
         max_answer_attempts=max_answer_attempts,
         scope=scope,
+        retry=retry,
         per_aspect=per_aspect,
         max_stale_rounds=max_stale_rounds,
     )

@@ -265,6 +265,7 @@ class FakeHuixiangdou:
     ) -> None:
         self.script: dict[str, str | Sequence[str]] = dict(script or {})
         self.responder = responder
+        self.think = False  # answers wrapped in a <think> block, as from a reasoning model behind the server
         self.shape: Shape = shape
         self.latency = latency  # when set: seconds of every request, instead of time_scale's
         self.time_scale = time_scale  # times of the live server (ANSWER_S, REJECTION_S, STREAM_TAIL_S)
@@ -369,6 +370,9 @@ class FakeHuixiangdou:
         return delay
 
     def _body(self, steps: list[dict[str, Any]], debug: dict[str, Any]) -> Any:
+        if self.think:  # the server's own LLM is a reasoning model: its answers carry the reasoning
+            steps = [{**st, "response": f"<think>\n草稿：先想想 NOT_IN_MATERIAL 的情形……\n</think>\n\n{st['response']}"}
+                     if st.get("response") else st for st in steps]
         if self.shape == "chat_with_repo":
             last = steps[-1] if steps else {}
             response = last.get("response") or ""

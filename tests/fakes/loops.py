@@ -18,5 +18,6 @@ except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
 else:
     LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
 
-# A module's ``pytestmark``: each of its async tests runs once per loop.
-BOTH_LOOPS = pytest.mark.asyncio(loop_factories=list(LOOP_FACTORIES))
+# A module's ``pytestmark``: each of its async tests runs once per loop
+# (tests/conftest.py reads it; sync tests ignore it).
+BOTH_LOOPS = pytest.mark.both_loops
