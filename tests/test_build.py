@@ -78,7 +78,7 @@ def test_build_needs_no_service_and_no_key_and_follows_the_current_settings(
 
     line = capsys.readouterr().out
     assert line.startswith("build: conversations.jsonl 2 conversations")
-    assert "aspect 旧方面 1" in line and "cut to 1 turns 1" in line and "removed 2 leftover" in line
+    assert "aspect 旧方面 1" in line and "cut to 1 turn 1" in line and "removed 2 leftover" in line
     records = [orjson.loads(x) for x in (out / "conversations.jsonl").read_bytes().splitlines()]
     assert records == [
         {"conversation": [{"system": "系统。", "input": "00000000000000a1-1？", "output": "答一"}]},
@@ -86,8 +86,8 @@ def test_build_needs_no_service_and_no_key_and_follows_the_current_settings(
     ]
     report = orjson.loads((out / "report.json").read_bytes())
     assert report["conversations"]["in_dataset"] == 2
-    assert report["conversations"]["left_out"] == {"aspect 旧方面": 1, "cut to 1 turns": 1}
-    assert "aspect 旧方面 1, cut to 1 turns 1" in (out / "report.md").read_text(encoding="utf-8")
+    assert report["conversations"]["left_out"] == {"aspect 旧方面": 1, "cut to 1 turn": 1}
+    assert "aspect 旧方面 1, cut to 1 turn 1" in (out / "report.md").read_text(encoding="utf-8")
     assert not any(p.exists() for p in stale) and others.exists()
     assert orjson.loads(events.read_bytes().splitlines()[-1])["event"] == "build"
 

@@ -224,6 +224,7 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
     status = status_of(settings)
     assert status["passages"]["left"] == status["passages"]["selected"] - len(set(before)) > 0
     assert status["resume"] is not None
+    assert status["conversations"]["pending"] > 0  # corpus questions written, not answered yet
 
     async with FakeLLM(api_key=FAKE_KEY, models=("fake-model",)) as second:
         second.responder = responder(second)
@@ -239,6 +240,9 @@ async def test_a_resume_asks_no_passage_twice(tmp_path: Path) -> None:
         assert done.status == "complete" and passage_prompts(third) == []
     status = status_of(settings)
     assert status["passages"]["left"] == 0 and status["resume"] is None
+    # The questions written before the stop but not yet answered were answered by the resume.
+    answered = {r["conv"] for r in rows(settings.state_dir / "answers.jsonl")}
+    assert {q["id"] for q in rows(settings.state_dir / "questions.jsonl") if "conv" not in q} <= answered
     assert status["questions"]["corpus"] > 0
 
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from pipeline.jsonl import dumps_line
-from pipeline.store.layout import answer_block, first_turn_texts, json_string, question_block, turn_key
+from pipeline.store.layout import answer_block, json_string, question_block, question_texts, turn_key
 from pipeline.store.schema import ANSWER_KINDS, answer_row, followup_row, is_followup, question_row
 
 _ODD_TEXTS = ['说"引号"', "back\\slash", "两行\n文本", "tab\there", "\u2028sep", "é", "\x00nul", "😀"]
@@ -62,7 +62,8 @@ def test_the_question_scan_reads_what_a_plain_parse_reads(seed: int) -> None:
     assert block is not None, "rows as written take the scan"
     assert (list(block.ids), block.aspects, [json_string(t) for t in block.texts], block.seqs,
             block.followups) == _columns(rows)
-    assert first_turn_texts(data, len(data)) == [r["text"] for r in rows if not is_followup(r)]
+    assert question_texts(data, len(data)) == ([r["text"] for r in rows if not is_followup(r)]
+                                                + [r["text"] for r in rows if is_followup(r)])
     # With rows of other shapes among them: the scan reads them right, or not at all.
     mixed = rows + [_odd_question(rnd) for _ in range(rnd.randint(1, 3))]
     rnd.shuffle(mixed)

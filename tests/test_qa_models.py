@@ -279,6 +279,22 @@ async def test_a_follow_up_is_new_among_every_question_of_the_run(
     assert len(failed) == 5 and {a["state"] for a in failed} == {"no follow-up question (duplicate)"}
 
 
+async def test_a_follow_up_is_new_among_the_questions_of_earlier_runs_too(
+    tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
+) -> None:
+    answer_followups_with(llm, "黑熊精的洞府在哪一回出现？")
+    settings = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 1},
+                             conversations={"min_turns": 2, "max_turns": 2})
+    assert (await run_qa(settings, install_signals=False)).status == "complete"
+    more = make_settings(tmp_path, llm, hxd, questions={"aspects": ["主要角色"], "per_aspect": 2},
+                         conversations={"min_turns": 2, "max_turns": 2})
+    await run_qa(more, install_signals=False)  # a later run, seeded from the ledger
+
+    assert [q["text"] for q in rows(settings, "questions") if "conv" in q] == ["黑熊精的洞府在哪一回出现？"]
+    assert [a["state"] for a in rows(settings, "answers") if a["kind"] == "failed"] == [
+        "no follow-up question (duplicate)"]
+
+
 async def test_a_rejected_follow_up_is_never_stored_nor_asked(
     tmp_path: Path, llm: FakeLLM, hxd: FakeHuixiangdou
 ) -> None:

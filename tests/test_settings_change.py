@@ -55,10 +55,12 @@ async def test_fewer_turns_a_new_system_prompt_and_a_removed_aspect_rebuild_the_
         result = await run_qa(second, install_signals=False)
 
     assert result.status == "complete"
+    assert f"conversations {len(conversations(second))} (left out or cut by the current settings: " in result.line()
+    assert f"aspect 主要角色 {removed}" in result.line() and f"cut to 1 turn {kept_with_two}" in result.line()
     assert asked(servers) == asked_before, "nothing was left to ask: no request"
     [line] = changed_lines(caplog)
     assert "max_turns 3 -> 1" in line and "min_turns 3 -> 1" in line and "aspects -主要角色" in line
-    assert "system prompt" in line and "cut to 1 turns" in line and "new system prompt" in line
+    assert "system prompt" in line and "cut to 1 turn" in line and "new system prompt" in line
     assert f"aspect 主要角色: {sum(1 for a in aspect_of.values() if a == '主要角色')}" in line
     now = conversations(second)
     assert now and all(len(c["conversation"]) == 1 for c in now)
@@ -67,7 +69,7 @@ async def test_fewer_turns_a_new_system_prompt_and_a_removed_aspect_rebuild_the_
     assert {c["conversation"][0]["input"] for c in now} <= kept_first
     left_out = report(second)["conversations"]["left_out"]
     assert left_out.get("aspect 主要角色") == removed
-    assert left_out.get("cut to 1 turns") == kept_with_two
+    assert left_out.get("cut to 1 turn") == kept_with_two
     assert report(second)["questions"]["accepted"] == 6 == report(second)["questions"]["target"], "the removed aspect's questions do not count"
 
 

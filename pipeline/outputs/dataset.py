@@ -74,7 +74,7 @@ def conversations_with_sources(
     ``scope``: only the first-turn questions it keeps make conversations.
     ``left_out``, when given, counts the conversations with an answer that do
     not go in as they are, by why: out of scope (:meth:`Scope.why_out`),
-    ``"cut to N turns"`` (answered further than ``max_turns``: included, cut),
+    ``"cut to N turn(s)"`` (answered further than ``max_turns``: included, cut),
     ``"fewer than N answered turns"`` (short of ``min_turns``)."""
     if scope is not None:
         question_rows = _in_scope(question_rows, scope, row_of, left_out)
@@ -84,7 +84,7 @@ def conversations_with_sources(
         if pairs and len(pairs) >= min_turns:
             if left_out is not None and max_turns is not None and len(pairs) == max_turns \
                     and _answered(row_of(qid, max_turns + 1)):
-                left_out[f"cut to {max_turns} turns"] += 1
+                left_out[f"cut to {max_turns} turn{'s' * (max_turns != 1)}"] += 1
             yield conversation_record(system_prompt, pairs), {"conv": qid, **sources[source]}
         elif pairs and left_out is not None:
             left_out[f"fewer than {min_turns} answered turns"] += 1

@@ -26,7 +26,7 @@ from pipeline.qa.graph import Graph, StopReason
 from pipeline.services.backend import BACKENDS, Backend, open_answerer
 from pipeline.qa.passages import PassagePlan, plan_passages
 from pipeline.store.answers import READ_BLOCK, AnswerIndex
-from pipeline.store.layout import first_turn_texts, has_string_field, question_block
+from pipeline.store.layout import has_string_field, question_block, question_texts
 from pipeline.store.ledger import LedgerWriter, RunLock, append_row, gc_paused, iter_blocks, read_ledger, repair_tail
 from pipeline.store.schema import is_followup
 from pipeline.store.view import Ledgers, open_ledgers, state_from_ledgers
@@ -66,6 +66,8 @@ class QAResult:
     usage: dict[str, Any] = field(default_factory=dict)
     # The command that resumes this run, with the options the user gave.
     resume: str = "python run.py qa"
+    # Answered conversations the current settings leave out of the dataset, or cut, by why.
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         """The closing summary: how it ended, what it made, what it cost."""
@@ -77,7 +79,10 @@ class QAResult:
                f"{self.stats.get('corpus_questions', 0)} questions from them"]
               if self.stats.get("passages", [0, 0])[1] else []),
             "answers " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) if outcomes else "answers 0",
-            f"conversations {self.conversations}",
+            f"conversations {self.conversations}" + (
+                " (left out or cut by the current settings: "
+                + ", ".join(f"{why} {n}" for why, n in self.left_out.items()) + "; see report.md)"
+                if self.left_out else ""),
             f"tokens {int(self.usage.get('prompt_tokens', 0))}+{int(self.usage.get('completion_tokens', 0))}",
             f"cost {self.usage.get('cost', 0.0):.4f}",
         ]
@@ -141,14 +146,17 @@ def load_state(
 
 
 def earlier_questions(path: Path, until: int, *, block_size: int = _SEED_BLOCK) -> Iterator[list[str]]:
-    """The first-turn question texts of the question ledger ``path`` up to
-    byte ``until`` (:attr:`RunState.questions_read`), a read block at a time:
-    the accepted questions of earlier runs, which the plan only counts.
-    Rows a run appends meanwhile are not read, nor the file repaired."""
+    """The question texts of the question ledger ``path`` up to byte
+    ``until`` (:attr:`RunState.questions_read`), a read block at a time (each
+    block's first turns, then its follow-ups): the accepted questions of
+    earlier runs, which the plan only counts, and their follow-ups, which a
+    new question must not repeat either. Rows a run appends meanwhile are not
+    read, nor the file repaired."""
     for block in iter_blocks(path, block_size=block_size, until=until):
-        texts = first_turn_texts(block.data, block.end)
+        texts = question_texts(block.data, block.end)
         if texts is None:
-            texts = [row["text"] for row in block.rows() if not is_followup(row)]
+            rows = block.rows()
+            texts = [r["text"] for r in rows if not is_followup(r)] + [r["text"] for r in rows if is_followup(r)]
         yield texts
 
 
@@ -342,6 +350,7 @@ async def _run_graph(
         stats=graph.stats.snapshot(),
         usage=llm.usage.snapshot(),
         resume=settings.command("qa"),
+        left_out=dict(left_out.most_common()),
     )
 
 

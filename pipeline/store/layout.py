@@ -54,7 +54,7 @@ from pipeline.store.schema import (
 __all__ = [
     "QuestionBlock",
     "answer_block",
-    "first_turn_texts",
+    "question_texts",
     "has_string_field",
     "json_string",
     "question_block",
@@ -237,10 +237,12 @@ def question_block(block: bytes, end: int) -> QuestionBlock | None:
         return None
 
 
-def first_turn_texts(block: bytes, end: int) -> list[str] | None:
-    """The first-turn question texts of the whole lines ``block[:end]``, in
-    file order, or None as :func:`question_block` says (then parse the rows)."""
+def question_texts(block: bytes, end: int) -> list[str] | None:
+    """The question texts of the whole lines ``block[:end]``: the first-turn
+    questions in file order, then the follow-ups in file order; None as
+    :func:`question_block` says (then parse the rows)."""
     columns = question_block(block, end)
     if columns is None:
         return None
-    return _json_strings(columns.texts, block.find(b"\\", 0, end) >= 0)
+    return [*_json_strings(columns.texts, block.find(b"\\", 0, end) >= 0),
+            *(text for _, _, text in columns.followups)]

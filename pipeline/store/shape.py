@@ -196,7 +196,8 @@ def change_line(old: Mapping[str, Any] | None, new: Mapping[str, Any], *, made: 
     if old.get("topic") != new["topic"]:
         means.append(f"every aspect gets questions written afresh about {new['topic']!r}")
     if old.get("max_turns", 0) > new["max_turns"]:
-        means.append(f"longer conversations are cut to {new['max_turns']} turns in conversations.jsonl")
+        n = new["max_turns"]
+        means.append(f"longer conversations are cut to {n} turn{'s' * (n != 1)} in conversations.jsonl")
     if new["max_turns"] > old.get("max_turns", new["max_turns"]) or new["min_turns"] > old.get("min_turns", 0):
         means.append("conversations short of their new turn count get more turns")
     if old.get("prompts", {}).get("system prompt") != new["prompts"]["system prompt"]:
