@@ -6,7 +6,6 @@ import asyncio
 import errno
 import logging
 import os
-import random
 import subprocess
 import sys
 import threading

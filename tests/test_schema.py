@@ -16,7 +16,6 @@ from pipeline.store.schema import (
     REQUIRED,
     Field,
     answer_row,
-    field_of,
     followup_row,
     is_followup,
     question_row,
@@ -71,16 +70,13 @@ def test_an_answer_row_refuses_a_kind_the_schema_does_not_have() -> None:
                    state="", reason="", server="", attempts=1, seconds=0.0)
 
 
-def test_a_field_added_later_reads_as_its_default_on_an_older_row() -> None:
-    fields = (*ANSWER_FIELDS, Field("later", "a field added after these rows were written", default=""))
-    old = {f.name: 1 for f in ANSWER_FIELDS}
-    assert field_of(old, fields, "later") == ""
-    assert field_of({**old, "later": "local"}, fields, "later") == "local"
-    assert field_of(old, fields, "turn") == 1
-    with pytest.raises(KeyError):
-        field_of({}, fields, "turn")  # a required field missing is a damaged row, not a default
-    with pytest.raises(KeyError):
-        field_of(old, fields, "nope")
+def test_an_optional_field_is_written_only_away_from_its_default_and_after_the_others() -> None:
+    base = dict(conv="00000000000000a1", turn=2, kind="answered", question="q", answer="a", raw_answer=" a ",
+                refs=("r.md",), state="success", reason="", server="http://s", attempts=1, seconds=1.23456)
+    assert dumps_line(answer_row(**base, backend="")) == ANSWER_LINE, "at its default: not written"
+    assert dumps_line(answer_row(**base, backend="local")) == ANSWER_LINE[:-2] + b',"backend":"local"}\n'
+    optional = [f for f in ANSWER_FIELDS if f.default is not REQUIRED]
+    assert ANSWER_FIELDS[-len(optional):] == tuple(optional), "optional fields come after every required one"
 
 
 def test_a_followup_is_told_from_a_first_turn_question_by_its_conv() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

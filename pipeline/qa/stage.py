@@ -36,7 +36,7 @@ from pipeline.jsonl import remove_stale_temps
 from pipeline.outputs.report import REPORT_JSON, REPORT_MD, build_report, short_advice, short_summary, write_report
 from pipeline.settings import Settings
 from pipeline.store.shape import Scope, change_line, shape_of
-from pipeline.store.resume import RunState, StateBuilder, ledger_paths
+from pipeline.store.resume import RunState, ledger_paths, plan_builder
 
 __all__ = [
     "BuildResult", "build_outputs",
@@ -125,21 +125,12 @@ def load_state(
     if repair:
         for path in paths.values():
             repair_tail(path)
-    c = settings.conversations
     events = read_ledger(paths["events"])
     # The GC is paused throughout (start-up, on the main thread, before the
     # loop runs): the scans allocate millions of short-lived tuples, each
     # pass of it walks them all, and nothing here makes a cycle.
     with gc_paused(), AnswerIndex.of_file(paths["answers"], block_size=block_size) as answers:
-        builder = StateBuilder(
-            answers,
-            aspects=settings.questions.aspects,
-            min_turns=c.min_turns,
-            max_turns=c.max_turns,
-            max_answer_attempts=settings.run.max_answer_attempts,
-            scope=Scope.of(settings, events),
-            retry=retry,
-        )
+        builder = plan_builder(settings, answers, events, retry=retry)
         read = 0
         for block in iter_blocks(paths["questions"], block_size=block_size):
             columns = question_block(block.data, block.end)
@@ -149,9 +140,7 @@ def load_state(
                 for row in block.rows():
                     builder.add(row)
             read = block.offset + block.end
-        qs = settings.questions
-        state = builder.finish(events, per_aspect=qs.per_aspect,
-                               max_stale_rounds=qs.max_stale_rounds, retry_short=retry_short)
+        state = builder.finish(events, retry_short=retry_short)
     state.questions_read = read
     return state
 

@@ -44,7 +44,12 @@ from typing import Any, Final
 
 import orjson
 
-from pipeline.store.schema import ANSWER_FIELDS, ANSWER_KINDS, FOLLOWUP_FIELDS, QUESTION_FIELDS
+from pipeline.store.schema import (
+    ANSWER_FIELDS,
+    ANSWER_KINDS,
+    FOLLOWUP_FIELDS,
+    QUESTION_FIELDS,
+)
 
 __all__ = [
     "QuestionBlock",

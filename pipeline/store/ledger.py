@@ -60,13 +60,13 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "append_row",
     "DEFAULT_FSYNC_INTERVAL_S",
     "FsyncPolicy",
     "LedgerWriter",
-    "RunLock",
-    "gc_paused",
     "LineBlock",
+    "RunLock",
+    "append_row",
+    "gc_paused",
     "headless_answer",
     "iter_blocks",
     "iter_ledger",
@@ -285,7 +285,7 @@ class LineBlock:
     (:meth:`rows`, :meth:`spans`) for one that parses them, with the errors of
     :func:`iter_ledger`."""
 
-    __slots__ = ("data", "end", "offset", "_path", "_tolerant", "_torn")
+    __slots__ = ("_path", "_tolerant", "_torn", "data", "end", "offset")
 
     def __init__(self, data: bytes, end: int, offset: int, path: Path, tolerant: bool,
                  torn: list[InputError]) -> None:

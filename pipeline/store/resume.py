@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from pipeline.errors import InputError
+from pipeline.settings import Settings
 from pipeline.store.answers import AnswerIndex
 from pipeline.store.layout import QuestionBlock, json_string
 from pipeline.store.schema import is_followup, is_from_passage
@@ -41,6 +42,7 @@ __all__ = [
     "aspects_given_up",
     "derive_state",
     "ledger_paths",
+    "plan_builder",
     "target_turns",
 ]
 
@@ -175,9 +177,13 @@ class StateBuilder:
         max_answer_attempts: int,
         scope: Scope | None = None,
         retry: Iterable[str] = (),
+        per_aspect: int | None = None,
+        max_stale_rounds: int | None = None,
     ) -> None:
         """``retry``: answer kinds (``skipped``, ``vetoed``, ...) whose turns are
-        asked again, as ``qa --retry`` wants after the knowledge base improved."""
+        asked again, as ``qa --retry`` wants after the knowledge base improved;
+        ``per_aspect`` and ``max_stale_rounds`` go to :func:`aspects_given_up`."""
+        self._per_aspect, self._max_stale_rounds = per_aspect, max_stale_rounds
         self._answers = answers
         self._scope = scope
         self._set_aside: Counter[str] = Counter()
@@ -384,8 +390,6 @@ class StateBuilder:
         self,
         events: Sequence[Mapping[str, Any]],
         *,
-        per_aspect: int | None = None,
-        max_stale_rounds: int | None = None,
         retry_short: bool = False,
     ) -> RunState:
         """The plan, once every question row was added; ``events`` are the
@@ -395,7 +399,7 @@ class StateBuilder:
             plan.next_question = self._followups.get((plan.conv, plan.next_turn))
         self._pending.sort(key=lambda p: p.seq)  # stable: ties stay in file order
         last_run, usage = _merge_runs(events)
-        final, why = aspects_given_up(events, per_aspect, max_stale_rounds, retry_short)
+        final, why = aspects_given_up(events, self._per_aspect, self._max_stale_rounds, retry_short)
         return RunState(
             accepted=self.accepted,
             recent={aspect: list(texts) for aspect, texts in self._recent.items()},
@@ -477,7 +481,27 @@ def derive_state(
         max_answer_attempts=max_answer_attempts,
         scope=scope,
         retry=retry,
+        per_aspect=per_aspect,
+        max_stale_rounds=max_stale_rounds,
     )
     for row in question_rows:
         builder.add(row)
-    return builder.finish(events, per_aspect=per_aspect, max_stale_rounds=max_stale_rounds)
+    return builder.finish(events)
+
+
+def plan_builder(settings: Settings, answers: AnswerIndex, events: Sequence[Mapping[str, Any]],
+                 *, retry: Iterable[str] = ()) -> StateBuilder:
+    """A :class:`StateBuilder` under ``settings`` (turns, attempts, the scope
+    that ``events`` and the settings give, the aspects' targets)."""
+    c, qs = settings.conversations, settings.questions
+    return StateBuilder(
+        answers,
+        aspects=qs.aspects,
+        min_turns=c.min_turns,
+        max_turns=c.max_turns,
+        max_answer_attempts=settings.run.max_answer_attempts,
+        scope=Scope.of(settings, events),
+        retry=retry,
+        per_aspect=qs.per_aspect,
+        max_stale_rounds=qs.max_stale_rounds,
+    )

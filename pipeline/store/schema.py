@@ -5,9 +5,10 @@ Pure. Every row the pipeline writes to ``state/questions.jsonl`` or
 ``state/answers.jsonl`` is made here (:func:`question_row`,
 :func:`followup_row`, :func:`answer_row`) and appended by
 :class:`pipeline.store.ledger.LedgerWriter` as one compact JSON object per
-line, keys in the order of the field tuples below. Readers take a field of a
-row with :func:`field_of`, which gives an optional field's default on a row
-written before that field existed.
+line, keys in the order of the field tuples below. An optional field at its
+default is not written (a row that does not use a field keeps the layout it
+had before the field existed), so a reader takes it with
+``row.get(name, <its default>)``.
 
 Question ledger, one row per accepted question (:data:`QUESTION_FIELDS`:
 of an aspect, or with ``aspect`` empty, of a corpus passage, :func:`is_from_passage`),
@@ -32,9 +33,9 @@ Adding a field (the only safe way):
    read, and rows already on disk keep their layout).
 2. Add a keyword parameter with the same name and default to the row's
    function; ``tests/test_schema.py`` checks the two agree.
-3. Read it with :func:`field_of` (or ``row.get(name, default)``), never
-   ``row[name]``: ledgers of earlier versions have rows without it, and a
-   resume must go on from them.
+3. Read it with ``row.get(name, <its default>)``, never ``row[name]``: rows
+   that leave it at its default, and every row of an earlier version, do
+   not have it, and a resume must go on from them.
 
 Removing or renaming a field, or giving a new field no default, would break
 resuming old ledgers: don't.
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Final
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "REQUIRED",
     "Field",
     "answer_row",
-    "field_of",
     "followup_row",
     "is_followup",
     "is_from_passage",
@@ -145,9 +144,9 @@ ANSWER_FIELDS: Final[tuple[Field, ...]] = (
 
 def _row(fields: Sequence[Field], values: Mapping[str, Any]) -> dict[str, Any]:
     """A row with the keys of ``fields`` in their order, from ``values``;
-    an optional field at its default is left out (:func:`field_of` reads it
-    back as the default), so rows that do not use a field keep the layout
-    they had before it existed."""
+    an optional field at its default is left out (a reader takes it back as
+    the default), so rows that do not use a field keep the layout they had
+    before it existed."""
     return {f.name: values[f.name] for f in fields
             if f.default is REQUIRED or values[f.name] != f.default}
 
@@ -202,18 +201,3 @@ def answer_row(
 def is_followup(row: Mapping[str, Any]) -> bool:
     """Whether a question-ledger row is a follow-up (else a first-turn question)."""
     return "conv" in row
-
-
-@cache
-def _defaults(fields: tuple[Field, ...]) -> dict[str, Any]:
-    return {f.name: f.default for f in fields}
-
-
-def field_of(row: Mapping[str, Any], fields: tuple[Field, ...], name: str) -> Any:
-    """Field ``name`` of a ``row`` of the schema ``fields``: its value, or for
-    an optional field the row predates, its default. ``KeyError`` for a name
-    the schema does not have, or a required field the row lacks."""
-    default = _defaults(fields)[name]
-    if default is REQUIRED:
-        return row[name]
-    return row.get(name, default)

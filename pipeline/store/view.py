@@ -18,7 +18,7 @@ from typing import Any, Final
 from pipeline.settings import Settings
 from pipeline.store.answers import AnswerIndex
 from pipeline.store.ledger import iter_ledger
-from pipeline.store.resume import RunState, StateBuilder, derive_state, ledger_paths
+from pipeline.store.resume import RunState, derive_state, ledger_paths, plan_builder
 from pipeline.store.shape import Scope
 
 __all__ = ["Ledgers", "iter_rows", "open_ledgers", "state_from_ledgers", "state_from_rows"]
@@ -85,19 +85,10 @@ def open_ledgers(state_dir: Path) -> Ledgers:
 def state_from_ledgers(settings: Settings, ledgers: Ledgers) -> RunState:
     """The resume plan (as ``pipeline.qa.stage.load_state`` derives it),
     without writing anything."""
-    c = settings.conversations
-    builder = StateBuilder(
-        ledgers.answers,
-        aspects=settings.questions.aspects,
-        min_turns=c.min_turns,
-        max_turns=c.max_turns,
-        max_answer_attempts=settings.run.max_answer_attempts,
-        scope=Scope.of(settings, ledgers.events),
-    )
+    builder = plan_builder(settings, ledgers.answers, ledgers.events)
     for row in ledgers.questions():
         builder.add(row)
-    qs = settings.questions
-    return builder.finish(ledgers.events, per_aspect=qs.per_aspect, max_stale_rounds=qs.max_stale_rounds)
+    return builder.finish(ledgers.events)
 
 
 def state_from_rows(settings: Settings, rows: Mapping[str, Iterable[Mapping[str, Any]]]) -> RunState:
