@@ -103,3 +103,26 @@ async def test_a_new_topic_sets_the_old_topics_conversations_aside_and_asks_its_
     answered_first = {r["question"] for r in rows(new, "answers") if r["turn"] == 1 and r["conv"] in new_ids}
     assert {c["conversation"][0]["input"] for c in conversations(new)} <= answered_first
     assert report(new)["conversations"]["set_aside"] == {"topic 旧游戏": len(old_ids)}
+
+
+def test_the_line_names_each_kind_of_change_and_stays_silent_when_nothing_changed() -> None:
+    import dataclasses
+
+    from pipeline.settings import parse_settings
+    from pipeline.store.shape import change_line
+
+    base = parse_settings({}, environ={})
+    old = shape_of(base)
+    assert change_line(None, old, made=5, set_aside={}) is None, "no earlier shape: nothing to compare"
+    assert change_line(old, shape_of(base), made=5, set_aside={}) is None
+    other = dataclasses.replace(
+        base,
+        llm=dataclasses.replace(base.llm, model="other-model"),
+        conversations=dataclasses.replace(base.conversations, keep_short=not base.conversations.keep_short,
+                                          min_answer_chars=base.conversations.min_answer_chars + 1),
+    )
+    line = change_line(old, shape_of(other), made=5, set_aside={})
+    assert line is not None and "\n" not in line
+    assert "model 'deepseek-ai/DeepSeek-V2.5' -> 'other-model'" in line
+    assert "keep_short" in line and "answer gate" in line and "system prompt" not in line
+    assert "rows already made stay as they were made; new ones follow the new settings" in line

@@ -42,7 +42,7 @@ __all__ = ["RunShapes", "Scope", "change_line", "changes", "shape_id", "shape_of
 
 # [conversations] keys that are not the answer gate's; every other key of the
 # section (and any added later) is part of the gate's fingerprint.
-_NOT_GATE: Final = frozenset({"system_prompt", "min_turns", "max_turns", "followup_prompt"})
+_NOT_GATE: Final = frozenset({"system_prompt", "min_turns", "max_turns", "keep_short", "followup_prompt"})
 
 
 def _fingerprint(value: Any) -> str:
@@ -64,6 +64,7 @@ def shape_of(settings: Settings) -> dict[str, Any]:
         "backend": r.backend,
         "min_turns": c.min_turns,
         "max_turns": c.max_turns,
+        "keep_short": getattr(c, "keep_short", True),
         "prompts": {
             "system prompt": _fingerprint(c.system_prompt),
             "question prompts": _fingerprint([q.system_prompt, q.user_prompt,
@@ -161,7 +162,7 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for key in ("topic", "language", "source", "model", "backend"):
         if old.get(key) != new.get(key):
             out.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
-    for key in ("min_turns", "max_turns"):
+    for key in ("min_turns", "max_turns", "keep_short"):
         if old.get(key) != new.get(key):
             out.append(f"{key} {old.get(key)} -> {new.get(key)}")
     was, now = list(old.get("aspects") or ()), list(new.get("aspects") or ())
