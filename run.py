@@ -167,8 +167,9 @@ def cmd_qa(args: argparse.Namespace, settings: Settings) -> int:
     console, undo_logging = _configure_qa_logging(settings, live)
     try:
         log.info("qa run on %s (settings: %s)", settings.out_dir, settings.source)
-        result = _run_async(_qa_with_progress(settings, live, console, args.retry,
-                                              retry_short=args.retry_short))
+        # `python run.py` (the whole job) reaches here without qa's own flags.
+        result = _run_async(_qa_with_progress(settings, live, console, getattr(args, "retry", ()),
+                                              retry_short=getattr(args, "retry_short", False)))
         log.info("%s", result.line(), extra={"file_only": True})  # printed below
     except (PipelineError, OSError, BaseExceptionGroup) as exc:
         log.error("qa stopped: %s", exc, extra={"file_only": True})

@@ -193,14 +193,14 @@ def write_settings(path: Path, llm_url: str, hxd_urls: Sequence[str], **sections
 
 
 class QARun:
-    """``python run.py --settings S qa`` with its output captured to files."""
+    """``python run.py --settings S qa`` (or another ``command``) with its output captured to files."""
 
-    def __init__(self, settings: Path, name: str) -> None:
+    def __init__(self, settings: Path, name: str, command: Sequence[str] = ("qa",)) -> None:
         self.out_path = settings.parent / f"{name}.stdout"
         self.err_path = settings.parent / f"{name}.stderr"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "run.py", "--settings", str(settings), "qa"],
+                [sys.executable, "run.py", "--settings", str(settings), *command],
                 cwd=REPO, env=_env(), stdout=out, stderr=err,
             )
 
@@ -475,3 +475,20 @@ def test_quota_exits_75_says_how_to_resume_and_the_resume_redoes_nothing(
     assert len(check_dataset(settings)) == 12
     # Two batches per aspect (4 questions, 3 per batch) in all: none paid for twice.
     assert served_before + llm_served(fresh) == 3 * 2
+
+
+def test_the_whole_job_writes_the_pretraining_file_then_the_conversations(
+    tmp_path: Path, fakes: Callable[..., list[Fake]]
+) -> None:
+    # `python run.py` with no command: the pretraining stage, then qa without qa's own flags.
+    llm, hxd = fakes(llm_args(), hxd_args(0.0, 0.01))
+    settings = write_settings(tmp_path / "settings.toml", llm.url, [hxd.url])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.md").write_text("天命人从花果山出发。\n\n他要找回六根。\n", encoding="utf-8")
+
+    run = QARun(settings, "all", command=())
+
+    assert run.wait() == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("pretrain: 1 files read")
+    assert "qa complete" in run.stdout
+    assert len(check_dataset(settings)) == 12
