@@ -53,6 +53,30 @@ def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
         ("[llm]\ntemperature = 3\n", "[llm] temperature: expected a value <= 2"),
         ("[llm]\napi_key = 'sk-x'\n", "unknown key [llm] api_key"),
         ("[conversations]\nmin_turns = 3\nmax_turns = 2\n", "[conversations] min_turns"),
+        ("[llm]\ntemperature = nan\n", "[llm] temperature: expected a finite number, got nan"),
+        ("[llm]\ntimeout_s = inf\n", "[llm] timeout_s: expected a finite number, got inf"),
+        ("[huixiangdou]\ndown_timeout_s = -inf\n", "[huixiangdou] down_timeout_s: expected a finite number"),
+        ("[questions]\naspects = ['']\n", "[questions] aspects: expected a non-empty string, got ''"),
+        ("[questions]\naspects = ['plot', ' ']\n", "[questions] aspects: expected a non-empty string"),
+        ("[questions]\naspects = ['plot', 'cast', 'plot']\n", "[questions] aspects: 'plot' is listed twice"),
+        ("[questions]\naspects = []\n", "[questions] aspects: expected at least one"),
+        ("[questions]\ntopic = ''\n", "[questions] topic: expected a non-empty string"),
+        ("[huixiangdou]\nurls = ['']\n", "[huixiangdou] urls: expected an http:// or https:// URL, got ''"),
+        ("[huixiangdou]\nurls = ['127.0.0.1:23333']\n", "[huixiangdou] urls: expected an http:// or https:// URL"),
+        ("[huixiangdou]\nurls = ['http://a:1', 'http://a:1']\n", "[huixiangdou] urls: 'http://a:1' is listed twice"),
+        ("[llm]\nmodel = ''\n", "[llm] model: expected a non-empty string, got ''"),
+        ("[llm]\nbase_url = ''\n", "[llm] base_url: expected an http:// or https:// URL, got ''"),
+        ("[llm]\napi_key_env = ''\n", "[llm] api_key_env: expected a non-empty string"),
+        ("[pretrain]\nseparators = []\n", "[pretrain] separators: expected at least one entry"),
+        ("[pretrain]\npatterns = []\n", "[pretrain] patterns: expected at least one entry"),
+        ("[pretrain]\npatterns = ['']\n", "[pretrain] patterns: expected a non-empty string"),
+        ("[pretrain]\noutput_name = '../../etc/x.jsonl'\n",
+         "[pretrain] output_name: expected a file name inside out_dir (no folders), got '../../etc/x.jsonl'"),
+        ("[pretrain]\noutput_name = '..'\n", "[pretrain] output_name: expected a file name inside out_dir"),
+        ("[conversations]\nrefusal_patterns = ['ok', '(unclosed']\n",
+         "[conversations] refusal_patterns: entry 2, '(unclosed', is not a valid regular expression"),
+        ("[conversations]\nstrip_prefixes = ['[a-']\n",
+         "[conversations] strip_prefixes: entry 1, '[a-', is not a valid regular expression"),
         ("pretrain = 3\n", "[pretrain] must be a table"),
         ("[pretrain\n", "not valid TOML"),
     ],
@@ -123,43 +147,6 @@ def test_shipped_file_sets_and_comments_every_key() -> None:
         elif line[0].isalpha() and "=" in line:
             key = line.split("=")[0].strip()
             assert "#" in line or under_comment, f"{key} has no comment"
-
-
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("[llm]\ntemperature = nan\n", "[llm] temperature: expected a finite number, got nan"),
-        ("[llm]\ntimeout_s = inf\n", "[llm] timeout_s: expected a finite number, got inf"),
-        ("[huixiangdou]\ndown_timeout_s = -inf\n", "[huixiangdou] down_timeout_s: expected a finite number"),
-        ("[questions]\naspects = ['']\n", "[questions] aspects: expected a non-empty string, got ''"),
-        ("[questions]\naspects = ['plot', ' ']\n", "[questions] aspects: expected a non-empty string"),
-        ("[questions]\naspects = ['plot', 'cast', 'plot']\n", "[questions] aspects: 'plot' is listed twice"),
-        ("[questions]\naspects = []\n", "[questions] aspects: expected at least one"),
-        ("[questions]\ntopic = ''\n", "[questions] topic: expected a non-empty string"),
-        ("[huixiangdou]\nurls = ['']\n", "[huixiangdou] urls: expected an http:// or https:// URL, got ''"),
-        ("[huixiangdou]\nurls = ['127.0.0.1:23333']\n", "[huixiangdou] urls: expected an http:// or https:// URL"),
-        ("[huixiangdou]\nurls = ['http://a:1', 'http://a:1']\n", "[huixiangdou] urls: 'http://a:1' is listed twice"),
-        ("[llm]\nmodel = ''\n", "[llm] model: expected a non-empty string, got ''"),
-        ("[llm]\nbase_url = ''\n", "[llm] base_url: expected an http:// or https:// URL, got ''"),
-        ("[llm]\napi_key_env = ''\n", "[llm] api_key_env: expected a non-empty string"),
-        ("[pretrain]\nseparators = []\n", "[pretrain] separators: expected at least one entry"),
-        ("[pretrain]\npatterns = []\n", "[pretrain] patterns: expected at least one entry"),
-        ("[pretrain]\npatterns = ['']\n", "[pretrain] patterns: expected a non-empty string"),
-        ("[pretrain]\noutput_name = '../../etc/x.jsonl'\n",
-         "[pretrain] output_name: expected a file name inside out_dir (no folders), got '../../etc/x.jsonl'"),
-        ("[pretrain]\noutput_name = '..'\n", "[pretrain] output_name: expected a file name inside out_dir"),
-        ("[conversations]\nrefusal_patterns = ['ok', '(unclosed']\n",
-         "[conversations] refusal_patterns: entry 2, '(unclosed', is not a valid regular expression"),
-        ("[conversations]\nstrip_prefixes = ['[a-']\n",
-         "[conversations] strip_prefixes: entry 1, '[a-', is not a valid regular expression"),
-    ],
-)
-def test_values_no_run_can_use_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(SettingsError) as info:
-        load_settings(path, environ={})
-    assert needle in str(info.value)
-    assert str(path) in str(info.value)
 
 
 def test_a_separator_list_may_end_with_the_empty_separator(tmp_path: Path) -> None:
