@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
 from bench.harness import KEY_ENV, PYTHON, REPO, Services, aspects, qa_settings  # noqa: E402
+from pipeline.jsonl import dumps_line  # noqa: E402
 from pipeline.qa.questions import question_id  # noqa: E402
+from pipeline.store.schema import answer_row, followup_row, question_row  # noqa: E402
 
 _ANSWER = "关于这个问题：根据知识库记载，《黑神话：悟空》由游戏科学开发，于2024年8月20日发行。\n玩家扮演“天命人”。"
 
@@ -40,10 +42,10 @@ _ANSWER = "关于这个问题：根据知识库记载，《黑神话：悟空》
 def _answer_row(qid: str, turn: int, question: str, kind: str, *, state: str = "success",
                 reason: str = "", seconds: float = 0.3) -> dict[str, Any]:
     answered = kind == "answered"
-    return {"conv": qid, "turn": turn, "kind": kind, "question": question,
-            "answer": _ANSWER if answered else "", "raw_answer": _ANSWER if kind in ("answered", "rejected") else "",
-            "refs": ["wukong.md"] if answered else [], "state": state, "reason": reason,
-            "server": "http://127.0.0.1:1", "attempts": 1, "seconds": seconds}
+    return answer_row(conv=qid, turn=turn, kind=kind, question=question, answer=_ANSWER if answered else "",
+                      raw_answer=_ANSWER if kind in ("answered", "rejected") else "",
+                      refs=["wukong.md"] if answered else [], state=state, reason=reason,
+                      server="http://127.0.0.1:1", attempts=1, seconds=seconds)
 
 
 def _rows_of(k: int, qid: str, text: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -54,7 +56,7 @@ def _rows_of(k: int, qid: str, text: str) -> tuple[list[dict[str, Any]], list[di
         answers = [_answer_row(qid, 1, text, "answered", seconds=seconds)]
         if mix == 0:  # two turns deep
             follow = f"{text} 那么后来呢？"
-            return ([{"id": question_id(follow), "conv": qid, "turn": 2, "text": follow}],
+            return ([followup_row(id=question_id(follow), conv=qid, turn=2, text=follow)],
                     [*answers, _answer_row(qid, 2, follow, "answered", seconds=seconds)])
         return [], answers
     if mix == 5:
@@ -78,10 +80,10 @@ def write_ledgers(state_dir: Path, questions: int, n_aspects: int) -> int:
         for k in range(questions):
             text = unique_question(k)
             qid = question_id(text)
-            qf.write(orjson.dumps({"id": qid, "aspect": names[k % n_aspects], "text": text, "seq": k}) + b"\n")
+            qf.write(dumps_line(question_row(id=qid, aspect=names[k % n_aspects], text=text, seq=k)))
             follow_ups, answers = _rows_of(k, qid, text)
-            qf.writelines(orjson.dumps(r) + b"\n" for r in follow_ups)
-            af.writelines(orjson.dumps(r) + b"\n" for r in answers)
+            qf.writelines(map(dumps_line, follow_ups))
+            af.writelines(map(dumps_line, answers))
             rows += len(answers)
     (state_dir / "events.jsonl").write_bytes(orjson.dumps({"event": "run_start", "time": 0.0}) + b"\n")
     return rows

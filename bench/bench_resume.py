@@ -26,14 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_services import unique_question  # noqa: E402
 from bench.harness import KEY_ENV, aspects, qa_settings, run_qa_proc, services, start_qa_proc  # noqa: E402
 from pipeline.qa.stage import earlier_questions, load_state  # noqa: E402
+from pipeline.jsonl import dumps_line  # noqa: E402
 from pipeline.qa.questions import question_id  # noqa: E402
+from pipeline.store.schema import answer_row, question_row  # noqa: E402
 from pipeline.qa.dedup import Deduper  # noqa: E402
 from pipeline.settings import parse_settings  # noqa: E402
 
@@ -46,14 +46,12 @@ def write_ledgers(state_dir: Path, lines: int, pending: int, n_aspects: int) -> 
         for k in range(lines):
             text = unique_question(k)
             qid = question_id(text)
-            qf.write(orjson.dumps({"id": qid, "aspect": names[k % n_aspects], "text": text, "seq": k}) + b"\n")
+            qf.write(dumps_line(question_row(id=qid, aspect=names[k % n_aspects], text=text, seq=k)))
             if k < lines - pending:
-                # Keys in the order pipeline.qa.graph writes them (conv, turn and
-                # kind first), which is what the resume's head scan expects.
-                af.write(orjson.dumps({
-                    "conv": qid, "turn": 1, "kind": "answered", "question": text, "answer": answer,
-                    "raw_answer": answer, "refs": ["wukong.md"], "state": "success", "reason": "",
-                    "server": "http://127.0.0.1:1", "attempts": 1, "seconds": 0.3}) + b"\n")
+                af.write(dumps_line(answer_row(
+                    conv=qid, turn=1, kind="answered", question=text, answer=answer, raw_answer=answer,
+                    refs=["wukong.md"], state="success", reason="", server="http://127.0.0.1:1",
+                    attempts=1, seconds=0.3)))
 
 
 def startup(tmp: Path, lines: int, pending: int, n_aspects: int) -> dict[str, float]:

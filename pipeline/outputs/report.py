@@ -67,13 +67,9 @@ def as_ledgers(ledgers: Ledgers | Mapping[str, Iterable[Mapping[str, Any]]]) -> 
 # --------------------------------------------------------------------------- pure helpers
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) by nearest rank; None for no values."""
-    return _ranked(sorted(values), q)
-
-
-def _ranked(ordered: Sequence[Any], q: float) -> Any:
-    """:func:`percentile` of values already sorted (one sort serves every percentile)."""
+def percentile(ordered: Sequence[Any], q: float) -> Any:
+    """The ``q``-th percentile (0-100) by nearest rank of values already
+    sorted (one sort serves every percentile); None for no values."""
     if not ordered:
         return None
     rank = max(1, math.ceil(q / 100 * len(ordered)))
@@ -82,7 +78,7 @@ def _ranked(ordered: Sequence[Any], q: float) -> Any:
 
 def _latency(values: Iterable[float]) -> dict[str, Any]:
     ordered = sorted(values)
-    p50, p95 = _ranked(ordered, 50), _ranked(ordered, 95)
+    p50, p95 = percentile(ordered, 50), percentile(ordered, 95)
     return {
         "n": len(ordered),
         "p50_s": None if p50 is None else round(p50, 3),
@@ -95,8 +91,8 @@ def _lengths(values: Iterable[int]) -> dict[str, Any]:
     return {
         "count": len(ordered),
         "min": ordered[0] if ordered else None,
-        "p50": _ranked(ordered, 50),
-        "p90": _ranked(ordered, 90),
+        "p50": percentile(ordered, 50),
+        "p90": percentile(ordered, 90),
         "max": ordered[-1] if ordered else None,
     }
 
