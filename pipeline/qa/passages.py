@@ -37,13 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.corpus import (
-    discover,
-    iter_blocks,
-    iter_spans,
-    make_splitter,
-    probe,
-)
 from pipeline.errors import UndecodableFile
 from pipeline.settings import SEED_SEPARATORS, Settings
 
@@ -107,6 +100,8 @@ def file_text(path: Path) -> str:
     """The whole text of a corpus file as spans count it: decoded,
     newline-normalised and cleaned, block by block, as :func:`plan_passages`
     read it. Raises :class:`~pipeline.errors.UndecodableFile` or ``OSError``."""
+    from pipeline.corpus import iter_blocks, probe
+
     return "".join(iter_blocks(path, probe(path).encoding))
 
 
@@ -175,6 +170,10 @@ def plan_passages(settings: Settings, *, read: bool = True) -> PassagePlan:
     docstring). With ``read``, the selected passages' texts are read back
     (:attr:`PassagePlan.passages`); without, only their ids (a dry run)."""
     qs, p = settings.questions, settings.pretrain
+    # Imported here: the splitter pulls in LangChain (~0.1 s), which a run
+    # with [questions] source = "aspects" never needs at start-up.
+    from pipeline.corpus import discover, iter_spans, make_splitter, probe
+
     separators = SEED_SEPARATORS if p.seed_compatible else p.separators
     splitter = make_splitter(qs.passage_size, qs.passage_overlap, separators, p.seed_compatible)
     root = settings.data_dir
@@ -229,6 +228,8 @@ def _read_back(s: _Surveyed, chosen: Iterable[int]) -> list[Passage]:
     """The texts of passages ``chosen`` (indices, ascending) of one surveyed
     file. A passage never crosses a block of :func:`~pipeline.corpus.iter_blocks`
     (each block is split on its own), so each is a slice of one block."""
+    from pipeline.corpus import iter_blocks
+
     wanted = [(s.spans[2 * i], s.spans[2 * i + 1], s.ids[i]) for i in chosen]
     out: list[Passage] = []
     j = 0
