@@ -337,6 +337,12 @@ def _parse_lines(text: str) -> list[str]:
     return [c for c in (_clean_item(p) for p in out) if c]
 
 
+def _unfenced(text: str) -> str:
+    """The contents of a reply's fenced code blocks, joined; the reply itself when it has none."""
+    fenced = _FENCE.findall(text)
+    return "\n".join(fenced) if fenced else text
+
+
 def parse_question_list(text: str) -> list[str]:
     """Questions out of a model's reply, in order, never with ``eval``.
 
@@ -347,8 +353,7 @@ def parse_question_list(text: str) -> list[str]:
     bullets and surrounding quotes are stripped; nothing is invented."""
     if not text or not text.strip():
         return []
-    fenced = _FENCE.findall(text)
-    body = "\n".join(fenced) if fenced else text
+    body = _unfenced(text)
     items = _parse_bracketed(body)
     if items is None:
         return _parse_lines(body)
@@ -510,8 +515,7 @@ def followup_candidates(text: str) -> list[str]:
     that passes screening and deduplication; ``[]`` when there is none."""
     if not text or not text.strip():
         return []
-    fenced = _FENCE.findall(text)
-    body = "\n".join(fenced) if fenced else text
+    body = _unfenced(text)
     items = _object_items(body)
     if items is None:
         unlabelled = "\n".join(_FOLLOWUP_LABEL.sub("", ln.replace("**", "")) for ln in body.splitlines())
